@@ -1,0 +1,323 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the YAML file: LiteLLM's proxy config.yaml plus llmq_settings.
+type Config struct {
+	ModelList       []Deployment    `yaml:"model_list"`
+	RouterSettings  RouterSettings  `yaml:"router_settings"`
+	LiteLLMSettings LiteLLMSettings `yaml:"litellm_settings"`
+	GeneralSettings GeneralSettings `yaml:"general_settings"`
+	LLMQ            LLMQSettings    `yaml:"llmq_settings"`
+	// Warnings lists keys that LiteLLM knows but llmq ignores, each with its path
+	// (e.g. "litellm_settings.callbacks: ignored by llmq"). Set by Load and Parse.
+	Warnings []string `yaml:"-"`
+}
+
+// Deployment is one model_list entry: one provider endpoint serving a model group.
+type Deployment struct {
+	// ModelName is the model group callers name; non-empty, at most 200 bytes.
+	ModelName string        `yaml:"model_name"`
+	Params    LiteLLMParams `yaml:"litellm_params"`
+	ModelInfo ModelInfo     `yaml:"model_info"`
+}
+
+// LiteLLMParams says how to reach a deployment and how much it may be sent.
+type LiteLLMParams struct {
+	// Model is the provider model, e.g. "openai/gpt-4o"; see ProviderModel.
+	Model      string `yaml:"model"`
+	APIBase    string `yaml:"api_base"`
+	APIKey     string `yaml:"api_key"`
+	APIVersion string `yaml:"api_version"`
+	// RPM and TPM cap requests and tokens per minute; 0 = no cap.
+	RPM int64 `yaml:"rpm"`
+	TPM int64 `yaml:"tpm"`
+	// MaxParallelRequests caps concurrent calls; 0 = no cap.
+	MaxParallelRequests int `yaml:"max_parallel_requests"`
+	// Timeout is the provider call timeout; 0 = litellm_settings.request_timeout.
+	Timeout       Seconds `yaml:"timeout"`
+	StreamTimeout Seconds `yaml:"stream_timeout"`
+	// MockResponse, when set, is returned instead of calling the provider.
+	MockResponse *string `yaml:"mock_response"`
+	Order        int     `yaml:"order"`
+	Weight       float64 `yaml:"weight"`
+}
+
+// ModelInfo holds a deployment's identity.
+type ModelInfo struct {
+	// ID names the deployment; unique across the file. ApplyDefaults sets an empty ID
+	// to "<model_name>-<i>", i being the 0-based index within the model group.
+	ID string `yaml:"id"`
+}
+
+// Routing strategies accepted in router_settings.routing_strategy.
+const (
+	StrategySimpleShuffle = "simple-shuffle"
+	StrategyLeastBusy     = "least-busy"
+	StrategyUsageBasedV2  = "usage-based-routing-v2"
+	// StrategyUsageBased is accepted and treated like StrategyUsageBasedV2.
+	StrategyUsageBased = "usage-based-routing"
+	// StrategyLatencyBased is accepted and treated like StrategyUsageBasedV2.
+	StrategyLatencyBased = "latency-based-routing"
+)
+
+// Defaults and limits.
+const (
+	defaultRoutingStrategy = StrategySimpleShuffle
+	defaultPriority        = int64(5)
+	defaultQueueTimeout    = 600 * time.Second
+	defaultNumRetries      = 2
+	defaultCooldownTime    = 5 * time.Second
+	defaultAllowedFails    = 3
+	defaultRequestTimeout  = 600 * time.Second
+	defaultSubjectPrefix   = "llmq"
+	defaultAckWait         = 30 * time.Second
+	defaultReplicas        = 1
+	maxModelNameBytes      = 200
+	maxPriorityBands       = 63
+	maxReplicas            = 5
+)
+
+// RouterSettings configures routing, the queue deadline, retries and fallbacks.
+type RouterSettings struct {
+	// RoutingStrategy picks a deployment within a group: simple-shuffle (default),
+	// least-busy or usage-based-routing-v2; usage-based-routing and
+	// latency-based-routing are accepted and treated like usage-based-routing-v2.
+	RoutingStrategy string `yaml:"routing_strategy"`
+	// DefaultPriority is the priority of a request that names none; default 5. Never
+	// nil after ApplyDefaults.
+	DefaultPriority *int64 `yaml:"default_priority"`
+	// Timeout is the queue deadline of a request, from arrival to reply; default 600 s.
+	Timeout Seconds `yaml:"timeout"`
+	// NumRetries is how often a failed call is retried; default
+	// litellm_settings.num_retries if set, else 2. Never nil after ApplyDefaults.
+	NumRetries *int `yaml:"num_retries"`
+	// CooldownTime is how long a deployment rests after AllowedFails failures; default 5 s.
+	CooldownTime Seconds `yaml:"cooldown_time"`
+	// AllowedFails is the number of failures before a cooldown; default 3.
+	AllowedFails int `yaml:"allowed_fails"`
+	// Fallbacks maps a group to the groups tried, in order, when it fails.
+	Fallbacks []map[string][]string `yaml:"fallbacks"`
+	// RetryAfter is the least wait before a retry.
+	RetryAfter Seconds `yaml:"retry_after"`
+}
+
+// LiteLLMSettings holds the litellm_settings keys llmq reads.
+type LiteLLMSettings struct {
+	// NumRetries is the default of router_settings.num_retries.
+	NumRetries *int `yaml:"num_retries"`
+	// RequestTimeout is the provider call timeout of a deployment that sets none;
+	// default 600 s.
+	RequestTimeout Seconds `yaml:"request_timeout"`
+	// DropParams drops request parameters a provider does not support.
+	DropParams bool `yaml:"drop_params"`
+	// Fallbacks are merged after router_settings.fallbacks; see AllFallbacks.
+	Fallbacks []map[string][]string `yaml:"fallbacks"`
+}
+
+// GeneralSettings holds the general_settings keys llmq reads.
+type GeneralSettings struct {
+	// MasterKey is the bearer token callers must present; empty = no authentication.
+	MasterKey string `yaml:"master_key"`
+}
+
+// LLMQSettings is llmq's own block, llmq_settings.
+type LLMQSettings struct {
+	// PriorityBands are the ascending upper bounds of the priority bands; a priority
+	// above the last bound falls into one more band. Default [0,1,2,3,4,5,6,7,8] (ten
+	// bands); strictly ascending, 1 to 63 entries.
+	PriorityBands []int64 `yaml:"priority_bands"`
+	// SubjectPrefix is the first token of every NATS subject and stream name; default
+	// "llmq"; one NATS token of [A-Za-z0-9_-].
+	SubjectPrefix string `yaml:"subject_prefix"`
+	// MaxQueued caps the backlog per band and group; 0 = unlimited (the default).
+	MaxQueued int64 `yaml:"max_queued"`
+	// AckWait is how long JetStream waits for a worker's ack; default 30 s.
+	AckWait Seconds `yaml:"ack_wait"`
+	// Replicas is the number of JetStream stream replicas; default 1; 1 to 5.
+	Replicas int `yaml:"replicas"`
+}
+
+// Load reads the file at path, resolves every scalar value of the form "os.environ/NAME"
+// with lookup(NAME) (a missing variable is an error naming the path and the variable),
+// applies defaults, and validates. It reports every problem at once: the returned error
+// is an errors.Join of one error per problem, each message starting with its path, e.g.
+// "model_list[1].litellm_params.rpm: must not be negative". lookup is usually
+// os.LookupEnv; nothing in this package reads the environment itself.
+func Load(path string, lookup func(string) (string, bool)) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(data, lookup)
+}
+
+// Parse is Load on bytes (for tests and embedding).
+func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, err
+	}
+	var root *yaml.Node
+	if doc.Kind == yaml.DocumentNode && len(doc.Content) > 0 {
+		root = doc.Content[0]
+	}
+
+	cfg := &Config{}
+	w := newWalker(lookup)
+	var errs []error
+	if root != nil {
+		w.walk(root, reflect.TypeFor[Config](), "", false)
+		for _, p := range w.problems {
+			errs = append(errs, p)
+		}
+		if err := root.Decode(cfg); err != nil {
+			var te *yaml.TypeError
+			if !errors.As(err, &te) {
+				errs = append(errs, err)
+			} else {
+				for _, msg := range te.Errors {
+					if !w.reported[msg] {
+						errs = append(errs, errors.New(msg))
+					}
+				}
+			}
+		}
+	}
+	cfg.Warnings = w.warnings
+	cfg.ApplyDefaults()
+	for _, p := range cfg.validate() {
+		if !w.covers(p.Path) {
+			errs = append(errs, p)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return cfg, nil
+}
+
+// ApplyDefaults fills every unset field with its default, including empty deployment
+// IDs. It is idempotent.
+func (c *Config) ApplyDefaults() {
+	r := &c.RouterSettings
+	if r.RoutingStrategy == "" {
+		r.RoutingStrategy = defaultRoutingStrategy
+	}
+	if r.DefaultPriority == nil {
+		p := defaultPriority
+		r.DefaultPriority = &p
+	}
+	if r.Timeout == 0 {
+		r.Timeout = Seconds(defaultQueueTimeout)
+	}
+	if r.NumRetries == nil {
+		n := defaultNumRetries
+		if c.LiteLLMSettings.NumRetries != nil {
+			n = *c.LiteLLMSettings.NumRetries
+		}
+		r.NumRetries = &n
+	}
+	if r.CooldownTime == 0 {
+		r.CooldownTime = Seconds(defaultCooldownTime)
+	}
+	if r.AllowedFails == 0 {
+		r.AllowedFails = defaultAllowedFails
+	}
+	if c.LiteLLMSettings.RequestTimeout == 0 {
+		c.LiteLLMSettings.RequestTimeout = Seconds(defaultRequestTimeout)
+	}
+	l := &c.LLMQ
+	if l.PriorityBands == nil {
+		l.PriorityBands = []int64{0, 1, 2, 3, 4, 5, 6, 7, 8}
+	}
+	if l.SubjectPrefix == "" {
+		l.SubjectPrefix = defaultSubjectPrefix
+	}
+	if l.AckWait == 0 {
+		l.AckWait = Seconds(defaultAckWait)
+	}
+	if l.Replicas == 0 {
+		l.Replicas = defaultReplicas
+	}
+	index := map[string]int{}
+	for i := range c.ModelList {
+		d := &c.ModelList[i]
+		n := index[d.ModelName]
+		index[d.ModelName] = n + 1
+		if d.ModelInfo.ID == "" {
+			d.ModelInfo.ID = d.ModelName + "-" + strconv.Itoa(n)
+		}
+	}
+}
+
+// Groups returns the model group names in first-appearance order of model_list.
+func (c *Config) Groups() []string {
+	var groups []string
+	seen := map[string]bool{}
+	for _, d := range c.ModelList {
+		if !seen[d.ModelName] {
+			seen[d.ModelName] = true
+			groups = append(groups, d.ModelName)
+		}
+	}
+	return groups
+}
+
+// Deployments returns the deployments of one group, in file order.
+func (c *Config) Deployments(group string) []Deployment {
+	var ds []Deployment
+	for _, d := range c.ModelList {
+		if d.ModelName == group {
+			ds = append(ds, d)
+		}
+	}
+	return ds
+}
+
+// providerPrefixes are the litellm_params.model prefixes of OpenAI-compatible providers.
+var providerPrefixes = []string{
+	"openai", "azure", "azure_ai", "hosted_vllm", "vllm",
+	"custom_openai", "text-completion-openai", "openai_compatible",
+}
+
+// ProviderModel returns litellm_params.model with a known provider prefix removed:
+// openai/, azure/, azure_ai/, hosted_vllm/, vllm/, custom_openai/,
+// text-completion-openai/, openai_compatible/. Any other prefix (e.g.
+// "meta-llama/Llama-3") is kept.
+func (p LiteLLMParams) ProviderModel() string {
+	prefix, rest, ok := strings.Cut(p.Model, "/")
+	if ok && slices.Contains(providerPrefixes, prefix) {
+		return rest
+	}
+	return p.Model
+}
+
+// AllFallbacks returns router_settings.fallbacks then litellm_settings.fallbacks,
+// flattened to group -> ordered list; a group named twice for the same source keeps
+// its first place.
+func (c *Config) AllFallbacks() map[string][]string {
+	all := map[string][]string{}
+	for _, list := range [][]map[string][]string{c.RouterSettings.Fallbacks, c.LiteLLMSettings.Fallbacks} {
+		for _, m := range list {
+			for _, from := range sortedKeys(m) {
+				for _, to := range m[from] {
+					if !slices.Contains(all[from], to) {
+						all[from] = append(all[from], to)
+					}
+				}
+			}
+		}
+	}
+	return all
+}

@@ -1,0 +1,77 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+)
+
+// Env holds the process settings, read from LLMQ_* variables by the binaries' main.
+type Env struct {
+	Config             string        `envconfig:"CONFIG" default:"deploy/config.example.yaml" desc:"path of the YAML config (LiteLLM config.yaml shape plus llmq_settings)"`
+	Listen             string        `envconfig:"LISTEN" default:":4000" desc:"gateway HTTP listen address"`
+	NATSURL            string        `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty = the gateway embeds a JetStream server"`
+	DataDir            string        `envconfig:"DATA_DIR" default:"llmq-data" desc:"JetStream store directory of the embedded server"`
+	EmbeddedNATSListen string        `envconfig:"EMBEDDED_NATS_LISTEN" default:"127.0.0.1:4222" desc:"client address of the embedded NATS server; port 0 or -1 picks a free port; empty = no TCP listener (in-process only)"`
+	EmbeddedWorkers    int           `envconfig:"EMBEDDED_WORKERS" default:"16" desc:"worker slots run inside the gateway when it embeds NATS (0 = none)"`
+	WorkerSlots        int           `envconfig:"WORKER_SLOTS" default:"16" desc:"concurrent requests one worker process serves"`
+	LogLevel           string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+	LogFormat          string        `envconfig:"LOG_FORMAT" default:"text" desc:"text or json"`
+	MaxBodyBytes       int64         `envconfig:"MAX_BODY_BYTES" default:"786432" desc:"largest accepted request body; must fit NATS's max payload (1 MiB by default)"`
+	ShutdownTimeout    time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"30s" desc:"how long SIGTERM waits for in-flight work"`
+}
+
+// Limits of Env.MaxBodyBytes.
+const (
+	MinBodyBytes = 1 << 10
+	MaxBodyBytes = 64 << 20
+)
+
+// Validate returns an errors.Join of every problem in e, each naming its variable (e.g.
+// "LLMQ_WORKER_SLOTS: must be at least 1"), or nil.
+func (e Env) Validate() error {
+	var errs []error
+	add := func(name, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("LLMQ_%s: %s", name, fmt.Sprintf(format, args...)))
+	}
+	if e.Config == "" {
+		add("CONFIG", "must not be empty")
+	}
+	if e.Listen == "" {
+		add("LISTEN", "must not be empty")
+	}
+	if e.NATSURL == "" && e.DataDir == "" {
+		add("DATA_DIR", "must not be empty when LLMQ_NATS_URL is empty (embedded server)")
+	}
+	if e.EmbeddedNATSListen != "" {
+		_, port, err := net.SplitHostPort(e.EmbeddedNATSListen)
+		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < -1 || n > 65535 {
+			add("EMBEDDED_NATS_LISTEN", "must be host:port with a port from -1 to 65535, got %q", e.EmbeddedNATSListen)
+		}
+	}
+	if e.EmbeddedWorkers < 0 {
+		add("EMBEDDED_WORKERS", "must not be negative")
+	}
+	if e.WorkerSlots < 1 {
+		add("WORKER_SLOTS", "must be at least 1")
+	}
+	switch e.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		add("LOG_LEVEL", "must be debug, info, warn or error, got %q", e.LogLevel)
+	}
+	switch e.LogFormat {
+	case "text", "json":
+	default:
+		add("LOG_FORMAT", "must be text or json, got %q", e.LogFormat)
+	}
+	if e.MaxBodyBytes < MinBodyBytes || e.MaxBodyBytes > MaxBodyBytes {
+		add("MAX_BODY_BYTES", "must be between %d (1 KiB) and %d (64 MiB), got %d", MinBodyBytes, MaxBodyBytes, e.MaxBodyBytes)
+	}
+	if e.ShutdownTimeout <= 0 {
+		add("SHUTDOWN_TIMEOUT", "must be positive")
+	}
+	return errors.Join(errs...)
+}

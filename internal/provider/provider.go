@@ -1,0 +1,187 @@
+// Package provider calls the deployments behind a model group: OpenAI-compatible
+// HTTP APIs through openai-go, and mock deployments that answer with a canned
+// text without any network call.
+//
+// The request body is forwarded as the caller sent it (minus llmq-only fields,
+// which the gateway removed), with "model" replaced by the deployment's
+// provider model. openai-go's own retries are off: the worker owns the retry
+// policy. Errors are *messages.Error values of class ErrProvider or
+// ErrProviderTimeout that carry the provider's status and body.
+package provider
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"github.com/tidwall/sjson"
+
+	"github.com/llmq/llmq/pkg/messages"
+)
+
+// Usage is the token usage a provider reported.
+type Usage struct {
+	PromptTokens     int64 `json:"prompt_tokens"`
+	CompletionTokens int64 `json:"completion_tokens"`
+	TotalTokens      int64 `json:"total_tokens"`
+}
+
+// Result is a provider's successful answer.
+type Result struct {
+	Body  []byte // the response body, as the provider sent it
+	Usage Usage  // zero when the provider reported none
+}
+
+// Caller calls one deployment.
+type Caller interface {
+	Call(ctx context.Context, kind messages.Kind, body []byte) (*Result, error)
+}
+
+// maxResponseBytes bounds a provider answer; replies travel over NATS.
+const maxResponseBytes = 8 << 20
+
+// OpenAI calls an OpenAI-compatible API.
+type OpenAI struct {
+	client  openai.Client
+	model   string
+	timeout time.Duration
+}
+
+var _ Caller = (*OpenAI)(nil)
+
+// OpenAIOptions configure an OpenAI caller.
+type OpenAIOptions struct {
+	BaseURL    string        // api_base; default https://api.openai.com/v1
+	APIKey     string        // api_key
+	Model      string        // provider model name, prefix already removed
+	Timeout    time.Duration // per call; 0 = no limit beyond the context
+	HTTPClient *http.Client  // shared transport; default http.DefaultClient
+}
+
+// NewOpenAI returns a caller for one deployment.
+func NewOpenAI(o OpenAIOptions) *OpenAI {
+	opts := []option.RequestOption{
+		option.WithMaxRetries(0),
+		option.WithAPIKey(o.APIKey),
+	}
+	if o.APIKey == "" {
+		// Local servers (vLLM, llama.cpp) often need no key; openai-go would
+		// otherwise read OPENAI_API_KEY from the environment.
+		opts[1] = option.WithHeaderDel("Authorization")
+	}
+	if o.BaseURL != "" {
+		opts = append(opts, option.WithBaseURL(strings.TrimSuffix(o.BaseURL, "/")+"/"))
+	}
+	if o.HTTPClient != nil {
+		opts = append(opts, option.WithHTTPClient(o.HTTPClient))
+	}
+	return &OpenAI{client: openai.NewClient(opts...), model: o.Model, timeout: o.Timeout}
+}
+
+// Call forwards body to the provider.
+func (p *OpenAI) Call(ctx context.Context, kind messages.Kind, body []byte) (*Result, error) {
+	body, err := sjson.SetBytes(body, "model", p.model)
+	if err != nil {
+		return nil, fmt.Errorf("%w: set model: %w", messages.ErrInternal, err)
+	}
+	if p.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, p.timeout, messages.ErrProviderTimeout)
+		defer cancel()
+	}
+	var res *http.Response
+	err = p.client.Post(ctx, kind.Path(), body, &res)
+	if err != nil {
+		return nil, classify(ctx, err)
+	}
+	defer res.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(res.Body, maxResponseBytes))
+	if err != nil {
+		return nil, classify(ctx, err)
+	}
+	r := &Result{Body: data}
+	var u struct {
+		Usage *Usage `json:"usage"`
+	}
+	if json.Unmarshal(data, &u) == nil && u.Usage != nil {
+		r.Usage = *u.Usage
+	}
+	return r, nil
+}
+
+// classify turns an openai-go or transport error into a *messages.Error.
+func classify(ctx context.Context, err error) error {
+	var apiErr *openai.Error
+	if errors.As(err, &apiErr) {
+		e := &messages.Error{Outcome: messages.OutcomeProviderError, Status: apiErr.StatusCode, Message: apiErr.Message, Code: apiErr.Code}
+		if e.Status < 400 || e.Status > 499 {
+			e.Status = http.StatusBadGateway
+		}
+		if apiErr.Response != nil {
+			e.RetryAfter = apiErr.Response.Header.Get("Retry-After")
+			if apiErr.StatusCode >= 400 && apiErr.StatusCode <= 499 && apiErr.Response.Body != nil {
+				if b, rerr := io.ReadAll(io.LimitReader(apiErr.Response.Body, maxResponseBytes)); rerr == nil && json.Valid(b) {
+					e.Body = b
+				}
+			}
+		}
+		if e.Message == "" {
+			e.Message = fmt.Sprintf("the provider answered %d", apiErr.StatusCode)
+		}
+		e.ProviderStatus = apiErr.StatusCode
+		return e
+	}
+	if errors.Is(context.Cause(ctx), messages.ErrProviderTimeout) || errors.Is(err, context.DeadlineExceeded) {
+		return &messages.Error{Outcome: messages.OutcomeProviderTimeout, Message: "the provider did not answer in time"}
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w: %w", messages.ErrCancelled, context.Cause(ctx))
+	}
+	return &messages.Error{Outcome: messages.OutcomeProviderError, Message: "the provider could not be reached: " + err.Error()}
+}
+
+// Mock answers every call with a fixed text in OpenAI's response shape.
+type Mock struct {
+	Text  string
+	Model string // reported as "model"
+}
+
+var _ Caller = (*Mock)(nil)
+
+// Call answers without any network call.
+func (m *Mock) Call(ctx context.Context, kind messages.Kind, body []byte) (*Result, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%w: %w", messages.ErrCancelled, context.Cause(ctx))
+	}
+	usage := Usage{PromptTokens: max(int64(len(body))/4, 1), CompletionTokens: max(int64(len(strings.Fields(m.Text))), 1)}
+	usage.TotalTokens = usage.PromptTokens + usage.CompletionTokens
+	now := time.Now()
+	id := strconv.FormatInt(now.UnixNano(), 36)
+	var v any
+	if kind == messages.KindCompletion {
+		v = map[string]any{
+			"id": "cmpl-mock-" + id, "object": "text_completion", "created": now.Unix(), "model": m.Model,
+			"choices": []any{map[string]any{"index": 0, "text": m.Text, "finish_reason": "stop", "logprobs": nil}},
+			"usage":   usage,
+		}
+	} else {
+		v = map[string]any{
+			"id": "chatcmpl-mock-" + id, "object": "chat.completion", "created": now.Unix(), "model": m.Model,
+			"choices": []any{map[string]any{"index": 0, "message": map[string]any{"role": "assistant", "content": m.Text, "refusal": nil}, "finish_reason": "stop", "logprobs": nil}},
+			"usage":   usage,
+		}
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return &Result{Body: b, Usage: usage}, nil
+}

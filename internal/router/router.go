@@ -1,0 +1,202 @@
+// Package router chooses which deployment of a model group serves the next
+// request, among those with headroom, and accounts for their in-flight calls.
+//
+// A worker slot acquires a [Lease] before it fetches a message, so it never
+// holds a request it cannot start; the lease is released when the call ends.
+// Releasing capacity calls the router's OnRelease hook, which wakes the
+// dispatcher so that waiting requests of the group go out at once.
+//
+// Strategies (router_settings.routing_strategy): "simple-shuffle" picks at
+// random, weighted by weight, else by rpm, else by tpm, else evenly;
+// "least-busy" and the usage-based strategies pick the deployment with the
+// most free parallel slots. In both, litellm_params.order wins first: a
+// deployment with a lower order is used while it has capacity.
+//
+// Router is safe for concurrent use.
+package router
+
+import (
+	"math/rand/v2"
+	"sort"
+	"sync"
+)
+
+// Deployment is one deployment of a group as the router sees it.
+type Deployment struct {
+	ID          string
+	Group       string
+	MaxParallel int     // 0 = unlimited
+	Order       int     // lower is preferred while it has capacity; 0 counts as 1 (LiteLLM)
+	Weight      float64 // simple-shuffle weight; 0 = derived from RPM/TPM
+	RPM, TPM    int64
+	// Value is what the caller attaches (the provider caller); the router does not look at it.
+	Value any
+
+	inFlight int
+}
+
+// Strategy selects among deployments with headroom.
+type Strategy string
+
+// The strategies.
+const (
+	SimpleShuffle Strategy = "simple-shuffle"
+	LeastBusy     Strategy = "least-busy"
+)
+
+// ParseStrategy maps LiteLLM's routing_strategy names to a Strategy.
+func ParseStrategy(s string) Strategy {
+	switch s {
+	case "", string(SimpleShuffle):
+		return SimpleShuffle
+	default:
+		return LeastBusy
+	}
+}
+
+// Router tracks the deployments of every group.
+type Router struct {
+	mu        sync.Mutex
+	groups    map[string][]*Deployment
+	strategy  Strategy
+	onRelease func(group string)
+	rnd       *rand.Rand
+}
+
+// New returns a router over deployments. onRelease, if not nil, is called
+// (without locks held) whenever a lease is released.
+func New(strategy Strategy, deployments []Deployment, onRelease func(group string)) *Router {
+	r := &Router{groups: make(map[string][]*Deployment), strategy: strategy, onRelease: onRelease, rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
+	for i := range deployments {
+		d := deployments[i]
+		r.groups[d.Group] = append(r.groups[d.Group], &d)
+	}
+	return r
+}
+
+// SetOnRelease replaces the release hook. Call it before the router is used.
+func (r *Router) SetOnRelease(f func(group string)) { r.onRelease = f }
+
+// Lease is one acquired unit of a deployment's capacity.
+type Lease struct {
+	r    *Router
+	d    *Deployment
+	once sync.Once
+}
+
+// Deployment returns the leased deployment.
+func (l *Lease) Deployment() *Deployment { return l.d }
+
+// Release gives the capacity back. It is safe to call more than once.
+func (l *Lease) Release() {
+	l.once.Do(func() {
+		l.r.mu.Lock()
+		l.d.inFlight--
+		l.r.mu.Unlock()
+		if l.r.onRelease != nil {
+			l.r.onRelease(l.d.Group)
+		}
+	})
+}
+
+// Has reports whether group exists.
+func (r *Router) Has(group string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.groups[group]) > 0
+}
+
+// HasHeadroom reports whether some deployment of group could take a call now.
+func (r *Router) HasHeadroom(group string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, d := range r.groups[group] {
+		if d.free() != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// TryAcquire leases capacity on the best deployment of group that has
+// headroom, without blocking. ok is false when none has.
+func (r *Router) TryAcquire(group string) (l *Lease, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d := r.pick(r.groups[group])
+	if d == nil {
+		return nil, false
+	}
+	d.inFlight++
+	return &Lease{r: r, d: d}, true
+}
+
+// free returns the free parallel slots, or -1 for unlimited.
+func (d *Deployment) free() int {
+	if d.MaxParallel <= 0 {
+		return -1
+	}
+	return d.MaxParallel - d.inFlight
+}
+
+func (d *Deployment) order() int { return max(d.Order, 1) }
+
+func (d *Deployment) weight() float64 {
+	switch {
+	case d.Weight > 0:
+		return d.Weight
+	case d.RPM > 0:
+		return float64(d.RPM)
+	case d.TPM > 0:
+		return float64(d.TPM)
+	}
+	return 1
+}
+
+// pick chooses among the deployments with headroom of the lowest order.
+// The caller holds r.mu.
+func (r *Router) pick(ds []*Deployment) *Deployment {
+	var cands []*Deployment
+	best := 0
+	for _, d := range ds {
+		if d.free() == 0 {
+			continue
+		}
+		switch o := d.order(); {
+		case len(cands) == 0 || o < best:
+			cands, best = append(cands[:0], d), o
+		case o == best:
+			cands = append(cands, d)
+		}
+	}
+	switch len(cands) {
+	case 0:
+		return nil
+	case 1:
+		return cands[0]
+	}
+	if r.strategy == LeastBusy {
+		sort.SliceStable(cands, func(i, j int) bool { return headroom(cands[i]) > headroom(cands[j]) })
+		return cands[0]
+	}
+	var total float64
+	for _, d := range cands {
+		total += d.weight()
+	}
+	x := r.rnd.Float64() * total
+	for _, d := range cands {
+		if x -= d.weight(); x < 0 {
+			return d
+		}
+	}
+	return cands[len(cands)-1]
+}
+
+// headroom is the share of a deployment's parallel slots that is free; an
+// unlimited deployment counts as fully free minus a tie-breaker for load.
+func headroom(d *Deployment) float64 {
+	if d.MaxParallel <= 0 {
+		return 1 - float64(d.inFlight)/1e9
+	}
+	return float64(d.MaxParallel-d.inFlight) / float64(d.MaxParallel)
+}

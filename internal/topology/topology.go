@@ -1,0 +1,112 @@
+// Package topology creates the JetStream objects llmq needs: the work-queue
+// stream that holds requests and one durable pull consumer per band and model
+// group. The gateway and every worker call [Ensure] at start; it is
+// idempotent, so whichever starts first creates them and the rest find them.
+//
+// Why one consumer per (band, group): a single consumer per band would hand a
+// worker the oldest request of the band even when its model group has no
+// capacity, which would block every other group behind it.
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/llmq/llmq/pkg/messages"
+)
+
+// Spec describes the objects to create.
+type Spec struct {
+	Subjects  messages.Subjects
+	Bands     int           // number of priority bands
+	Groups    []string      // model group names
+	Replicas  int           // stream replicas; 0 means 1
+	MaxQueued int64         // backlog cap per band and group; 0 = unlimited
+	AckWait   time.Duration // consumer ack wait; 0 means 30 s
+}
+
+// DedupeWindow is how long JetStream remembers request ids to drop duplicate publishes.
+const DedupeWindow = 2 * time.Minute
+
+// MaxAckPending is each consumer's limit of delivered, unacknowledged
+// messages. It is kept far above any realistic number of worker slots: at the
+// limit a no-wait fetch stalls.
+const MaxAckPending = 100_000
+
+// StreamConfig returns the request stream's configuration.
+func (s Spec) StreamConfig() jetstream.StreamConfig {
+	cfg := jetstream.StreamConfig{
+		Name:        s.Subjects.RequestStream(),
+		Description: "llmq requests by priority band and model group",
+		Subjects:    []string{s.Subjects.RequestWildcard()},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(s.Replicas, 1),
+		Duplicates:  DedupeWindow,
+		AllowMsgTTL: true,
+		RePublish: &jetstream.RePublish{
+			Source:      s.Subjects.RequestWildcard(),
+			Destination: s.Subjects.WakeWildcard(),
+			HeadersOnly: true,
+		},
+	}
+	if s.MaxQueued > 0 {
+		cfg.MaxMsgsPerSubject = s.MaxQueued
+		cfg.Discard = jetstream.DiscardNew
+		cfg.DiscardNewPerSubject = true
+	}
+	return cfg
+}
+
+// ConsumerConfig returns the durable consumer of one band and group.
+func (s Spec) ConsumerConfig(band int, group string) jetstream.ConsumerConfig {
+	ackWait := s.AckWait
+	if ackWait <= 0 {
+		ackWait = 30 * time.Second
+	}
+	return jetstream.ConsumerConfig{
+		Durable:       s.Subjects.Consumer(band, group),
+		Description:   fmt.Sprintf("llmq band %d group %q", band, group),
+		FilterSubject: s.Subjects.Request(band, group),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxDeliver:    -1,
+		MaxAckPending: MaxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		Replicas:      max(s.Replicas, 1),
+	}
+}
+
+// Ensure creates or updates the stream and every consumer.
+func Ensure(ctx context.Context, js jetstream.JetStream, s Spec) error {
+	stream, err := js.CreateOrUpdateStream(ctx, s.StreamConfig())
+	if err != nil {
+		return fmt.Errorf("create stream %s: %w", s.Subjects.RequestStream(), err)
+	}
+	var errs []error
+	for band := range s.Bands {
+		for _, g := range s.Groups {
+			if _, err := stream.CreateOrUpdateConsumer(ctx, s.ConsumerConfig(band, g)); err != nil {
+				errs = append(errs, fmt.Errorf("create consumer %s: %w", s.Subjects.Consumer(band, g), err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Check reports whether the stream and all consumers exist (for readiness).
+func Check(ctx context.Context, js jetstream.JetStream, s Spec) error {
+	stream, err := js.Stream(ctx, s.Subjects.RequestStream())
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", s.Subjects.RequestStream(), err)
+	}
+	info := stream.CachedInfo()
+	if want := s.Bands * len(s.Groups); info.State.Consumers < want {
+		return fmt.Errorf("stream %s has %d consumers, want %d", s.Subjects.RequestStream(), info.State.Consumers, want)
+	}
+	return nil
+}

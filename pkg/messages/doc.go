@@ -1,0 +1,51 @@
+// Package messages is llmq's wire contract: the NATS subjects, header names,
+// request and reply envelopes, outcome codes and the priority-band table.
+// Everything that crosses NATS is defined here once, so that the gateway, the
+// workers and internal services (through pkg/client or by hand) agree on it.
+//
+// # Submitting a request
+//
+// A request is a JetStream publish to the subject
+//
+//	<prefix>.req.<band>.<group>
+//
+// where <prefix> is llmq_settings.subject_prefix ("llmq" by default), <band>
+// is the decimal band number (0 is the most important) computed from the
+// priority with [Bands.Band], and <group> is the model group (the public
+// model_name) encoded with [EncodeToken]. The body is the OpenAI request body
+// (chat completions or text completions) as JSON, without llmq-only fields
+// such as "priority". The headers are:
+//
+//	Llmq-Version     "1" (Version)
+//	Llmq-Request-Id  unique id of the request; also sent as Nats-Msg-Id
+//	Llmq-Kind        "chat" or "completion"
+//	Llmq-Priority    effective priority, a decimal int64
+//	Llmq-Reply       the subject the answer goes to (the caller's inbox)
+//	Llmq-Deadline    queue deadline, Unix milliseconds; work that has not
+//	                 started by then is dropped without calling a provider
+//	Nats-Msg-Id      the request id (JetStream deduplication)
+//	Nats-TTL         the time to the deadline (expired requests leave the stream)
+//
+// # Answers
+//
+// A worker that picks a request up first sends a pickup message (header
+// Llmq-Event "pickup") as a NATS request to the Llmq-Reply subject and waits
+// for the caller's reply: [PickupAccept] means "still waiting, go on";
+// anything else, a timeout or "no responders" means the caller is gone, and the
+// worker drops the request without calling a provider. The caller must answer
+// pickups on its inbox; pkg/client does this.
+//
+// The final answer is a plain NATS message to Llmq-Reply with Llmq-Event
+// "reply", the HTTP status in Llmq-Status, the [Outcome] in Llmq-Outcome, the
+// deployment that served it in Llmq-Deployment, and the provider's response
+// body (or an OpenAI-shaped error body) as payload.
+//
+// # Group tokens
+//
+// A model group name may contain characters that are not allowed in a NATS
+// subject token or a consumer name ('.', '*', '>', spaces, '/'). [EncodeToken]
+// keeps ASCII letters, digits, '-' and '_' and writes every other byte as '='
+// followed by two upper-case hex digits, so "gpt-4o" stays "gpt-4o" and
+// "openai/gpt-4.1" becomes "openai=2Fgpt-4=2E1". The encoding is reversible
+// with [DecodeToken].
+package messages

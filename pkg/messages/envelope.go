@@ -1,0 +1,233 @@
+package messages
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Version is the wire version this package writes and reads.
+const Version = "1"
+
+// Header names. Nats-Msg-Id and Nats-TTL are JetStream's own.
+const (
+	HeaderVersion    = "Llmq-Version"
+	HeaderRequestID  = "Llmq-Request-Id"
+	HeaderKind       = "Llmq-Kind"
+	HeaderPriority   = "Llmq-Priority"
+	HeaderReply      = "Llmq-Reply"
+	HeaderDeadline   = "Llmq-Deadline"
+	HeaderStream     = "Llmq-Stream"
+	HeaderEvent      = "Llmq-Event"
+	HeaderStatus     = "Llmq-Status"
+	HeaderOutcome    = "Llmq-Outcome"
+	HeaderDeployment = "Llmq-Deployment"
+	HeaderRetryAfter = "Llmq-Retry-After"
+	HeaderMsgID      = "Nats-Msg-Id"
+	HeaderTTL        = "Nats-TTL"
+)
+
+// Events carried in HeaderEvent on messages to a caller's inbox.
+const (
+	EventPickup = "pickup" // a worker asks whether the caller still waits
+	EventReply  = "reply"  // the final answer
+)
+
+// Pickup answers a caller sends back to a worker's pickup message.
+const (
+	PickupAccept = "go"   // still waiting: call the provider
+	PickupReject = "gone" // abandoned: drop the request
+)
+
+// Kind is the OpenAI endpoint a request is for.
+type Kind string
+
+// The request kinds.
+const (
+	KindChat       Kind = "chat"       // /v1/chat/completions
+	KindCompletion Kind = "completion" // /v1/completions
+)
+
+// Path returns the provider path of the kind, relative to the API base.
+func (k Kind) Path() string {
+	if k == KindCompletion {
+		return "completions"
+	}
+	return "chat/completions"
+}
+
+// Request is one queued request, as published to a request subject.
+type Request struct {
+	ID       string
+	Kind     Kind
+	Group    string
+	Band     int
+	Priority int64
+	ReplyTo  string    // the caller's inbox subject
+	Deadline time.Time // queue deadline; zero means none
+	Stream   bool      // the caller asked for server-sent events
+	Body     []byte    // the OpenAI request body without llmq-only fields
+}
+
+// Msg builds the JetStream message for r on the subjects s. The TTL is the
+// time from now to the deadline, at least one second.
+func (s Subjects) Msg(r *Request, now time.Time) *nats.Msg {
+	m := nats.NewMsg(s.Request(r.Band, r.Group))
+	h := m.Header
+	h[HeaderVersion] = []string{Version}
+	h[HeaderRequestID] = []string{r.ID}
+	h[HeaderMsgID] = []string{r.ID}
+	h[HeaderKind] = []string{string(r.Kind)}
+	h[HeaderPriority] = []string{strconv.FormatInt(r.Priority, 10)}
+	h[HeaderReply] = []string{r.ReplyTo}
+	if r.Stream {
+		h[HeaderStream] = []string{"1"}
+	}
+	if !r.Deadline.IsZero() {
+		h[HeaderDeadline] = []string{strconv.FormatInt(r.Deadline.UnixMilli(), 10)}
+		ttl := max(r.Deadline.Sub(now).Round(time.Second), time.Second)
+		h[HeaderTTL] = []string{strconv.FormatInt(int64(ttl/time.Second), 10) + "s"}
+	}
+	m.Data = r.Body
+	return m
+}
+
+// DecodeRequest reads a request from a message received on a request
+// subject. Every error wraps ErrInvalidRequest and says what is wrong, so a
+// worker can terminate the message with that reason.
+func (s Subjects) DecodeRequest(subject string, h nats.Header, body []byte) (*Request, error) {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidRequest, fmt.Sprintf(format, args...))
+	}
+	band, group, err := s.ParseRequest(subject)
+	if err != nil {
+		return nil, bad("%v", err)
+	}
+	if v := h.Get(HeaderVersion); v != Version {
+		return nil, bad("header %s is %q, want %q", HeaderVersion, v, Version)
+	}
+	r := &Request{Band: band, Group: group, Body: body}
+	if r.ID = h.Get(HeaderRequestID); r.ID == "" {
+		return nil, bad("header %s is missing", HeaderRequestID)
+	}
+	switch k := Kind(h.Get(HeaderKind)); k {
+	case KindChat, KindCompletion:
+		r.Kind = k
+	default:
+		return nil, bad("header %s is %q, want %q or %q", HeaderKind, k, KindChat, KindCompletion)
+	}
+	if r.ReplyTo = h.Get(HeaderReply); r.ReplyTo == "" {
+		return nil, bad("header %s is missing", HeaderReply)
+	}
+	if p := h.Get(HeaderPriority); p != "" {
+		if r.Priority, err = strconv.ParseInt(p, 10, 64); err != nil {
+			return nil, bad("header %s is %q, not an integer", HeaderPriority, p)
+		}
+	}
+	if d := h.Get(HeaderDeadline); d != "" {
+		ms, err := strconv.ParseInt(d, 10, 64)
+		if err != nil {
+			return nil, bad("header %s is %q, not Unix milliseconds", HeaderDeadline, d)
+		}
+		r.Deadline = time.UnixMilli(ms)
+	}
+	r.Stream = h.Get(HeaderStream) == "1"
+	if len(body) == 0 || !json.Valid(body) {
+		return nil, bad("body is not a JSON object")
+	}
+	return r, nil
+}
+
+// Reply is the final answer to a request.
+type Reply struct {
+	Outcome    Outcome
+	Status     int    // HTTP status to answer with
+	Deployment string // model_info.id of the deployment that served it
+	RetryAfter string // Retry-After value, for 429 and 503
+	Body       []byte // provider response or OpenAI error body
+}
+
+// ReplyMsg builds the message that carries r to the caller's inbox.
+func ReplyMsg(inbox string, r *Reply) *nats.Msg {
+	m := nats.NewMsg(inbox)
+	m.Header[HeaderVersion] = []string{Version}
+	m.Header[HeaderEvent] = []string{EventReply}
+	m.Header[HeaderOutcome] = []string{r.Outcome.String()}
+	m.Header[HeaderStatus] = []string{strconv.Itoa(r.Status)}
+	if r.Deployment != "" {
+		m.Header[HeaderDeployment] = []string{r.Deployment}
+	}
+	if r.RetryAfter != "" {
+		m.Header[HeaderRetryAfter] = []string{r.RetryAfter}
+	}
+	m.Data = r.Body
+	return m
+}
+
+// DecodeReply reads a reply message.
+func DecodeReply(h nats.Header, body []byte) (*Reply, error) {
+	o, ok := ParseOutcome(h.Get(HeaderOutcome))
+	if !ok {
+		return nil, fmt.Errorf("%w: reply outcome %q", ErrInternal, h.Get(HeaderOutcome))
+	}
+	st, err := strconv.Atoi(h.Get(HeaderStatus))
+	if err != nil || st < 100 || st > 599 {
+		return nil, fmt.Errorf("%w: reply status %q", ErrInternal, h.Get(HeaderStatus))
+	}
+	return &Reply{Outcome: o, Status: st, Deployment: h.Get(HeaderDeployment), RetryAfter: h.Get(HeaderRetryAfter), Body: body}, nil
+}
+
+// Err returns the reply as an *Error, or nil when it was served.
+func (r *Reply) Err() error {
+	if r.Outcome == OutcomeServed {
+		return nil
+	}
+	e := &Error{Outcome: r.Outcome, Status: r.Status, Body: r.Body, RetryAfter: r.RetryAfter}
+	var eb errorBody
+	if json.Unmarshal(r.Body, &eb) == nil && eb.Error != nil {
+		e.Message = eb.Error.Message
+		if eb.Error.Param != nil {
+			e.Param = *eb.Error.Param
+		}
+		if c, ok := eb.Error.Code.(string); ok {
+			e.Code = c
+		}
+	}
+	if e.Message == "" {
+		e.Message = r.Outcome.String()
+	}
+	return e
+}
+
+type errorBody struct {
+	Error *errorDetail `json:"error"`
+}
+
+type errorDetail struct {
+	Message string  `json:"message"`
+	Type    string  `json:"type"`
+	Param   *string `json:"param"`
+	Code    any     `json:"code"`
+}
+
+// ErrorBody returns e as an OpenAI error body: {"error":{"message","type","param","code"}}.
+// A provider's own body (e.Body) is returned unchanged.
+func ErrorBody(e *Error) []byte {
+	if len(e.Body) > 0 {
+		return e.Body
+	}
+	d := errorDetail{Message: e.Message, Type: e.Outcome.ErrorType()}
+	if e.Param != "" {
+		d.Param = &e.Param
+	}
+	if e.Code != "" {
+		d.Code = e.Code
+	} else {
+		d.Code = e.Outcome.String()
+	}
+	b, _ := json.Marshal(errorBody{Error: &d})
+	return b
+}

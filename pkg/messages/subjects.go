@@ -1,0 +1,170 @@
+package messages
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// DefaultPrefix is the subject prefix used when llmq_settings.subject_prefix is empty.
+const DefaultPrefix = "llmq"
+
+// Subjects builds and parses the subjects of one llmq installation. The zero
+// value is not usable; build it with [NewSubjects].
+type Subjects struct {
+	prefix string
+}
+
+// NewSubjects returns the subjects for prefix, which must be one NATS token
+// of ASCII letters, digits, '-' and '_'.
+func NewSubjects(prefix string) (Subjects, error) {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if !isPlainToken(prefix) {
+		return Subjects{}, fmt.Errorf("subject prefix %q: only ASCII letters, digits, '-' and '_' are allowed", prefix)
+	}
+	return Subjects{prefix: prefix}, nil
+}
+
+// Prefix returns the subject prefix.
+func (s Subjects) Prefix() string { return s.prefix }
+
+// Request returns the subject a request of the given band and group is published to.
+func (s Subjects) Request(band int, group string) string {
+	return s.prefix + ".req." + strconv.Itoa(band) + "." + EncodeToken(group)
+}
+
+// RequestWildcard matches every request subject.
+func (s Subjects) RequestWildcard() string { return s.prefix + ".req.>" }
+
+// WakeWildcard matches every wake-up hint the request stream republishes.
+func (s Subjects) WakeWildcard() string { return s.prefix + ".wake.>" }
+
+// Wake returns the wake-up hint subject of one band and group.
+func (s Subjects) Wake(band int, group string) string {
+	return s.prefix + ".wake." + strconv.Itoa(band) + "." + EncodeToken(group)
+}
+
+// RequestStream is the name of the JetStream work-queue stream holding requests.
+func (s Subjects) RequestStream() string { return strings.ToUpper(s.prefix) + "_REQUESTS" }
+
+// DeadLetterStream is the name of the stream that keeps requests that failed for good.
+func (s Subjects) DeadLetterStream() string { return strings.ToUpper(s.prefix) + "_DEAD" }
+
+// DeadLetter returns the subject a failed request of band and group is copied to.
+func (s Subjects) DeadLetter(band int, group string) string {
+	return s.prefix + ".dead." + strconv.Itoa(band) + "." + EncodeToken(group)
+}
+
+// Consumer returns the durable consumer name that serves one band and group.
+func (s Subjects) Consumer(band int, group string) string {
+	return s.prefix + "_b" + strconv.Itoa(band) + "_" + EncodeToken(group)
+}
+
+// ErrBadSubject reports a subject that is not an llmq request or wake subject.
+var ErrBadSubject = errors.New("not an llmq request subject")
+
+// ParseRequest splits a request or wake subject into band and group.
+func (s Subjects) ParseRequest(subject string) (band int, group string, err error) {
+	rest, ok := strings.CutPrefix(subject, s.prefix+".")
+	if !ok {
+		return 0, "", fmt.Errorf("%w: %q", ErrBadSubject, subject)
+	}
+	kind, rest, _ := strings.Cut(rest, ".")
+	if kind != "req" && kind != "wake" && kind != "dead" {
+		return 0, "", fmt.Errorf("%w: %q", ErrBadSubject, subject)
+	}
+	b, tok, ok := strings.Cut(rest, ".")
+	if !ok || strings.Contains(tok, ".") {
+		return 0, "", fmt.Errorf("%w: %q", ErrBadSubject, subject)
+	}
+	band, err = strconv.Atoi(b)
+	if err != nil || band < 0 {
+		return 0, "", fmt.Errorf("%w: band %q", ErrBadSubject, b)
+	}
+	group, err = DecodeToken(tok)
+	if err != nil {
+		return 0, "", fmt.Errorf("%w: %w", ErrBadSubject, err)
+	}
+	return band, group, nil
+}
+
+func isPlain(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_'
+}
+
+func isPlainToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !isPlain(s[i]) {
+			return false
+		}
+	}
+	return s != ""
+}
+
+const hexDigits = "0123456789ABCDEF"
+
+// EncodeToken writes a model group name as one NATS subject token that is also
+// a valid consumer name: ASCII letters, digits, '-' and '_' stay, every other
+// byte becomes '=' and two upper-case hex digits. The empty name encodes as "=".
+func EncodeToken(group string) string {
+	if isPlainToken(group) {
+		return group
+	}
+	if group == "" {
+		return "="
+	}
+	var b strings.Builder
+	b.Grow(len(group) + 8)
+	for i := 0; i < len(group); i++ {
+		c := group[i]
+		if isPlain(c) {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('=')
+		b.WriteByte(hexDigits[c>>4])
+		b.WriteByte(hexDigits[c&0xF])
+	}
+	return b.String()
+}
+
+// DecodeToken reverses [EncodeToken].
+func DecodeToken(tok string) (string, error) {
+	if tok == "=" {
+		return "", nil
+	}
+	if isPlainToken(tok) {
+		return tok, nil
+	}
+	out := make([]byte, 0, len(tok))
+	for i := 0; i < len(tok); i++ {
+		c := tok[i]
+		switch {
+		case isPlain(c):
+			out = append(out, c)
+		case c == '=' && i+2 < len(tok):
+			hi, lo := unhex(tok[i+1]), unhex(tok[i+2])
+			if hi < 0 || lo < 0 {
+				return "", fmt.Errorf("bad escape in group token %q", tok)
+			}
+			out = append(out, byte(hi<<4|lo))
+			i += 2
+		default:
+			return "", fmt.Errorf("bad character %q in group token %q", c, tok)
+		}
+	}
+	return string(out), nil
+}
+
+func unhex(c byte) int {
+	switch {
+	case c >= '0' && c <= '9':
+		return int(c - '0')
+	case c >= 'A' && c <= 'F':
+		return int(c-'A') + 10
+	}
+	return -1
+}
