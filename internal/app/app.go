@@ -1,0 +1,158 @@
+// Package app wires llmq's parts into the two programs: the gateway (HTTP
+// front, optionally with an embedded NATS server and in-process workers) and
+// the worker. cmd/gateway and cmd/worker are thin mains around [RunGateway]
+// and [RunWorker]; tests start the whole program through [StartGateway] and
+// [StartWorker].
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/llmq/llmq/internal/config"
+	"github.com/llmq/llmq/internal/provider"
+	"github.com/llmq/llmq/internal/router"
+	"github.com/llmq/llmq/internal/topology"
+	"github.com/llmq/llmq/pkg/messages"
+)
+
+// NewLogger builds the process logger from the environment settings.
+func NewLogger(env config.Env, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(env.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if env.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// setup is what both programs derive from the config file.
+type setup struct {
+	cfg      *config.Config
+	subjects messages.Subjects
+	bands    messages.Bands
+	spec     topology.Spec
+}
+
+func load(env config.Env, lookup func(string) (string, bool), log *slog.Logger) (*setup, error) {
+	if err := env.Validate(); err != nil {
+		return nil, fmt.Errorf("environment:\n%w", err)
+	}
+	cfg, err := config.Load(env.Config, lookup)
+	if err != nil {
+		return nil, fmt.Errorf("config %s:\n%w", env.Config, err)
+	}
+	for _, w := range cfg.Warnings {
+		log.Warn("config key ignored", "key", w)
+	}
+	subjects, err := messages.NewSubjects(cfg.LLMQ.SubjectPrefix)
+	if err != nil {
+		return nil, err
+	}
+	bands, err := messages.NewBands(cfg.LLMQ.PriorityBands)
+	if err != nil {
+		return nil, err
+	}
+	return &setup{
+		cfg: cfg, subjects: subjects, bands: bands,
+		spec: topology.Spec{
+			Subjects: subjects, Bands: bands.Count(), Groups: cfg.Groups(),
+			Replicas: cfg.LLMQ.Replicas, MaxQueued: cfg.LLMQ.MaxQueued, AckWait: cfg.LLMQ.AckWait.D(),
+		},
+	}, nil
+}
+
+// callTimeout is the provider timeout of one deployment.
+func (s *setup) callTimeout(d config.Deployment) time.Duration {
+	if t := d.Params.Timeout.D(); t > 0 {
+		return t
+	}
+	return s.cfg.LiteLLMSettings.RequestTimeout.D()
+}
+
+// maxCallTimeout is the longest provider timeout of any deployment.
+func (s *setup) maxCallTimeout() time.Duration {
+	var m time.Duration
+	for _, d := range s.cfg.ModelList {
+		m = max(m, s.callTimeout(d))
+	}
+	return m
+}
+
+// newRouter builds the router over every deployment, each with its caller.
+func (s *setup) newRouter(hc *http.Client) *router.Router {
+	var ds []router.Deployment
+	for _, d := range s.cfg.ModelList {
+		var caller provider.Caller
+		if d.Params.MockResponse != nil {
+			caller = &provider.Mock{Text: *d.Params.MockResponse, Model: d.ModelName}
+		} else {
+			caller = provider.NewOpenAI(provider.OpenAIOptions{
+				BaseURL: d.Params.APIBase, APIKey: d.Params.APIKey, Model: d.Params.ProviderModel(),
+				Timeout: s.callTimeout(d), HTTPClient: hc,
+			})
+		}
+		ds = append(ds, router.Deployment{
+			ID: d.ModelInfo.ID, Group: d.ModelName, MaxParallel: d.Params.MaxParallelRequests,
+			Order: d.Params.Order, Weight: d.Params.Weight, RPM: d.Params.RPM, TPM: d.Params.TPM, Value: caller,
+		})
+	}
+	return router.New(router.ParseStrategy(s.cfg.RouterSettings.RoutingStrategy), ds, nil)
+}
+
+// providerHTTPClient is the transport shared by every provider caller of a process.
+func providerHTTPClient() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 256
+	t.IdleConnTimeout = 90 * time.Second
+	return &http.Client{Transport: t}
+}
+
+// connect dials an external NATS server.
+func connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("NATS disconnected", "error", err)
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrlRedacted()) }),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+// ensure creates the JetStream objects, retrying briefly while JetStream
+// starts up (a fresh cluster elects its meta leader first).
+func ensure(ctx context.Context, nc *nats.Conn, spec topology.Spec) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = topology.Ensure(ectx, js, spec)
+		cancel()
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}

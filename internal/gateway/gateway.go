@@ -1,0 +1,267 @@
+// Package gateway is llmq's OpenAI-compatible HTTP front. It authenticates
+// and validates a request, maps its priority to a band, submits it through
+// pkg/client (a JetStream publish on the band's and group's subject), waits
+// for the answer on the client's inbox and writes it back.
+//
+// Every way a request ends is one messages.Outcome with one HTTP status; error
+// bodies have OpenAI's shape. Nothing is queued for a request that fails
+// authentication or validation.
+package gateway
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/llmq/llmq/pkg/client"
+	"github.com/llmq/llmq/pkg/messages"
+)
+
+// Response headers the gateway sets.
+const (
+	HeaderRequestID  = "x-llmq-request-id"
+	HeaderPriority   = "x-llmq-priority"
+	HeaderBand       = "x-llmq-band"
+	HeaderQueueMs    = "x-llmq-queue-ms"
+	HeaderDeployment = "x-llmq-deployment"
+)
+
+// Submitter is what the gateway needs from pkg/client.
+type Submitter interface {
+	Do(ctx context.Context, req *client.Request) (*client.Response, client.Result, error)
+	Bands() messages.Bands
+}
+
+var _ Submitter = (*client.Client)(nil)
+
+// Options configure a Server.
+type Options struct {
+	Client          Submitter
+	Groups          []string // model groups, in config order
+	MasterKey       string   // empty: no authentication
+	DefaultPriority int64
+	QueueTimeout    time.Duration // router_settings.timeout
+	// AnswerTimeout bounds the whole wait for an answer (queue plus call).
+	AnswerTimeout time.Duration
+	MaxBodyBytes  int64
+	Logger        *slog.Logger
+	// Ready reports readiness (NATS connected, stream and consumers exist).
+	Ready func(ctx context.Context) error
+}
+
+// Server serves the HTTP API. It is safe for concurrent use.
+type Server struct {
+	opts   Options
+	groups map[string]bool
+	log    *slog.Logger
+}
+
+// New returns a Server.
+func New(opts Options) *Server {
+	s := &Server{opts: opts, groups: make(map[string]bool, len(opts.Groups)), log: opts.Logger}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	for _, g := range opts.Groups {
+		s.groups[g] = true
+	}
+	return s
+}
+
+// Handler returns the HTTP routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	for path, kind := range map[string]messages.Kind{
+		"/v1/chat/completions":    messages.KindChat,
+		"/chat/completions":       messages.KindChat,
+		"/queue/chat/completions": messages.KindChat,
+		"/v1/completions":         messages.KindCompletion,
+		"/completions":            messages.KindCompletion,
+	} {
+		mux.Handle("POST "+path, s.auth(s.completion(kind)))
+		mux.HandleFunc(path, methodNotAllowed("POST"))
+	}
+	for _, path := range []string{"/v1/models", "/models"} {
+		mux.Handle("GET "+path, s.auth(http.HandlerFunc(s.models)))
+		mux.HandleFunc(path, methodNotAllowed("GET"))
+	}
+	mux.HandleFunc("GET /health/liveliness", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "alive"})
+	})
+	mux.HandleFunc("GET /health/readiness", s.readiness)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, &messages.Error{Outcome: messages.OutcomeUnknownModel, Status: http.StatusNotFound, Message: "no route " + r.Method + " " + r.URL.Path, Code: "not_found"})
+	})
+	return mux
+}
+
+func methodNotAllowed(allow string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		writeError(w, &messages.Error{Outcome: messages.OutcomeInvalidRequest, Status: http.StatusMethodNotAllowed, Message: "method " + r.Method + " is not allowed; use " + allow, Code: "method_not_allowed"})
+	}
+}
+
+func (s *Server) auth(next http.Handler) http.Handler {
+	if s.opts.MasterKey == "" {
+		return next
+	}
+	want := []byte(s.opts.MasterKey)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(key)), want) != 1 {
+			writeError(w, messages.Errorf(messages.OutcomeUnauthenticated, "", "a valid API key is required: send Authorization: Bearer <key>"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) completion(kind messages.Kind) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		outcome, status := s.serve(w, r, kind)
+		s.log.Debug("request", "path", r.URL.Path, "outcome", outcome, "status", status,
+			"request_id", w.Header().Get(HeaderRequestID), "duration", time.Since(start))
+	})
+}
+
+// serve handles one completion request and returns how it ended.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kind) (messages.Outcome, int) {
+	fail := func(e *messages.Error) (messages.Outcome, int) {
+		writeError(w, e)
+		return e.Outcome, e.HTTPStatus()
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			return fail(&messages.Error{Outcome: messages.OutcomeInvalidRequest, Status: http.StatusUnsupportedMediaType, Message: "Content-Type must be application/json, got " + ct})
+		}
+	}
+	body, berr := readBody(w, r, s.opts.MaxBodyBytes)
+	if berr != nil {
+		return fail(berr)
+	}
+	p, perr := parseBody(kind, body)
+	if perr != nil {
+		return fail(perr)
+	}
+	if !s.groups[p.Model] {
+		return fail(&messages.Error{Outcome: messages.OutcomeUnknownModel, Param: "model", Code: "model_not_found",
+			Message: "the model group " + strconv.Quote(p.Model) + " does not exist; GET /v1/models lists them"})
+	}
+	if p.Stream {
+		return fail(messages.Errorf(messages.OutcomeInvalidRequest, "stream", "streaming is not supported yet; send \"stream\": false"))
+	}
+	priority := s.opts.DefaultPriority
+	if p.Priority != nil {
+		priority = *p.Priority
+	}
+	queueTimeout := s.opts.QueueTimeout
+	if p.Timeout > 0 && p.Timeout < queueTimeout {
+		queueTimeout = p.Timeout
+	}
+	now := time.Now()
+	req := &client.Request{Kind: kind, Group: p.Model, Priority: priority, Body: p.Body, Deadline: now.Add(queueTimeout)}
+	band := s.opts.Client.Bands().Band(priority)
+	h := w.Header()
+	h.Set(HeaderPriority, strconv.FormatInt(priority, 10))
+	h.Set(HeaderBand, strconv.Itoa(band))
+
+	ctx := r.Context()
+	if s.opts.AnswerTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, queueTimeout+s.opts.AnswerTimeout, messages.ErrProviderTimeout)
+		defer cancel()
+	}
+	resp, info, err := s.opts.Client.Do(ctx, req)
+	h.Set(HeaderRequestID, info.ID)
+	if info.Picked {
+		h.Set(HeaderQueueMs, strconv.FormatInt(info.QueueWait.Milliseconds(), 10))
+	}
+	if err != nil {
+		var e *messages.Error
+		if !errors.As(err, &e) {
+			o := messages.OutcomeOf(err)
+			if errors.Is(context.Cause(ctx), messages.ErrProviderTimeout) {
+				o = messages.OutcomeProviderTimeout
+			}
+			e = &messages.Error{Outcome: o, Message: err.Error()}
+		}
+		if e.Outcome == messages.OutcomeCancelled {
+			// The client is gone; nobody reads the answer.
+			return e.Outcome, e.HTTPStatus()
+		}
+		return fail(e)
+	}
+	h.Set(HeaderDeployment, resp.Deployment)
+	h.Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(resp.Body)
+	return messages.OutcomeServed, http.StatusOK
+}
+
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *messages.Error) {
+	if limit > 0 && r.ContentLength > limit {
+		return nil, messages.Errorf(messages.OutcomeBodyTooLarge, "", "the request body is %d bytes; the limit is %d", r.ContentLength, limit)
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return nil, messages.Errorf(messages.OutcomeBodyTooLarge, "", "the request body is over the limit of %d bytes", limit)
+	case err != nil:
+		return nil, messages.Errorf(messages.OutcomeInvalidRequest, "", "reading the request body: %v", err)
+	}
+	return body, nil
+}
+
+func (s *Server) models(w http.ResponseWriter, r *http.Request) {
+	type model struct {
+		ID      string `json:"id"`
+		Object  string `json:"object"`
+		Created int64  `json:"created"`
+		OwnedBy string `json:"owned_by"`
+	}
+	data := make([]model, 0, len(s.opts.Groups))
+	for _, g := range s.opts.Groups {
+		data = append(data, model{ID: g, Object: "model", OwnedBy: "llmq"})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
+}
+
+func (s *Server) readiness(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if s.opts.Ready != nil {
+		if err := s.opts.Ready(ctx); err != nil {
+			w.Header().Set("Retry-After", "1")
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "error": err.Error()})
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, e *messages.Error) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	if e.RetryAfter != "" {
+		h.Set("Retry-After", e.RetryAfter)
+	}
+	w.WriteHeader(e.HTTPStatus())
+	_, _ = w.Write(messages.ErrorBody(e))
+}

@@ -1,0 +1,420 @@
+// Package worker is llmq's dispatch loop: worker slots that take requests from
+// JetStream in strict priority order, call a deployment with headroom, and
+// reply to the caller's inbox.
+//
+// # The policy
+//
+// Every free slot sweeps the bands from 0 (most important) to the last. Inside
+// a band it looks only at model groups that (a) may have pending messages and
+// (b) have a deployment with headroom, and it leases that headroom before it
+// fetches, so a slot never holds a request it cannot start. It fetches one
+// message with a no-wait fetch from the durable consumer of that band and
+// group; the first hit wins. So a lower band gets a slot only when no higher
+// band of the same group has a message, or when that group is saturated —
+// and then the higher band's request could not have started anyway. Priority
+// cannot invert within a group except for the time a wake-up hint takes to
+// arrive (well under a millisecond on one machine). Inside one band and group,
+// the consumer delivers in stream order: first come, first served.
+//
+// # Knowing what is pending without polling
+//
+// The request stream republishes a headers-only copy of every stored message
+// to <prefix>.wake.<band>.<group>. Each worker process subscribes to these
+// hints (a plain subscription, not a queue group: with a queue group only one
+// process would learn about a message, and a busy process's view would go
+// stale, letting a later sweep take a lower band first), marks the pair as
+// pending, and wakes one idle slot. A fetched message's metadata carries the
+// consumer's remaining count, which keeps the pair marked while it has more.
+// A slow safety-net poll (one stream-info request listing the subjects that
+// hold messages) repairs the view after lost hints or reconnects. An idle pool
+// sends nothing but that poll.
+//
+// # Ownership of a message
+//
+// The slot that fetched a message owns it until it acks or terminates it.
+// Before calling a provider it checks the queue deadline and asks the caller
+// (a pickup request to the caller's inbox) whether it still waits; if not, it
+// terminates the message and no provider is called. During the call it sends
+// in-progress acks so JetStream does not redeliver. It publishes the answer to
+// the caller's inbox first and acks after, so a worker that dies in between
+// causes a redelivery, never a lost answer; the caller keeps only the first
+// answer it receives.
+//
+// # Shutdown
+//
+// When the context passed to Run ends, slots stop taking work; calls in
+// progress finish (bounded by their provider timeout) and Run returns.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/llmq/llmq/internal/provider"
+	"github.com/llmq/llmq/internal/router"
+	"github.com/llmq/llmq/pkg/messages"
+)
+
+// Options configure a Pool.
+type Options struct {
+	Subjects messages.Subjects
+	Bands    int      // number of priority bands
+	Groups   []string // model groups served
+	Slots    int      // concurrent requests
+	// Router leases deployment capacity; each router.Deployment's Value is its provider.Caller.
+	Router *router.Router
+	Logger *slog.Logger
+	// AckWait is the consumers' ack wait; in-progress acks go out at a third of it.
+	AckWait time.Duration
+	// PollInterval is the safety-net poll; default 5 s.
+	PollInterval time.Duration
+	// PickupTimeout bounds the check that the caller still waits; default 2 s.
+	PickupTimeout time.Duration
+}
+
+// Pool is a set of worker slots sharing one NATS connection.
+type Pool struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	opts   Options
+	log    *slog.Logger
+	stream jetstream.Stream
+
+	consumers [][]jetstream.Consumer // [band][group]
+	pending   [][]atomic.Bool        // [band][group]: may have messages
+	groupIdx  map[string]int
+	wake      chan struct{}
+	rotate    atomic.Uint32
+	inFlight  sync.WaitGroup
+}
+
+// New prepares a pool. The stream and consumers must exist (topology.Ensure).
+func New(nc *nats.Conn, opts Options) (*Pool, error) {
+	if opts.Slots < 1 {
+		return nil, errors.New("worker: at least one slot is required")
+	}
+	if opts.Router == nil {
+		return nil, errors.New("worker: a router is required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = 5 * time.Second
+	}
+	if opts.PickupTimeout <= 0 {
+		opts.PickupTimeout = 2 * time.Second
+	}
+	if opts.AckWait <= 0 {
+		opts.AckWait = 30 * time.Second
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	p := &Pool{
+		nc: nc, js: js, opts: opts, log: opts.Logger,
+		groupIdx: make(map[string]int, len(opts.Groups)),
+		wake:     make(chan struct{}, opts.Slots),
+	}
+	for i, g := range opts.Groups {
+		p.groupIdx[g] = i
+	}
+	p.pending = make([][]atomic.Bool, opts.Bands)
+	for b := range p.pending {
+		p.pending[b] = make([]atomic.Bool, len(opts.Groups))
+	}
+	opts.Router.SetOnRelease(func(string) { p.signal() })
+	return p, nil
+}
+
+// Run serves requests until ctx ends, then waits for calls in progress.
+func (p *Pool) Run(ctx context.Context) error {
+	if err := p.bind(ctx); err != nil {
+		return err
+	}
+	sub, err := p.nc.Subscribe(p.opts.Subjects.WakeWildcard(), p.onWake)
+	if err != nil {
+		return fmt.Errorf("worker: subscribe wake hints: %w", err)
+	}
+	defer sub.Unsubscribe()
+	_ = sub.SetPendingLimits(-1, -1)
+
+	p.markAll() // requests queued before we started
+	var wg sync.WaitGroup
+	wg.Go(func() { p.poll(ctx) })
+	for range p.opts.Slots {
+		wg.Go(func() { p.slot(ctx) })
+	}
+	p.log.Info("worker slots started", "slots", p.opts.Slots, "bands", p.opts.Bands, "groups", len(p.opts.Groups))
+	wg.Wait()
+	p.inFlight.Wait()
+	return nil
+}
+
+func (p *Pool) bind(ctx context.Context) error {
+	var err error
+	p.stream, err = p.js.Stream(ctx, p.opts.Subjects.RequestStream())
+	if err != nil {
+		return fmt.Errorf("worker: stream %s: %w", p.opts.Subjects.RequestStream(), err)
+	}
+	p.consumers = make([][]jetstream.Consumer, p.opts.Bands)
+	for b := range p.opts.Bands {
+		p.consumers[b] = make([]jetstream.Consumer, len(p.opts.Groups))
+		for gi, g := range p.opts.Groups {
+			name := p.opts.Subjects.Consumer(b, g)
+			c, err := p.stream.Consumer(ctx, name)
+			if err != nil {
+				return fmt.Errorf("worker: consumer %s: %w", name, err)
+			}
+			p.consumers[b][gi] = c
+		}
+	}
+	return nil
+}
+
+// signal wakes one idle slot, if any waits.
+func (p *Pool) signal() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Pool) onWake(m *nats.Msg) {
+	band, group, err := p.opts.Subjects.ParseRequest(m.Subject)
+	if err != nil || band >= p.opts.Bands {
+		return
+	}
+	gi, ok := p.groupIdx[group]
+	if !ok {
+		return
+	}
+	p.pending[band][gi].Store(true)
+	p.signal()
+}
+
+func (p *Pool) markAll() {
+	for b := range p.pending {
+		for gi := range p.pending[b] {
+			p.pending[b][gi].Store(true)
+		}
+	}
+	for range p.opts.Slots {
+		p.signal()
+	}
+}
+
+// poll is the safety net: one stream-info request names every subject that
+// holds messages.
+func (p *Pool) poll(ctx context.Context) {
+	t := time.NewTicker(p.opts.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		info, err := p.stream.Info(ctx, jetstream.WithSubjectFilter(p.opts.Subjects.RequestWildcard()))
+		if err != nil {
+			if ctx.Err() == nil {
+				p.log.Warn("safety-net poll failed", "error", err)
+			}
+			continue
+		}
+		found := false
+		for subj, n := range info.State.Subjects {
+			if n == 0 {
+				continue
+			}
+			band, group, err := p.opts.Subjects.ParseRequest(subj)
+			if gi, ok := p.groupIdx[group]; err == nil && ok && band < p.opts.Bands {
+				p.pending[band][gi].Store(true)
+				found = true
+			}
+		}
+		if found {
+			p.signal()
+		}
+	}
+}
+
+func (p *Pool) slot(ctx context.Context) {
+	for {
+		m, lease, err := p.next(ctx)
+		if err != nil {
+			return
+		}
+		p.inFlight.Add(1)
+		p.handle(ctx, m, lease)
+		p.inFlight.Done()
+	}
+}
+
+// next returns the next message to serve and the lease it will run under.
+// It blocks until there is one or ctx ends.
+func (p *Pool) next(ctx context.Context) (jetstream.Msg, *router.Lease, error) {
+	for {
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		if m, lease := p.sweep(ctx); m != nil {
+			return m, lease, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-p.wake:
+		}
+	}
+}
+
+// sweep is the strict-priority pass: bands in order, groups with pending
+// messages and headroom, one no-wait fetch each, first hit wins. Groups of a
+// band are visited from a rotating start so no group is always last.
+func (p *Pool) sweep(ctx context.Context) (jetstream.Msg, *router.Lease) {
+	n := len(p.opts.Groups)
+	start := int(p.rotate.Add(1)) % max(n, 1)
+	for band := range p.opts.Bands {
+		for i := range n {
+			gi := (start + i) % n
+			flag := &p.pending[band][gi]
+			if !flag.Load() {
+				continue
+			}
+			lease, ok := p.opts.Router.TryAcquire(p.opts.Groups[gi])
+			if !ok {
+				continue // saturated: its requests wait, others go on
+			}
+			if !flag.Swap(false) {
+				lease.Release() // another slot took the last one
+				continue
+			}
+			m, more, err := p.fetch(band, gi)
+			if err != nil && ctx.Err() == nil {
+				p.log.Warn("fetch failed", "band", band, "group", p.opts.Groups[gi], "error", err)
+			}
+			if m == nil {
+				lease.Release()
+				continue
+			}
+			if more {
+				flag.Store(true)
+				p.signal()
+			}
+			return m, lease
+		}
+	}
+	return nil, nil
+}
+
+func (p *Pool) fetch(band, gi int) (jetstream.Msg, bool, error) {
+	batch, err := p.consumers[band][gi].FetchNoWait(1)
+	if err != nil {
+		return nil, false, err
+	}
+	var got jetstream.Msg
+	for m := range batch.Messages() {
+		got = m
+	}
+	if got == nil {
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return nil, false, err
+		}
+		return nil, false, nil
+	}
+	md, err := got.Metadata()
+	if err != nil {
+		return got, true, nil
+	}
+	return got, md.NumPending > 0, nil
+}
+
+// handle serves one message under lease and settles it.
+func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease) {
+	defer lease.Release()
+	d := lease.Deployment()
+	req, err := p.opts.Subjects.DecodeRequest(m.Subject(), m.Headers(), m.Data())
+	if err != nil {
+		p.log.Warn("terminating undecodable request", "subject", m.Subject(), "error", err)
+		_ = m.TermWithReason(err.Error())
+		return
+	}
+	log := p.log.With("request_id", req.ID, "band", req.Band, "group", req.Group, "deployment", d.ID)
+	if !req.Deadline.IsZero() && time.Now().After(req.Deadline) {
+		log.Info("dropping request past its queue deadline")
+		_ = m.TermWithReason("queue deadline passed")
+		return
+	}
+	if !p.pickup(req) {
+		log.Info("dropping request whose caller is gone")
+		_ = m.TermWithReason("caller gone")
+		return
+	}
+
+	// The answer is sent even if the pool is shutting down: the call was
+	// started, so it is finished (bounded by the provider timeout).
+	callCtx := context.WithoutCancel(ctx)
+	stop := p.keepAlive(m)
+	caller := d.Value.(provider.Caller)
+	started := time.Now()
+	res, err := caller.Call(callCtx, req.Kind, req.Body)
+	stop()
+
+	rep := &messages.Reply{Deployment: d.ID}
+	if err != nil {
+		var e *messages.Error
+		if !errors.As(err, &e) {
+			e = &messages.Error{Outcome: messages.OutcomeOf(err), Message: err.Error()}
+		}
+		rep.Outcome, rep.Status, rep.RetryAfter, rep.Body = e.Outcome, e.HTTPStatus(), e.RetryAfter, messages.ErrorBody(e)
+		log.Warn("provider call failed", "outcome", e.Outcome, "status", rep.Status, "error", e.Message, "duration", time.Since(started))
+	} else {
+		rep.Outcome, rep.Status, rep.Body = messages.OutcomeServed, 200, res.Body
+		log.Debug("served", "duration", time.Since(started), "prompt_tokens", res.Usage.PromptTokens, "completion_tokens", res.Usage.CompletionTokens)
+	}
+	if err := p.nc.PublishMsg(messages.ReplyMsg(req.ReplyTo, rep)); err != nil {
+		log.Warn("reply not sent; the request will be redelivered", "error", err)
+		_ = m.Nak()
+		return
+	}
+	if err := m.Ack(); err != nil {
+		log.Warn("ack failed", "error", err)
+	}
+}
+
+// pickup asks the caller whether it still waits for req.
+func (p *Pool) pickup(req *messages.Request) bool {
+	msg := nats.NewMsg(req.ReplyTo)
+	msg.Header.Set(messages.HeaderVersion, messages.Version)
+	msg.Header.Set(messages.HeaderEvent, messages.EventPickup)
+	resp, err := p.nc.RequestMsg(msg, p.opts.PickupTimeout)
+	return err == nil && string(resp.Data) == messages.PickupAccept
+}
+
+// keepAlive sends in-progress acks until the returned stop is called.
+func (p *Pool) keepAlive(m jetstream.Msg) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(p.opts.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = m.InProgress()
+			}
+		}
+	}()
+	return func() { close(done) }
+}
