@@ -94,7 +94,8 @@ func (s *setup) newRouter(hc *http.Client) *router.Router {
 	for _, d := range s.cfg.ModelList {
 		var caller provider.Caller
 		if d.Params.MockResponse != nil {
-			caller = &provider.Mock{Text: *d.Params.MockResponse, Model: d.ModelName}
+			caller = &provider.Mock{Text: *d.Params.MockResponse, Model: d.ModelName,
+				Chunks: s.cfg.LLMQ.MockStreamChunks, Gap: s.cfg.LLMQ.MockStreamGap.D()}
 		} else {
 			caller = provider.NewOpenAI(provider.OpenAIOptions{
 				BaseURL: d.Params.APIBase, APIKey: d.Params.APIKey, Model: d.Params.ProviderModel(),

@@ -187,4 +187,3 @@ func boolInt(b bool) int {
 	}
 	return 0
 }
-

@@ -146,6 +146,12 @@ type LLMQSettings struct {
 	AckWait Seconds `yaml:"ack_wait"`
 	// Replicas is the number of JetStream stream replicas; default 1; 1 to 5.
 	Replicas int `yaml:"replicas"`
+	// MockStreamChunks is how many content chunks a mock_response deployment
+	// streams; default 4.
+	MockStreamChunks int `yaml:"mock_stream_chunks"`
+	// MockStreamGap is the pause between a mock deployment's streamed chunks;
+	// default 0.05 s, so the embedded default visibly streams.
+	MockStreamGap Seconds `yaml:"mock_stream_gap"`
 }
 
 // Load reads the file at path, resolves every scalar value of the form "os.environ/NAME"
@@ -246,6 +252,12 @@ func (c *Config) ApplyDefaults() {
 	}
 	if l.AckWait == 0 {
 		l.AckWait = Seconds(defaultAckWait)
+	}
+	if l.MockStreamChunks == 0 {
+		l.MockStreamChunks = 4
+	}
+	if l.MockStreamGap == 0 {
+		l.MockStreamGap = Seconds(50 * time.Millisecond)
 	}
 	if l.Replicas == 0 {
 		l.Replicas = defaultReplicas

@@ -177,6 +177,12 @@ func (c *Config) validate() []*FieldError {
 	if q.AckWait <= 0 {
 		add("llmq_settings.ack_wait", "must be positive")
 	}
+	if q.MockStreamChunks < 1 {
+		add("llmq_settings.mock_stream_chunks", "must be at least 1, got %d", q.MockStreamChunks)
+	}
+	if q.MockStreamGap < 0 {
+		add("llmq_settings.mock_stream_gap", "must not be negative")
+	}
 	if q.Replicas < 1 || q.Replicas > maxReplicas {
 		add("llmq_settings.replicas", "must be between 1 and %d, got %d", maxReplicas, q.Replicas)
 	}

@@ -21,6 +21,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nuid"
+
 	"github.com/llmq/llmq/pkg/client"
 	"github.com/llmq/llmq/pkg/messages"
 )
@@ -33,6 +35,19 @@ const (
 	HeaderQueueMs    = "x-llmq-queue-ms"
 	HeaderDeployment = "x-llmq-deployment"
 )
+
+// errorOf turns any error from the client into a *messages.Error.
+func errorOf(ctx context.Context, err error) *messages.Error {
+	var e *messages.Error
+	if errors.As(err, &e) {
+		return e
+	}
+	o := messages.OutcomeOf(err)
+	if errors.Is(context.Cause(ctx), messages.ErrProviderTimeout) {
+		o = messages.OutcomeProviderTimeout
+	}
+	return &messages.Error{Outcome: o, Message: err.Error()}
+}
 
 // Submitter is what the gateway needs from pkg/client.
 type Submitter interface {
@@ -157,9 +172,6 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 		return fail(&messages.Error{Outcome: messages.OutcomeUnknownModel, Param: "model", Code: "model_not_found",
 			Message: "the model group " + strconv.Quote(p.Model) + " does not exist; GET /v1/models lists them"})
 	}
-	if p.Stream {
-		return fail(messages.Errorf(messages.OutcomeInvalidRequest, "stream", "streaming is not supported yet; send \"stream\": false"))
-	}
 	priority := s.opts.DefaultPriority
 	if p.Priority != nil {
 		priority = *p.Priority
@@ -175,37 +187,49 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	h.Set(HeaderPriority, strconv.FormatInt(priority, 10))
 	h.Set(HeaderBand, strconv.Itoa(band))
 
+	var sse *sseWriter
+	if p.Stream {
+		sse = newSSE(w)
+		req.OnStart = func(info client.Result) { setPicked(h, info) }
+		req.OnChunk = sse.event
+	}
 	ctx := r.Context()
 	if s.opts.AnswerTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeoutCause(ctx, queueTimeout+s.opts.AnswerTimeout, messages.ErrProviderTimeout)
 		defer cancel()
 	}
+	req.ID = nuid.Next()
+	h.Set(HeaderRequestID, req.ID)
 	resp, info, err := s.opts.Client.Do(ctx, req)
-	h.Set(HeaderRequestID, info.ID)
-	if info.Picked {
-		h.Set(HeaderQueueMs, strconv.FormatInt(info.QueueWait.Milliseconds(), 10))
+	if sse != nil && sse.started {
+		// Headers and some events are out: the end is told in the stream.
+		return sse.finish(err)
 	}
+	setPicked(h, info)
 	if err != nil {
-		var e *messages.Error
-		if !errors.As(err, &e) {
-			o := messages.OutcomeOf(err)
-			if errors.Is(context.Cause(ctx), messages.ErrProviderTimeout) {
-				o = messages.OutcomeProviderTimeout
-			}
-			e = &messages.Error{Outcome: o, Message: err.Error()}
-		}
+		e := errorOf(ctx, err)
 		if e.Outcome == messages.OutcomeCancelled {
 			// The client is gone; nobody reads the answer.
 			return e.Outcome, e.HTTPStatus()
 		}
 		return fail(e)
 	}
-	h.Set(HeaderDeployment, resp.Deployment)
+	if sse != nil { // served with no event at all
+		return sse.finish(nil)
+	}
 	h.Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(resp.Body)
 	return messages.OutcomeServed, http.StatusOK
+}
+
+// setPicked sets the headers known once a worker picked the request up.
+func setPicked(h http.Header, info client.Result) {
+	if info.Picked {
+		h.Set(HeaderQueueMs, strconv.FormatInt(info.QueueWait.Milliseconds(), 10))
+		h.Set(HeaderDeployment, info.Deployment)
+	}
 }
 
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *messages.Error) {

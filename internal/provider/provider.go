@@ -10,6 +10,8 @@
 package provider
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,6 +24,7 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 
 	"github.com/llmq/llmq/pkg/messages"
@@ -40,9 +43,19 @@ type Result struct {
 	Usage Usage  // zero when the provider reported none
 }
 
+// Emit receives one streamed event: the JSON payload of a server-sent
+// "data:" line, without the "data: " prefix and without the final [DONE].
+// An error stops the stream.
+type Emit func(data []byte) error
+
 // Caller calls one deployment.
 type Caller interface {
+	// Call makes a non-streaming call.
 	Call(ctx context.Context, kind messages.Kind, body []byte) (*Result, error)
+	// Stream makes a streaming call (the body has "stream": true) and passes
+	// each event to emit as it arrives. It returns the usage the provider
+	// reported in the stream, if any.
+	Stream(ctx context.Context, kind messages.Kind, body []byte, emit Emit) (Usage, error)
 }
 
 // maxResponseBytes bounds a provider answer; replies travel over NATS.
@@ -86,22 +99,31 @@ func NewOpenAI(o OpenAIOptions) *OpenAI {
 	return &OpenAI{client: openai.NewClient(opts...), model: o.Model, timeout: o.Timeout}
 }
 
+// post sends body with the deployment's model and returns the open response.
+// The caller closes its body and calls cancel.
+func (p *OpenAI) post(ctx context.Context, kind messages.Kind, body []byte) (res *http.Response, cctx context.Context, cancel context.CancelFunc, err error) {
+	body, err = sjson.SetBytes(body, "model", p.model)
+	if err != nil {
+		return nil, ctx, func() {}, fmt.Errorf("%w: set model: %w", messages.ErrInternal, err)
+	}
+	cancel = func() {}
+	if p.timeout > 0 {
+		ctx, cancel = context.WithTimeoutCause(ctx, p.timeout, messages.ErrProviderTimeout)
+	}
+	if err = p.client.Post(ctx, kind.Path(), body, &res); err != nil {
+		cancel()
+		return nil, ctx, func() {}, classify(ctx, err)
+	}
+	return res, ctx, cancel, nil
+}
+
 // Call forwards body to the provider.
 func (p *OpenAI) Call(ctx context.Context, kind messages.Kind, body []byte) (*Result, error) {
-	body, err := sjson.SetBytes(body, "model", p.model)
+	res, ctx, cancel, err := p.post(ctx, kind, body)
 	if err != nil {
-		return nil, fmt.Errorf("%w: set model: %w", messages.ErrInternal, err)
+		return nil, err
 	}
-	if p.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, p.timeout, messages.ErrProviderTimeout)
-		defer cancel()
-	}
-	var res *http.Response
-	err = p.client.Post(ctx, kind.Path(), body, &res)
-	if err != nil {
-		return nil, classify(ctx, err)
-	}
+	defer cancel()
 	defer res.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(res.Body, maxResponseBytes))
 	if err != nil {
@@ -115,6 +137,39 @@ func (p *OpenAI) Call(ctx context.Context, kind messages.Kind, body []byte) (*Re
 		r.Usage = *u.Usage
 	}
 	return r, nil
+}
+
+// Stream forwards a streaming request and relays its events.
+func (p *OpenAI) Stream(ctx context.Context, kind messages.Kind, body []byte, emit Emit) (Usage, error) {
+	res, ctx, cancel, err := p.post(ctx, kind, body)
+	if err != nil {
+		return Usage{}, err
+	}
+	defer cancel()
+	defer res.Body.Close()
+	var usage Usage
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), maxResponseBytes)
+	for sc.Scan() {
+		data, ok := bytes.CutPrefix(sc.Bytes(), []byte("data:"))
+		if !ok {
+			continue // comments, event names, blank separators
+		}
+		data = bytes.TrimSpace(data)
+		if string(data) == "[DONE]" {
+			return usage, nil
+		}
+		if u := gjson.GetBytes(data, "usage"); u.IsObject() {
+			_ = json.Unmarshal([]byte(u.Raw), &usage)
+		}
+		if err := emit(bytes.Clone(data)); err != nil {
+			return usage, err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return usage, classify(ctx, err)
+	}
+	return usage, nil // the provider ended without [DONE]
 }
 
 // classify turns an openai-go or transport error into a *messages.Error.
@@ -150,8 +205,10 @@ func classify(ctx context.Context, err error) error {
 
 // Mock answers every call with a fixed text in OpenAI's response shape.
 type Mock struct {
-	Text  string
-	Model string // reported as "model"
+	Text   string
+	Model  string        // reported as "model"
+	Chunks int           // content chunks of a streamed answer; default 4
+	Gap    time.Duration // pause between streamed chunks
 }
 
 var _ Caller = (*Mock)(nil)
@@ -184,4 +241,91 @@ func (m *Mock) Call(ctx context.Context, kind messages.Kind, body []byte) (*Resu
 		return nil, err
 	}
 	return &Result{Body: b, Usage: usage}, nil
+}
+
+// Stream answers with the text split into m.Chunks events, m.Gap apart, and a
+// usage event when the body asks for one (stream_options.include_usage).
+func (m *Mock) Stream(ctx context.Context, kind messages.Kind, body []byte, emit Emit) (Usage, error) {
+	res, err := m.Call(ctx, kind, body)
+	if err != nil {
+		return Usage{}, err
+	}
+	now := time.Now().Unix()
+	id := "chatcmpl-mock-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	object := "chat.completion.chunk"
+	if kind == messages.KindCompletion {
+		id, object = "cmpl-mock-"+id[len("chatcmpl-mock-"):], "text_completion"
+	}
+	chunk := func(choice map[string]any, usage *Usage) error {
+		v := map[string]any{"id": id, "object": object, "created": now, "model": m.Model, "choices": []any{}}
+		if choice != nil {
+			v["choices"] = []any{choice}
+		}
+		if usage != nil {
+			v["usage"] = usage
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		return emit(b)
+	}
+	n := m.Chunks
+	if n <= 0 {
+		n = 4
+	}
+	for i, piece := range split(m.Text, n) {
+		if i > 0 && m.Gap > 0 {
+			if err := sleep(ctx, m.Gap); err != nil {
+				return Usage{}, err
+			}
+		}
+		var choice map[string]any
+		if kind == messages.KindCompletion {
+			choice = map[string]any{"index": 0, "text": piece, "finish_reason": nil, "logprobs": nil}
+		} else {
+			delta := map[string]any{"content": piece}
+			if i == 0 {
+				delta["role"] = "assistant"
+			}
+			choice = map[string]any{"index": 0, "delta": delta, "finish_reason": nil, "logprobs": nil}
+		}
+		if err := chunk(choice, nil); err != nil {
+			return Usage{}, err
+		}
+	}
+	final := map[string]any{"index": 0, "finish_reason": "stop", "logprobs": nil, "delta": map[string]any{}}
+	if kind == messages.KindCompletion {
+		final = map[string]any{"index": 0, "text": "", "finish_reason": "stop", "logprobs": nil}
+	}
+	if err := chunk(final, nil); err != nil {
+		return Usage{}, err
+	}
+	if gjson.GetBytes(body, "stream_options.include_usage").Bool() {
+		if err := chunk(nil, &res.Usage); err != nil {
+			return Usage{}, err
+		}
+	}
+	return res.Usage, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", messages.ErrCancelled, context.Cause(ctx))
+	case <-t.C:
+		return nil
+	}
+}
+
+// split cuts s into n pieces of nearly equal rune counts.
+func split(s string, n int) []string {
+	r := []rune(s)
+	out := make([]string, 0, n)
+	for i := range n {
+		out = append(out, string(r[i*len(r)/n:(i+1)*len(r)/n]))
+	}
+	return out
 }

@@ -51,6 +51,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -94,7 +95,13 @@ type Pool struct {
 	wake      chan struct{}
 	rotate    atomic.Uint32
 	inFlight  sync.WaitGroup
+
+	control string   // prefix of this pool's control subjects
+	calls   sync.Map // request id -> context.CancelCauseFunc of its call
 }
+
+// errCallerGone cancels a call whose caller went away.
+var errCallerGone = errors.New("the caller went away")
 
 // New prepares a pool. The stream and consumers must exist (topology.Ensure).
 func New(nc *nats.Conn, opts Options) (*Pool, error) {
@@ -124,6 +131,7 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 		nc: nc, js: js, opts: opts, log: opts.Logger,
 		groupIdx: make(map[string]int, len(opts.Groups)),
 		wake:     make(chan struct{}, opts.Slots),
+		control:  nc.NewRespInbox(),
 	}
 	for i, g := range opts.Groups {
 		p.groupIdx[g] = i
@@ -147,6 +155,11 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	defer sub.Unsubscribe()
 	_ = sub.SetPendingLimits(-1, -1)
+	ctl, err := p.nc.Subscribe(p.control+".*", p.onControl)
+	if err != nil {
+		return fmt.Errorf("worker: subscribe control: %w", err)
+	}
+	defer ctl.Unsubscribe()
 
 	p.markAll() // requests queued before we started
 	var wg sync.WaitGroup
@@ -200,6 +213,19 @@ func (p *Pool) onWake(m *nats.Msg) {
 	}
 	p.pending[band][gi].Store(true)
 	p.signal()
+}
+
+// onControl cancels a call when its caller says so, or when NATS reports
+// that nobody listens on the caller's inbox any more ("no responders" to a
+// heartbeat or chunk sent with this control subject as reply).
+func (p *Pool) onControl(m *nats.Msg) {
+	id := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+	if m.Header.Get(messages.HeaderEvent) != messages.EventCancel && m.Header.Get("Status") != "503" {
+		return
+	}
+	if cancel, ok := p.calls.Load(id); ok {
+		cancel.(context.CancelCauseFunc)(errCallerGone)
+	}
 }
 
 func (p *Pool) markAll() {
@@ -355,32 +381,56 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 		_ = m.TermWithReason("queue deadline passed")
 		return
 	}
-	if !p.pickup(req) {
+	control := p.control + "." + req.ID
+	if !p.pickup(req, control, d.ID) {
 		log.Info("dropping request whose caller is gone")
 		_ = m.TermWithReason("caller gone")
 		return
 	}
 
-	// The answer is sent even if the pool is shutting down: the call was
-	// started, so it is finished (bounded by the provider timeout).
-	callCtx := context.WithoutCancel(ctx)
-	stop := p.keepAlive(m)
+	// The call is finished even if the pool is shutting down (bounded by the
+	// provider timeout); only its caller can cancel it.
+	callCtx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancel(nil)
+	p.calls.Store(req.ID, cancel)
+	defer p.calls.Delete(req.ID)
+	stop := p.keepAlive(m, req.ReplyTo, control)
 	caller := d.Value.(provider.Caller)
 	started := time.Now()
-	res, err := caller.Call(callCtx, req.Kind, req.Body)
+	rep := &messages.Reply{Deployment: d.ID}
+	var usage provider.Usage
+	if req.Stream {
+		seq := 0
+		usage, err = caller.Stream(callCtx, req.Kind, req.Body, func(data []byte) error {
+			seq++
+			msg := messages.EventMsg(req.ReplyTo, messages.EventChunk, seq, data)
+			msg.Reply = control
+			return p.nc.PublishMsg(msg)
+		})
+		rep.Seq = seq + 1
+	} else {
+		var res *provider.Result
+		if res, err = caller.Call(callCtx, req.Kind, req.Body); err == nil {
+			rep.Body, usage = res.Body, res.Usage
+		}
+	}
 	stop()
 
-	rep := &messages.Reply{Deployment: d.ID}
-	if err != nil {
+	switch {
+	case context.Cause(callCtx) == errCallerGone:
+		log.Info("call cancelled: the caller went away", "duration", time.Since(started))
+		_ = m.Ack() // nobody waits for it: it leaves the stream
+		return
+	case err != nil:
 		var e *messages.Error
 		if !errors.As(err, &e) {
 			e = &messages.Error{Outcome: messages.OutcomeOf(err), Message: err.Error()}
 		}
 		rep.Outcome, rep.Status, rep.RetryAfter, rep.Body = e.Outcome, e.HTTPStatus(), e.RetryAfter, messages.ErrorBody(e)
 		log.Warn("provider call failed", "outcome", e.Outcome, "status", rep.Status, "error", e.Message, "duration", time.Since(started))
-	} else {
-		rep.Outcome, rep.Status, rep.Body = messages.OutcomeServed, 200, res.Body
-		log.Debug("served", "duration", time.Since(started), "prompt_tokens", res.Usage.PromptTokens, "completion_tokens", res.Usage.CompletionTokens)
+	default:
+		rep.Outcome, rep.Status = messages.OutcomeServed, 200
+		log.Debug("served", "duration", time.Since(started), "prompt_tokens", usage.PromptTokens, "completion_tokens", usage.CompletionTokens)
 	}
 	if err := p.nc.PublishMsg(messages.ReplyMsg(req.ReplyTo, rep)); err != nil {
 		log.Warn("reply not sent; the request will be redelivered", "error", err)
@@ -392,27 +442,37 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 	}
 }
 
-// pickup asks the caller whether it still waits for req.
-func (p *Pool) pickup(req *messages.Request) bool {
-	msg := nats.NewMsg(req.ReplyTo)
-	msg.Header.Set(messages.HeaderVersion, messages.Version)
-	msg.Header.Set(messages.HeaderEvent, messages.EventPickup)
+// pickup asks the caller whether it still waits for req, and names the
+// control subject it can cancel the call on.
+func (p *Pool) pickup(req *messages.Request, control, deployment string) bool {
+	msg := messages.EventMsg(req.ReplyTo, messages.EventPickup, 0, nil)
+	msg.Header.Set(messages.HeaderControl, control)
+	msg.Header.Set(messages.HeaderDeployment, deployment)
 	resp, err := p.nc.RequestMsg(msg, p.opts.PickupTimeout)
 	return err == nil && string(resp.Data) == messages.PickupAccept
 }
 
-// keepAlive sends in-progress acks until the returned stop is called.
-func (p *Pool) keepAlive(m jetstream.Msg) (stop func()) {
+// keepAlive keeps a call's message and its caller informed until stop: an
+// in-progress ack every third of the ack wait, so JetStream does not
+// redeliver, and a heartbeat to the caller every HeartbeatInterval, sent with
+// the control subject as reply so a vanished caller is noticed.
+func (p *Pool) keepAlive(m jetstream.Msg, inbox, control string) (stop func()) {
 	done := make(chan struct{})
 	go func() {
-		t := time.NewTicker(p.opts.AckWait / 3)
-		defer t.Stop()
+		progress := time.NewTicker(p.opts.AckWait / 3)
+		defer progress.Stop()
+		beat := time.NewTicker(messages.HeartbeatInterval)
+		defer beat.Stop()
 		for {
 			select {
 			case <-done:
 				return
-			case <-t.C:
+			case <-progress.C:
 				_ = m.InProgress()
+			case <-beat.C:
+				msg := messages.EventMsg(inbox, messages.EventAlive, 0, nil)
+				msg.Reply = control
+				_ = p.nc.PublishMsg(msg)
 			}
 		}
 	}()

@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,7 +42,17 @@ type Options struct {
 	// PublishTimeout bounds the JetStream publish; default 5 s. A broker that
 	// does not acknowledge in time makes Do fail with ErrBrokerUnavailable.
 	PublishTimeout time.Duration
+	// StreamBuffer bounds the chunks buffered per stream for a slow reader;
+	// default 256. A stream whose reader falls further behind is ended with
+	// ErrSlowReader, so memory per stream is bounded and nothing else waits.
+	StreamBuffer int
 }
+
+// ErrSlowReader ends a stream whose reader could not keep up.
+var ErrSlowReader = errors.New("the client read the stream too slowly")
+
+// ErrWorkerLost ends a stream whose worker stopped sending (it died).
+var ErrWorkerLost = errors.New("the worker serving the stream stopped responding")
 
 // Client submits requests over one NATS connection.
 type Client struct {
@@ -50,6 +61,7 @@ type Client struct {
 	subjects messages.Subjects
 	bands    messages.Bands
 	pubWait  time.Duration
+	buffer   int
 	inbox    string // prefix; a request's inbox is inbox + "." + id
 	sub      *nats.Subscription
 
@@ -87,6 +99,9 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 	if c.pubWait <= 0 {
 		c.pubWait = 5 * time.Second
 	}
+	if c.buffer = opts.StreamBuffer; c.buffer <= 0 {
+		c.buffer = 256
+	}
 	c.sub, err = nc.Subscribe(c.inbox+".*", c.onInbox)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe inbox: %w", err)
@@ -110,7 +125,13 @@ type Request struct {
 	Group    string        // model group (model_name)
 	Priority int64         // lower is more important
 	Body     []byte        // OpenAI request body without llmq-only fields such as "priority"
-	Stream   bool          // not supported over this client yet
+	// OnChunk, when set, makes the request a stream (the body must have
+	// "stream": true): it receives each event payload in order, in Do's
+	// goroutine. An error from it ends the stream and cancels the call.
+	OnChunk func(data []byte) error
+	// OnStart, when set, is called once in Do's goroutine before the first
+	// chunk of a stream, with what is known at pickup.
+	OnStart func(info Result)
 	// Deadline bounds the time the request may wait in the queue. Zero means
 	// no deadline other than ctx's.
 	Deadline time.Time
@@ -127,10 +148,11 @@ type Response struct {
 
 // Result carries what is known about a request even when it failed.
 type Result struct {
-	ID        string
-	Band      int
-	Picked    bool          // a worker picked the request up
-	QueueWait time.Duration // from publish to pickup, when Picked
+	ID         string
+	Band       int
+	Picked     bool          // a worker picked the request up
+	QueueWait  time.Duration // from publish to pickup, when Picked
+	Deployment string        // the deployment chosen at pickup, when Picked
 }
 
 const (
@@ -140,21 +162,32 @@ const (
 )
 
 type waiter struct {
+	stream   bool
 	state    atomic.Int32
 	pickedAt atomic.Int64 // unix nanos
+	lastSeen atomic.Int64 // unix nanos of the last message from the worker
+	control  atomic.Pointer[string]
+	deploy   atomic.Pointer[string]
 	reply    chan *nats.Msg
+	chunks   chan *nats.Msg // streams only
+	abort    chan struct{}  // closed when the chunk buffer overflowed
+	once     sync.Once
 }
 
 // Do submits req and waits for its answer. A request that fails returns an
 // error matching one of pkg/messages' classes with errors.Is (a *messages.Error
-// for answers from a worker); info is filled in either way.
+// for answers from a worker); info is filled in either way. For a stream,
+// Response.Body is empty: the events went to req.OnChunk.
 func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Result, err error) {
 	if req.ID == "" {
 		req.ID = nuid.Next()
 	}
 	band := c.bands.Band(req.Priority)
 	info = Result{ID: req.ID, Band: band}
-	w := &waiter{reply: make(chan *nats.Msg, 1)}
+	w := &waiter{stream: req.OnChunk != nil, reply: make(chan *nats.Msg, 1), abort: make(chan struct{})}
+	if w.stream {
+		w.chunks = make(chan *nats.Msg, c.buffer)
+	}
 	c.mu.Lock()
 	if _, dup := c.waiters[req.ID]; dup {
 		c.mu.Unlock()
@@ -171,7 +204,7 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 	start := time.Now()
 	msg := c.subjects.Msg(&messages.Request{
 		ID: req.ID, Kind: req.Kind, Group: req.Group, Band: band, Priority: req.Priority,
-		ReplyTo: c.inbox + "." + req.ID, Deadline: req.Deadline, Stream: req.Stream, Body: req.Body,
+		ReplyTo: c.inbox + "." + req.ID, Deadline: req.Deadline, Stream: w.stream, Body: req.Body,
 	}, start)
 	if err := c.publish(ctx, msg); err != nil {
 		w.state.Store(stateAbandoned)
@@ -184,36 +217,100 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 		defer t.Stop()
 		deadline = t.C
 	}
+	var silence <-chan time.Time
+	if w.stream {
+		t := time.NewTicker(messages.HeartbeatInterval)
+		defer t.Stop()
+		silence = t.C
+	}
+	picked := func() {
+		if at := w.pickedAt.Load(); at != 0 {
+			info.Picked = true
+			info.QueueWait = time.Unix(0, at).Sub(start)
+			if d := w.deploy.Load(); d != nil {
+				info.Deployment = *d
+			}
+		}
+	}
+	// fail abandons the request and tells its worker, if any, to stop.
+	fail := func(err error) (*Response, Result, error) {
+		if w.state.Swap(stateAbandoned) == statePicked {
+			picked()
+			c.cancel(w)
+		}
+		return nil, info, err
+	}
+	next := 1 // the sequence number the next stream event must carry
+	chunk := func(m *nats.Msg) error {
+		if seq, _ := strconv.Atoi(m.Header.Get(messages.HeaderSeq)); seq != next {
+			return fmt.Errorf("%w: stream event %d arrived where %d was expected", messages.ErrInternal, seq, next)
+		}
+		next++
+		if next == 2 {
+			picked()
+			if req.OnStart != nil {
+				req.OnStart(info)
+			}
+		}
+		return req.OnChunk(m.Data)
+	}
 	for {
 		select {
+		case m := <-w.chunks:
+			if err := chunk(m); err != nil {
+				return fail(err)
+			}
 		case m := <-w.reply:
-			info.Picked = true
-			if at := w.pickedAt.Load(); at != 0 {
-				info.QueueWait = time.Unix(0, at).Sub(start)
+			picked()
+			for drained := false; !drained; { // chunks sent before the reply are already queued
+				select {
+				case cm := <-w.chunks:
+					if err := chunk(cm); err != nil {
+						return fail(err)
+					}
+				default:
+					drained = true
+				}
 			}
 			rep, err := messages.DecodeReply(m.Header, m.Data)
 			if err != nil {
 				return nil, info, err
 			}
+			if w.stream && rep.Seq != next {
+				return nil, info, fmt.Errorf("%w: stream ended after event %d, but %d were sent", messages.ErrInternal, next-1, rep.Seq-1)
+			}
 			if err := rep.Err(); err != nil {
 				return nil, info, err
 			}
 			return &Response{ID: req.ID, Band: band, Deployment: rep.Deployment, QueueWait: info.QueueWait, Body: rep.Body}, info, nil
+		case <-w.abort:
+			return fail(fmt.Errorf("%w: more than %d events were waiting", ErrSlowReader, c.buffer))
+		case <-silence:
+			if seen := w.lastSeen.Load(); w.state.Load() == statePicked && time.Since(time.Unix(0, seen)) > messages.StreamSilence {
+				return fail(fmt.Errorf("%w: nothing for %s", ErrWorkerLost, messages.StreamSilence))
+			}
 		case <-deadline:
 			if w.state.CompareAndSwap(stateWaiting, stateAbandoned) {
 				return nil, info, messages.Errorf(messages.OutcomeQueueTimeout, "", "the request waited %s in the queue without reaching a worker", time.Since(start).Round(time.Millisecond))
 			}
 			deadline = nil // picked up just in time: wait for the answer
 		case <-ctx.Done():
-			if w.state.Swap(stateAbandoned) == statePicked {
-				info.Picked = true
-			}
 			cause := context.Cause(ctx)
-			if errors.Is(cause, messages.ErrQueueTimeout) {
-				return nil, info, messages.Errorf(messages.OutcomeQueueTimeout, "", "the request waited %s in the queue without reaching a worker", time.Since(start).Round(time.Millisecond))
+			if errors.Is(cause, messages.ErrQueueTimeout) && w.state.Load() == stateWaiting {
+				return fail(messages.Errorf(messages.OutcomeQueueTimeout, "", "the request waited %s in the queue without reaching a worker", time.Since(start).Round(time.Millisecond)))
 			}
-			return nil, info, fmt.Errorf("%w: %w", messages.ErrCancelled, cause)
+			if errors.Is(cause, messages.ErrProviderTimeout) {
+				return fail(&messages.Error{Outcome: messages.OutcomeProviderTimeout, Message: "no answer in time"})
+			}
+			return fail(fmt.Errorf("%w: %w", messages.ErrCancelled, cause))
 		}
+	}
+}
+
+// cancel tells the worker serving w to stop.
+func (c *Client) cancel(w *waiter) {
+	if ctl := w.control.Load(); ctl != nil {
+		_ = c.nc.PublishMsg(messages.EventMsg(*ctl, messages.EventCancel, 0, nil))
 	}
 }
 
@@ -242,26 +339,28 @@ func isQueueFull(err error) bool {
 	return strings.Contains(strings.ToLower(err.Error()), "maximum messages per subject exceeded")
 }
 
-// onInbox handles pickups and replies for every request of this client.
+// onInbox handles pickups and events for every request of this client. It
+// runs on the subscription's goroutine and never blocks.
 func (c *Client) onInbox(m *nats.Msg) {
 	id := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
 	c.mu.Lock()
 	w := c.waiters[id]
 	c.mu.Unlock()
+	if w != nil {
+		w.lastSeen.Store(time.Now().UnixNano())
+	}
 	switch m.Header.Get(messages.HeaderEvent) {
 	case messages.EventPickup:
-		answer := messages.PickupReject
-		if w != nil {
-			// A redelivery after a worker died finds the state already picked:
-			// the caller still waits, so the new worker may go on.
-			if w.state.CompareAndSwap(stateWaiting, statePicked) {
-				w.pickedAt.Store(time.Now().UnixNano())
-				answer = messages.PickupAccept
-			} else if w.state.Load() == statePicked {
-				answer = messages.PickupAccept
-			}
+		_ = m.Respond([]byte(c.pickup(w, m.Header)))
+	case messages.EventChunk:
+		if w == nil || w.chunks == nil {
+			return
 		}
-		_ = m.Respond([]byte(answer))
+		select {
+		case w.chunks <- m:
+		default:
+			w.once.Do(func() { close(w.abort) })
+		}
 	case messages.EventReply:
 		if w == nil {
 			return
@@ -271,4 +370,25 @@ func (c *Client) onInbox(m *nats.Msg) {
 		default:
 		}
 	}
+}
+
+// pickup decides whether a worker may start w's request.
+func (c *Client) pickup(w *waiter, h nats.Header) string {
+	if w == nil {
+		return messages.PickupReject
+	}
+	// A redelivery after a worker died finds the state already picked. A
+	// plain request may start again (the caller still waits for its one
+	// answer); a stream may not, since part of it may have been relayed.
+	first := w.state.CompareAndSwap(stateWaiting, statePicked)
+	if !first && (w.stream || w.state.Load() != statePicked) {
+		return messages.PickupReject
+	}
+	control, deployment := h.Get(messages.HeaderControl), h.Get(messages.HeaderDeployment)
+	w.control.Store(&control)
+	w.deploy.Store(&deployment)
+	if first {
+		w.pickedAt.Store(time.Now().UnixNano())
+	}
+	return messages.PickupAccept
 }

@@ -35,6 +35,18 @@
 // worker drops the request without calling a provider. The caller must answer
 // pickups on its inbox; pkg/client does this.
 //
+// While it works, the worker sends Llmq-Event "alive" to the inbox every
+// HeartbeatInterval, with its control subject as the message's reply
+// subject: if the caller is gone, NATS answers "no responders" there and the
+// worker cancels the provider call. A caller that gives up sends Llmq-Event
+// "cancel" to that control subject (also named in the pickup's Llmq-Control
+// header).
+//
+// A streamed request (Llmq-Stream "1") is answered by "chunk" events, each
+// carrying one server-sent-event payload of the provider (the JSON after
+// "data: ") and numbered by Llmq-Seq from 1; the final "reply" carries the
+// next number, so a gap or reordering is detected.
+//
 // The final answer is a plain NATS message to Llmq-Reply with Llmq-Event
 // "reply", the HTTP status in Llmq-Status, the [Outcome] in Llmq-Outcome, the
 // deployment that served it in Llmq-Deployment, and the provider's response

@@ -26,6 +26,8 @@ const (
 	HeaderOutcome    = "Llmq-Outcome"
 	HeaderDeployment = "Llmq-Deployment"
 	HeaderRetryAfter = "Llmq-Retry-After"
+	HeaderSeq        = "Llmq-Seq"
+	HeaderControl    = "Llmq-Control"
 	HeaderMsgID      = "Nats-Msg-Id"
 	HeaderTTL        = "Nats-TTL"
 )
@@ -33,8 +35,34 @@ const (
 // Events carried in HeaderEvent on messages to a caller's inbox.
 const (
 	EventPickup = "pickup" // a worker asks whether the caller still waits
-	EventReply  = "reply"  // the final answer
+	EventChunk  = "chunk"  // one streamed event, numbered by HeaderSeq from 1
+	EventAlive  = "alive"  // the worker still works on the request (every HeartbeatInterval)
+	EventReply  = "reply"  // the final answer; for a stream, numbered after the last chunk
+	// EventCancel goes from the caller to the worker's HeaderControl subject:
+	// stop the provider call, nobody reads the answer.
+	EventCancel = "cancel"
 )
+
+// HeartbeatInterval is how often a worker sends EventAlive while it serves a
+// request. A streaming caller that hears nothing for StreamSilence assumes
+// the worker died.
+const (
+	HeartbeatInterval = time.Second
+	StreamSilence     = 5 * time.Second
+)
+
+// EventMsg builds a chunk, alive or cancel message to subject. seq is 0 for
+// events that are not numbered.
+func EventMsg(subject, event string, seq int, data []byte) *nats.Msg {
+	m := nats.NewMsg(subject)
+	m.Header[HeaderVersion] = []string{Version}
+	m.Header[HeaderEvent] = []string{event}
+	if seq > 0 {
+		m.Header[HeaderSeq] = []string{strconv.Itoa(seq)}
+	}
+	m.Data = data
+	return m
+}
 
 // Pickup answers a caller sends back to a worker's pickup message.
 const (
@@ -143,6 +171,7 @@ func (s Subjects) DecodeRequest(subject string, h nats.Header, body []byte) (*Re
 
 // Reply is the final answer to a request.
 type Reply struct {
+	Seq        int // for streams: the number after the last chunk
 	Outcome    Outcome
 	Status     int    // HTTP status to answer with
 	Deployment string // model_info.id of the deployment that served it
@@ -163,6 +192,9 @@ func ReplyMsg(inbox string, r *Reply) *nats.Msg {
 	if r.RetryAfter != "" {
 		m.Header[HeaderRetryAfter] = []string{r.RetryAfter}
 	}
+	if r.Seq > 0 {
+		m.Header[HeaderSeq] = []string{strconv.Itoa(r.Seq)}
+	}
 	m.Data = r.Body
 	return m
 }
@@ -177,7 +209,8 @@ func DecodeReply(h nats.Header, body []byte) (*Reply, error) {
 	if err != nil || st < 100 || st > 599 {
 		return nil, fmt.Errorf("%w: reply status %q", ErrInternal, h.Get(HeaderStatus))
 	}
-	return &Reply{Outcome: o, Status: st, Deployment: h.Get(HeaderDeployment), RetryAfter: h.Get(HeaderRetryAfter), Body: body}, nil
+	seq, _ := strconv.Atoi(h.Get(HeaderSeq))
+	return &Reply{Outcome: o, Status: st, Seq: seq, Deployment: h.Get(HeaderDeployment), RetryAfter: h.Get(HeaderRetryAfter), Body: body}, nil
 }
 
 // Err returns the reply as an *Error, or nil when it was served.
