@@ -81,11 +81,34 @@ func (s Spec) ConsumerConfig(band int, group string) jetstream.ConsumerConfig {
 	}
 }
 
-// Ensure creates or updates the stream and every consumer.
+// DeadLetterMaxAge is how long the dead-letter stream keeps a request.
+const DeadLetterMaxAge = 7 * 24 * time.Hour
+
+// DeadLetterConfig returns the configuration of the stream that keeps
+// requests that were terminated for good (undecodable, or failed every
+// attempt), with the reason in the Llmq-Dead-Reason header.
+func (s Spec) DeadLetterConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        s.Subjects.DeadLetterStream(),
+		Description: "llmq requests that failed for good",
+		Subjects:    []string{s.Subjects.DeadLetterWildcard()},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(s.Replicas, 1),
+		MaxAge:      DeadLetterMaxAge,
+		MaxMsgs:     1_000_000,
+		Discard:     jetstream.DiscardOld,
+	}
+}
+
+// Ensure creates or updates the streams and every consumer.
 func Ensure(ctx context.Context, js jetstream.JetStream, s Spec) error {
 	stream, err := js.CreateOrUpdateStream(ctx, s.StreamConfig())
 	if err != nil {
 		return fmt.Errorf("create stream %s: %w", s.Subjects.RequestStream(), err)
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, s.DeadLetterConfig()); err != nil {
+		return fmt.Errorf("create stream %s: %w", s.Subjects.DeadLetterStream(), err)
 	}
 	var errs []error
 	for band := range s.Bands {

@@ -43,7 +43,9 @@
 // # Shutdown
 //
 // When the context passed to Run ends, slots stop taking work; calls in
-// progress finish (bounded by their provider timeout) and Run returns.
+// progress finish within DrainTimeout, the rest are cancelled and their
+// messages negatively acknowledged, so another worker serves them at once;
+// then Run returns.
 package worker
 
 import (
@@ -79,6 +81,10 @@ type Options struct {
 	PollInterval time.Duration
 	// PickupTimeout bounds the check that the caller still waits; default 2 s.
 	PickupTimeout time.Duration
+	// DrainTimeout bounds how long Run waits, after its context ends, for the
+	// calls in progress; calls still running then are cancelled and their
+	// requests handed back to JetStream for another worker. Default 30 s.
+	DrainTimeout time.Duration
 }
 
 // Pool is a set of worker slots sharing one NATS connection.
@@ -96,12 +102,17 @@ type Pool struct {
 	rotate    atomic.Uint32
 	inFlight  sync.WaitGroup
 
+	deadLetters atomic.Int64
+
 	control string   // prefix of this pool's control subjects
 	calls   sync.Map // request id -> context.CancelCauseFunc of its call
 }
 
-// errCallerGone cancels a call whose caller went away.
-var errCallerGone = errors.New("the caller went away")
+// Causes of a cancelled call.
+var (
+	errCallerGone = errors.New("the caller went away")
+	errShutdown   = errors.New("the worker is shutting down")
+)
 
 // New prepares a pool. The stream and consumers must exist (topology.Ensure).
 func New(nc *nats.Conn, opts Options) (*Pool, error) {
@@ -122,6 +133,9 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 	}
 	if opts.AckWait <= 0 {
 		opts.AckWait = 30 * time.Second
+	}
+	if opts.DrainTimeout <= 0 {
+		opts.DrainTimeout = 30 * time.Second
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -169,8 +183,31 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	p.log.Info("worker slots started", "slots", p.opts.Slots, "bands", p.opts.Bands, "groups", len(p.opts.Groups))
 	wg.Wait()
-	p.inFlight.Wait()
+	p.drain()
 	return nil
+}
+
+// drain waits for the calls in progress, at most DrainTimeout; then it
+// cancels the rest, whose requests go back to JetStream.
+func (p *Pool) drain() {
+	done := make(chan struct{})
+	go func() {
+		p.inFlight.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(p.opts.DrainTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return
+	case <-t.C:
+	}
+	p.log.Warn("drain timeout: handing unfinished requests back", "timeout", p.opts.DrainTimeout)
+	p.calls.Range(func(_, cancel any) bool {
+		cancel.(context.CancelCauseFunc)(errShutdown)
+		return true
+	})
+	<-done
 }
 
 func (p *Pool) bind(ctx context.Context) error {
@@ -372,7 +409,7 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 	req, err := p.opts.Subjects.DecodeRequest(m.Subject(), m.Headers(), m.Data())
 	if err != nil {
 		p.log.Warn("terminating undecodable request", "subject", m.Subject(), "error", err)
-		_ = m.TermWithReason(err.Error())
+		p.deadLetter(m, err.Error())
 		return
 	}
 	log := p.log.With("request_id", req.ID, "band", req.Band, "group", req.Group, "deployment", d.ID)
@@ -417,6 +454,10 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 	stop()
 
 	switch {
+	case context.Cause(callCtx) == errShutdown:
+		log.Info("call interrupted by shutdown; the request goes back to the queue")
+		_ = m.Nak()
+		return
 	case context.Cause(callCtx) == errCallerGone:
 		log.Info("call cancelled: the caller went away", "duration", time.Since(started))
 		_ = m.Ack() // nobody waits for it: it leaves the stream
@@ -441,6 +482,28 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 		log.Warn("ack failed", "error", err)
 	}
 }
+
+// deadLetter copies m with reason to the dead-letter stream and terminates it.
+func (p *Pool) deadLetter(m jetstream.Msg, reason string) {
+	dead := nats.NewMsg(p.opts.Subjects.DeadLetter(m.Subject()))
+	for k, v := range m.Headers() {
+		if !strings.HasPrefix(k, "Nats-") {
+			dead.Header[k] = v
+		}
+	}
+	dead.Header.Set(messages.HeaderDeadReason, reason)
+	dead.Data = m.Data()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := p.js.PublishMsg(ctx, dead); err != nil {
+		p.log.Warn("dead-letter copy failed", "subject", m.Subject(), "error", err)
+	}
+	p.deadLetters.Add(1)
+	_ = m.TermWithReason(reason)
+}
+
+// DeadLetters returns how many requests this pool moved to the dead-letter stream.
+func (p *Pool) DeadLetters() int64 { return p.deadLetters.Load() }
 
 // pickup asks the caller whether it still waits for req, and names the
 // control subject it can cancel the call on.

@@ -28,6 +28,7 @@ const (
 	HeaderRetryAfter = "Llmq-Retry-After"
 	HeaderSeq        = "Llmq-Seq"
 	HeaderControl    = "Llmq-Control"
+	HeaderDeadReason = "Llmq-Dead-Reason"
 	HeaderMsgID      = "Nats-Msg-Id"
 	HeaderTTL        = "Nats-TTL"
 )

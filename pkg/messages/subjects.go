@@ -53,9 +53,16 @@ func (s Subjects) RequestStream() string { return strings.ToUpper(s.prefix) + "_
 // DeadLetterStream is the name of the stream that keeps requests that failed for good.
 func (s Subjects) DeadLetterStream() string { return strings.ToUpper(s.prefix) + "_DEAD" }
 
-// DeadLetter returns the subject a failed request of band and group is copied to.
-func (s Subjects) DeadLetter(band int, group string) string {
-	return s.prefix + ".dead." + strconv.Itoa(band) + "." + EncodeToken(group)
+// DeadLetterWildcard matches every dead-letter subject.
+func (s Subjects) DeadLetterWildcard() string { return s.prefix + ".dead.>" }
+
+// DeadLetter returns the subject a request that failed for good is copied
+// to: its request subject with "req" replaced by "dead".
+func (s Subjects) DeadLetter(requestSubject string) string {
+	if rest, ok := strings.CutPrefix(requestSubject, s.prefix+".req."); ok {
+		return s.prefix + ".dead." + rest
+	}
+	return s.prefix + ".dead.unknown"
 }
 
 // Consumer returns the durable consumer name that serves one band and group.
