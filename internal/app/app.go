@@ -21,6 +21,7 @@ import (
 	"github.com/llmq/llmq/internal/provider"
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/internal/topology"
+	"github.com/llmq/llmq/internal/worker"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -108,6 +109,17 @@ func (s *setup) newRouter(hc *http.Client) *router.Router {
 		})
 	}
 	return router.New(router.ParseStrategy(s.cfg.RouterSettings.RoutingStrategy), ds, nil)
+}
+
+// policy is the workers' retry policy from router_settings.
+func (s *setup) policy() worker.Policy {
+	rs := s.cfg.RouterSettings
+	return worker.Policy{
+		NumRetries:   *rs.NumRetries,
+		AllowedFails: rs.AllowedFails,
+		CooldownTime: rs.CooldownTime.D(),
+		Fallbacks:    s.cfg.AllFallbacks(),
+	}
 }
 
 // providerHTTPClient is the transport shared by every provider caller of a process.

@@ -141,7 +141,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		pool, err = worker.New(wnc, worker.Options{
 			Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.EmbeddedWorkers,
 			Router: s.newRouter(providerHTTPClient()), Logger: base.With("component", "worker"), AckWait: s.spec.AckWait,
-			DrainTimeout: env.ShutdownTimeout,
+			DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
 		})
 		if err != nil {
 			undo()

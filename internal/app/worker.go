@@ -33,7 +33,7 @@ func RunWorker(ctx context.Context, env config.Env, lookup func(string) (string,
 	pool, err := worker.New(nc, worker.Options{
 		Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.WorkerSlots,
 		Router: s.newRouter(providerHTTPClient()), Logger: log, AckWait: s.spec.AckWait,
-		DrainTimeout: env.ShutdownTimeout,
+		DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
 	})
 	if err != nil {
 		return err

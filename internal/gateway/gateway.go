@@ -218,6 +218,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	if sse != nil { // served with no event at all
 		return sse.finish(nil)
 	}
+	h.Set(HeaderDeployment, resp.Deployment) // after fallbacks, not the one picked first
 	h.Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(resp.Body)

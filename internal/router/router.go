@@ -16,9 +16,11 @@
 package router
 
 import (
+	"context"
 	"math/rand/v2"
 	"sort"
 	"sync"
+	"time"
 )
 
 // Deployment is one deployment of a group as the router sees it.
@@ -32,7 +34,9 @@ type Deployment struct {
 	// Value is what the caller attaches (the provider caller); the router does not look at it.
 	Value any
 
-	inFlight int
+	inFlight  int
+	coolUntil time.Time   // no calls before this time
+	fails     []time.Time // recent failures, for allowed_fails
 }
 
 // Strategy selects among deployments with headroom.
@@ -58,20 +62,99 @@ func ParseStrategy(s string) Strategy {
 type Router struct {
 	mu        sync.Mutex
 	groups    map[string][]*Deployment
+	byID      map[string]*Deployment
 	strategy  Strategy
 	onRelease func(group string)
 	rnd       *rand.Rand
+	changed   chan struct{} // closed and replaced whenever capacity may have freed
+	now       func() time.Time
 }
 
 // New returns a router over deployments. onRelease, if not nil, is called
 // (without locks held) whenever a lease is released.
 func New(strategy Strategy, deployments []Deployment, onRelease func(group string)) *Router {
-	r := &Router{groups: make(map[string][]*Deployment), strategy: strategy, onRelease: onRelease, rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
+	r := &Router{groups: make(map[string][]*Deployment), byID: make(map[string]*Deployment), strategy: strategy, onRelease: onRelease,
+		rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), changed: make(chan struct{}), now: time.Now}
 	for i := range deployments {
 		d := deployments[i]
 		r.groups[d.Group] = append(r.groups[d.Group], &d)
+		r.byID[d.ID] = &d
 	}
 	return r
+}
+
+// notify wakes everything waiting for capacity. The caller must not hold r.mu.
+func (r *Router) notify(group string) {
+	r.mu.Lock()
+	close(r.changed)
+	r.changed = make(chan struct{})
+	r.mu.Unlock()
+	if r.onRelease != nil {
+		r.onRelease(group)
+	}
+}
+
+// Acquire is TryAcquire that waits for capacity until ctx ends.
+func (r *Router) Acquire(ctx context.Context, group string) (*Lease, error) {
+	for {
+		r.mu.Lock()
+		changed := r.changed
+		r.mu.Unlock()
+		if l, ok := r.TryAcquire(group); ok {
+			return l, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		case <-changed:
+		}
+	}
+}
+
+// Cooldown keeps deployment id out of rotation for d. The wake-up when it
+// ends goes to the same hook as a release.
+func (r *Router) Cooldown(id string, d time.Duration) {
+	r.mu.Lock()
+	dep := r.byID[id]
+	if dep == nil {
+		r.mu.Unlock()
+		return
+	}
+	if until := r.now().Add(d); until.After(dep.coolUntil) {
+		dep.coolUntil = until
+	}
+	group := dep.Group
+	r.mu.Unlock()
+	time.AfterFunc(d, func() { r.notify(group) })
+}
+
+// Failed records a failed call of deployment id. When more than allowed
+// calls failed within window, the deployment cools down for cooldown and
+// Failed reports true.
+func (r *Router) Failed(id string, allowed int, window, cooldown time.Duration) bool {
+	r.mu.Lock()
+	dep := r.byID[id]
+	if dep == nil {
+		r.mu.Unlock()
+		return false
+	}
+	now := r.now()
+	keep := dep.fails[:0]
+	for _, t := range dep.fails {
+		if now.Sub(t) < window {
+			keep = append(keep, t)
+		}
+	}
+	dep.fails = append(keep, now)
+	trip := len(dep.fails) > allowed
+	if trip {
+		dep.fails = dep.fails[:0]
+	}
+	r.mu.Unlock()
+	if trip {
+		r.Cooldown(id, cooldown)
+	}
+	return trip
 }
 
 // SetOnRelease replaces the release hook. Call it before the router is used.
@@ -93,9 +176,7 @@ func (l *Lease) Release() {
 		l.r.mu.Lock()
 		l.d.inFlight--
 		l.r.mu.Unlock()
-		if l.r.onRelease != nil {
-			l.r.onRelease(l.d.Group)
-		}
+		l.r.notify(l.d.Group)
 	})
 }
 
@@ -110,8 +191,9 @@ func (r *Router) Has(group string) bool {
 func (r *Router) HasHeadroom(group string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	now := r.now()
 	for _, d := range r.groups[group] {
-		if d.free() != 0 {
+		if d.available(now) {
 			return true
 		}
 	}
@@ -129,6 +211,11 @@ func (r *Router) TryAcquire(group string) (l *Lease, ok bool) {
 	}
 	d.inFlight++
 	return &Lease{r: r, d: d}, true
+}
+
+// available reports whether d may take a call now.
+func (d *Deployment) available(now time.Time) bool {
+	return d.free() != 0 && !now.Before(d.coolUntil)
 }
 
 // free returns the free parallel slots, or -1 for unlimited.
@@ -158,8 +245,9 @@ func (d *Deployment) weight() float64 {
 func (r *Router) pick(ds []*Deployment) *Deployment {
 	var cands []*Deployment
 	best := 0
+	now := r.now()
 	for _, d := range ds {
-		if d.free() == 0 {
+		if !d.available(now) {
 			continue
 		}
 		switch o := d.order(); {

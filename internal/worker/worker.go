@@ -81,6 +81,8 @@ type Options struct {
 	PollInterval time.Duration
 	// PickupTimeout bounds the check that the caller still waits; default 2 s.
 	PickupTimeout time.Duration
+	// Policy is the retry, cooldown and fallback policy.
+	Policy Policy
 	// DrainTimeout bounds how long Run waits, after its context ends, for the
 	// calls in progress; calls still running then are cancelled and their
 	// requests handed back to JetStream for another worker. Default 30 s.
@@ -133,6 +135,12 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 	}
 	if opts.AckWait <= 0 {
 		opts.AckWait = 30 * time.Second
+	}
+	if opts.Policy.Backoff <= 0 {
+		opts.Policy.Backoff = 500 * time.Millisecond
+	}
+	if opts.Policy.CooldownTime <= 0 {
+		opts.Policy.CooldownTime = 5 * time.Second
 	}
 	if opts.DrainTimeout <= 0 {
 		opts.DrainTimeout = 30 * time.Second
@@ -404,7 +412,11 @@ func (p *Pool) fetch(band, gi int) (jetstream.Msg, bool, error) {
 
 // handle serves one message under lease and settles it.
 func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease) {
-	defer lease.Release()
+	defer func() {
+		if lease != nil {
+			lease.Release()
+		}
+	}()
 	d := lease.Deployment()
 	req, err := p.opts.Subjects.DecodeRequest(m.Subject(), m.Headers(), m.Data())
 	if err != nil {
@@ -426,32 +438,31 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 	}
 
 	// The call is finished even if the pool is shutting down (bounded by the
-	// provider timeout); only its caller can cancel it.
+	// provider timeout and DrainTimeout); otherwise only its caller cancels it.
 	callCtx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancel(nil)
 	p.calls.Store(req.ID, cancel)
 	defer p.calls.Delete(req.ID)
 	stop := p.keepAlive(m, req.ReplyTo, control)
-	caller := d.Value.(provider.Caller)
 	started := time.Now()
-	rep := &messages.Reply{Deployment: d.ID}
-	var usage provider.Usage
+	var emit provider.Emit
+	seq := 0
 	if req.Stream {
-		seq := 0
-		usage, err = caller.Stream(callCtx, req.Kind, req.Body, func(data []byte) error {
+		emit = func(data []byte) error {
 			seq++
 			msg := messages.EventMsg(req.ReplyTo, messages.EventChunk, seq, data)
 			msg.Reply = control
 			return p.nc.PublishMsg(msg)
-		})
-		rep.Seq = seq + 1
-	} else {
-		var res *provider.Result
-		if res, err = caller.Call(callCtx, req.Kind, req.Body); err == nil {
-			rep.Body, usage = res.Body, res.Usage
 		}
 	}
+	deployment, a := p.serve(callCtx, log, req, lease, emit)
+	lease = nil // serve released it
 	stop()
+	rep := &messages.Reply{Deployment: deployment, Body: a.body}
+	if req.Stream {
+		rep.Seq = seq + 1
+	}
+	usage, err := a.usage, a.err
 
 	switch {
 	case context.Cause(callCtx) == errShutdown:
@@ -476,6 +487,12 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 	if err := p.nc.PublishMsg(messages.ReplyMsg(req.ReplyTo, rep)); err != nil {
 		log.Warn("reply not sent; the request will be redelivered", "error", err)
 		_ = m.Nak()
+		return
+	}
+	if err != nil {
+		// Failed for good (after the policy's retries and fallbacks): keep a
+		// copy with the reason; the caller already has the error.
+		p.deadLetter(m, rep.Outcome.String()+": "+string(rep.Body))
 		return
 	}
 	if err := m.Ack(); err != nil {
