@@ -17,7 +17,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/llmq/llmq/internal/config"
+	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/provider"
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/internal/topology"
@@ -109,6 +114,14 @@ func (s *setup) newRouter(hc *http.Client) *router.Router {
 		})
 	}
 	return router.New(router.ParseStrategy(s.cfg.RouterSettings.RoutingStrategy), ds, nil)
+}
+
+// newRegistry returns a Prometheus registry with llmq's metrics and the Go
+// runtime and process collectors, and the handler that serves it.
+func newRegistry() (*metrics.Metrics, http.Handler) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return metrics.New(reg), promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 }
 
 // policy is the workers' retry policy from router_settings.

@@ -104,7 +104,10 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 	if s.cfg.GeneralSettings.MasterKey == "" {
 		log.Warn("general_settings.master_key is not set: every caller is accepted without a key")
 	}
+	met, metricsHandler := newRegistry()
 	srv := gateway.New(gateway.Options{
+		Metrics:         met,
+		MetricsHandler:  metricsHandler,
 		Client:          cl,
 		Groups:          s.cfg.Groups(),
 		MasterKey:       s.cfg.GeneralSettings.MasterKey,
@@ -140,7 +143,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		cleanup = append(cleanup, wnc.Close)
 		pool, err = worker.New(wnc, worker.Options{
 			Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.EmbeddedWorkers,
-			Router: s.newRouter(providerHTTPClient()), Logger: base.With("component", "worker"), AckWait: s.spec.AckWait,
+			Router: s.newRouter(providerHTTPClient()), Logger: base.With("component", "worker"), AckWait: s.spec.AckWait, Metrics: met,
 			DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
 		})
 		if err != nil {

@@ -2,8 +2,14 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/llmq/llmq/internal/config"
 	"github.com/llmq/llmq/internal/worker"
@@ -30,7 +36,9 @@ func RunWorker(ctx context.Context, env config.Env, lookup func(string) (string,
 	if err := ensure(ctx, nc, s.spec); err != nil {
 		return fmt.Errorf("set up JetStream: %w", err)
 	}
+	met, metricsHandler := newRegistry()
 	pool, err := worker.New(nc, worker.Options{
+		Metrics:  met,
 		Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.WorkerSlots,
 		Router: s.newRouter(providerHTTPClient()), Logger: log, AckWait: s.spec.AckWait,
 		DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
@@ -38,5 +46,27 @@ func RunWorker(ctx context.Context, env config.Env, lookup func(string) (string,
 	if err != nil {
 		return err
 	}
-	return pool.Run(ctx)
+	grp, gctx := errgroup.WithContext(ctx)
+	if env.MetricsListen != "" {
+		ln, err := net.Listen("tcp", env.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("metrics listener on %s: %w", env.MetricsListen, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metricsHandler)
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		grp.Go(func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		grp.Go(func() error {
+			<-gctx.Done()
+			return srv.Close()
+		})
+		log.Info("metrics listening", "addr", ln.Addr().String())
+	}
+	grp.Go(func() error { return pool.Run(gctx) })
+	return grp.Wait()
 }

@@ -20,6 +20,7 @@ type Env struct {
 	LogLevel           string        `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 	LogFormat          string        `envconfig:"LOG_FORMAT" default:"text" desc:"text or json"`
 	MaxBodyBytes       int64         `envconfig:"MAX_BODY_BYTES" default:"786432" desc:"largest accepted request body; must fit NATS's max payload (1 MiB by default)"`
+	MetricsListen      string        `envconfig:"METRICS_LISTEN" desc:"worker process: address of its /metrics listener (e.g. :9091); empty = none. The gateway serves /metrics on its own port"`
 	ShutdownTimeout    time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"30s" desc:"how long SIGTERM waits for in-flight work"`
 }
 

@@ -22,6 +22,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/llmq/llmq/internal/metrics"
 
 	"github.com/llmq/llmq/pkg/client"
 	"github.com/llmq/llmq/pkg/messages"
@@ -70,6 +73,10 @@ type Options struct {
 	Logger        *slog.Logger
 	// Ready reports readiness (NATS connected, stream and consumers exist).
 	Ready func(ctx context.Context) error
+	// Metrics records requests; default: a private registry.
+	Metrics *metrics.Metrics
+	// MetricsHandler serves GET /metrics when set.
+	MetricsHandler http.Handler
 }
 
 // Server serves the HTTP API. It is safe for concurrent use.
@@ -84,6 +91,9 @@ func New(opts Options) *Server {
 	s := &Server{opts: opts, groups: make(map[string]bool, len(opts.Groups)), log: opts.Logger}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.opts.Metrics == nil {
+		s.opts.Metrics = metrics.New(prometheus.NewRegistry())
 	}
 	for _, g := range opts.Groups {
 		s.groups[g] = true
@@ -112,6 +122,9 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "alive"})
 	})
 	mux.HandleFunc("GET /health/readiness", s.readiness)
+	if s.opts.MetricsHandler != nil {
+		mux.Handle("GET /metrics", s.opts.MetricsHandler)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &messages.Error{Outcome: messages.OutcomeUnknownModel, Status: http.StatusNotFound, Message: "no route " + r.Method + " " + r.URL.Path, Code: "not_found"})
 	})
@@ -143,14 +156,22 @@ func (s *Server) auth(next http.Handler) http.Handler {
 func (s *Server) completion(kind messages.Kind) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		outcome, status := s.serve(w, r, kind)
+		l := labels{band: metrics.NoBand, group: metrics.UnknownGroup}
+		outcome, status := s.serve(w, r, kind, &l)
+		s.opts.Metrics.Request(l.band, l.group, outcome.String())
 		s.log.Debug("request", "path", r.URL.Path, "outcome", outcome, "status", status,
-			"request_id", w.Header().Get(HeaderRequestID), "duration", time.Since(start))
+			"band", l.band, "group", l.group, "request_id", w.Header().Get(HeaderRequestID), "duration", time.Since(start))
 	})
 }
 
+// labels are a request's metric labels, filled in as they become known.
+type labels struct {
+	band, group string
+	picked      bool // the pickup was recorded
+}
+
 // serve handles one completion request and returns how it ended.
-func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kind) (messages.Outcome, int) {
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kind, l *labels) (messages.Outcome, int) {
 	fail := func(e *messages.Error) (messages.Outcome, int) {
 		writeError(w, e)
 		return e.Outcome, e.HTTPStatus()
@@ -172,6 +193,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 		return fail(&messages.Error{Outcome: messages.OutcomeUnknownModel, Param: "model", Code: "model_not_found",
 			Message: "the model group " + strconv.Quote(p.Model) + " does not exist; GET /v1/models lists them"})
 	}
+	l.group = p.Model
 	priority := s.opts.DefaultPriority
 	if p.Priority != nil {
 		priority = *p.Priority
@@ -183,6 +205,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	now := time.Now()
 	req := &client.Request{Kind: kind, Group: p.Model, Priority: priority, Body: p.Body, Deadline: now.Add(queueTimeout)}
 	band := s.opts.Client.Bands().Band(priority)
+	l.band = metrics.Band(band)
 	h := w.Header()
 	h.Set(HeaderPriority, strconv.FormatInt(priority, 10))
 	h.Set(HeaderBand, strconv.Itoa(band))
@@ -190,7 +213,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	var sse *sseWriter
 	if p.Stream {
 		sse = newSSE(w)
-		req.OnStart = func(info client.Result) { setPicked(h, info) }
+		req.OnStart = func(info client.Result) { s.picked(h, l, info) }
 		req.OnChunk = sse.event
 	}
 	ctx := r.Context()
@@ -206,7 +229,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 		// Headers and some events are out: the end is told in the stream.
 		return sse.finish(err)
 	}
-	setPicked(h, info)
+	s.picked(h, l, info)
 	if err != nil {
 		e := errorOf(ctx, err)
 		if e.Outcome == messages.OutcomeCancelled {
@@ -225,9 +248,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	return messages.OutcomeServed, http.StatusOK
 }
 
-// setPicked sets the headers known once a worker picked the request up.
-func setPicked(h http.Header, info client.Result) {
-	if info.Picked {
+// picked records what is known once a worker picked the request up.
+func (s *Server) picked(h http.Header, l *labels, info client.Result) {
+	if info.Picked && !l.picked {
+		l.picked = true
+		s.opts.Metrics.QueueWait(l.band, l.group, info.QueueWait)
 		h.Set(HeaderQueueMs, strconv.FormatInt(info.QueueWait.Milliseconds(), 10))
 		h.Set(HeaderDeployment, info.Deployment)
 	}

@@ -85,9 +85,12 @@ func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Reques
 				}
 				log.Info("provider rate-limited the deployment; cooling it down", "deployment", d.ID, "cooldown", wait)
 				p.opts.Router.Cooldown(d.ID, wait)
+				p.opts.Metrics.Cooldown(d.ID, "rate_limited", wait)
 				continue
 			case retry:
-				p.opts.Router.Failed(d.ID, pol.AllowedFails, failWindow, pol.CooldownTime)
+				if p.opts.Router.Failed(d.ID, pol.AllowedFails, failWindow, pol.CooldownTime) {
+					p.opts.Metrics.Cooldown(d.ID, "failures", pol.CooldownTime)
+				}
 				if retries < pol.NumRetries {
 					delay := pol.Backoff << retries
 					retries++
@@ -139,8 +142,17 @@ func classify(e *messages.Error) nextStep {
 }
 
 // call makes one provider call on deployment d.
-func (p *Pool) call(ctx context.Context, d *router.Deployment, req *messages.Request, emit provider.Emit) attempt {
+func (p *Pool) call(ctx context.Context, d *router.Deployment, req *messages.Request, emit provider.Emit) (a attempt) {
 	caller := d.Value.(provider.Caller)
+	p.opts.Metrics.CallStarted(d.ID)
+	start := time.Now()
+	defer func() {
+		outcome := messages.OutcomeServed
+		if a.err != nil {
+			outcome = messages.OutcomeOf(a.err)
+		}
+		p.opts.Metrics.CallEnded(d.ID, outcome.String(), time.Since(start), a.usage.PromptTokens, a.usage.CompletionTokens)
+	}()
 	if emit != nil {
 		u, err := caller.Stream(ctx, req.Kind, req.Body, emit)
 		return attempt{usage: u, err: err}

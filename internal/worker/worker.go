@@ -61,6 +61,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/provider"
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/pkg/messages"
@@ -81,6 +84,8 @@ type Options struct {
 	PollInterval time.Duration
 	// PickupTimeout bounds the check that the caller still waits; default 2 s.
 	PickupTimeout time.Duration
+	// Metrics records what the pool does; default: a private registry.
+	Metrics *metrics.Metrics
 	// Policy is the retry, cooldown and fallback policy.
 	Policy Policy
 	// DrainTimeout bounds how long Run waits, after its context ends, for the
@@ -103,8 +108,6 @@ type Pool struct {
 	wake      chan struct{}
 	rotate    atomic.Uint32
 	inFlight  sync.WaitGroup
-
-	deadLetters atomic.Int64
 
 	control string   // prefix of this pool's control subjects
 	calls   sync.Map // request id -> context.CancelCauseFunc of its call
@@ -135,6 +138,9 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 	}
 	if opts.AckWait <= 0 {
 		opts.AckWait = 30 * time.Second
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New(prometheus.NewRegistry())
 	}
 	if opts.Policy.Backoff <= 0 {
 		opts.Policy.Backoff = 500 * time.Millisecond
@@ -303,14 +309,21 @@ func (p *Pool) poll(ctx context.Context) {
 			continue
 		}
 		found := false
+		depth := make([][]uint64, p.opts.Bands)
+		for b := range depth {
+			depth[b] = make([]uint64, len(p.opts.Groups))
+		}
 		for subj, n := range info.State.Subjects {
-			if n == 0 {
-				continue
-			}
 			band, group, err := p.opts.Subjects.ParseRequest(subj)
-			if gi, ok := p.groupIdx[group]; err == nil && ok && band < p.opts.Bands {
+			if gi, ok := p.groupIdx[group]; err == nil && ok && band < p.opts.Bands && n > 0 {
+				depth[band][gi] = n
 				p.pending[band][gi].Store(true)
 				found = true
+			}
+		}
+		for b := range depth {
+			for gi, n := range depth[b] {
+				p.opts.Metrics.QueueDepth(metrics.Band(b), p.opts.Groups[gi], n)
 			}
 		}
 		if found {
@@ -407,6 +420,7 @@ func (p *Pool) fetch(band, gi int) (jetstream.Msg, bool, error) {
 	if err != nil {
 		return got, true, nil
 	}
+	p.opts.Metrics.QueueDepth(metrics.Band(band), p.opts.Groups[gi], md.NumPending)
 	return got, md.NumPending > 0, nil
 }
 
@@ -421,7 +435,7 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 	req, err := p.opts.Subjects.DecodeRequest(m.Subject(), m.Headers(), m.Data())
 	if err != nil {
 		p.log.Warn("terminating undecodable request", "subject", m.Subject(), "error", err)
-		p.deadLetter(m, err.Error())
+		p.deadLetter(m, "undecodable", err.Error())
 		return
 	}
 	log := p.log.With("request_id", req.ID, "band", req.Band, "group", req.Group, "deployment", d.ID)
@@ -492,7 +506,7 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 	if err != nil {
 		// Failed for good (after the policy's retries and fallbacks): keep a
 		// copy with the reason; the caller already has the error.
-		p.deadLetter(m, rep.Outcome.String()+": "+string(rep.Body))
+		p.deadLetter(m, "failed", rep.Outcome.String()+": "+string(rep.Body))
 		return
 	}
 	if err := m.Ack(); err != nil {
@@ -500,8 +514,9 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 	}
 }
 
-// deadLetter copies m with reason to the dead-letter stream and terminates it.
-func (p *Pool) deadLetter(m jetstream.Msg, reason string) {
+// deadLetter copies m with reason to the dead-letter stream and terminates
+// it; class is the bounded metric label ("undecodable" or "failed").
+func (p *Pool) deadLetter(m jetstream.Msg, class, reason string) {
 	dead := nats.NewMsg(p.opts.Subjects.DeadLetter(m.Subject()))
 	for k, v := range m.Headers() {
 		if !strings.HasPrefix(k, "Nats-") {
@@ -515,12 +530,9 @@ func (p *Pool) deadLetter(m jetstream.Msg, reason string) {
 	if _, err := p.js.PublishMsg(ctx, dead); err != nil {
 		p.log.Warn("dead-letter copy failed", "subject", m.Subject(), "error", err)
 	}
-	p.deadLetters.Add(1)
+	p.opts.Metrics.DeadLetter(class)
 	_ = m.TermWithReason(reason)
 }
-
-// DeadLetters returns how many requests this pool moved to the dead-letter stream.
-func (p *Pool) DeadLetters() int64 { return p.deadLetters.Load() }
 
 // pickup asks the caller whether it still waits for req, and names the
 // control subject it can cancel the call on.
