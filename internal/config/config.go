@@ -97,7 +97,9 @@ type RouterSettings struct {
 	// DefaultPriority is the priority of a request that names none; default 5. Never
 	// nil after ApplyDefaults.
 	DefaultPriority *int64 `yaml:"default_priority"`
-	// Timeout is the queue deadline of a request, from arrival to reply; default 600 s.
+	// Timeout is the queue deadline: how long a request may wait for a worker to
+	// pick it up (a request field "timeout" can only shorten it); default 600 s.
+	// A request that misses it gets 408 and never reaches a provider.
 	Timeout Seconds `yaml:"timeout"`
 	// NumRetries is how often a failed call is retried; default
 	// litellm_settings.num_retries if set, else 2. Never nil after ApplyDefaults.
