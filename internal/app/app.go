@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/llmq/llmq/internal/config"
+	"github.com/llmq/llmq/internal/gateway"
 	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/provider"
 	"github.com/llmq/llmq/internal/router"
@@ -122,6 +123,16 @@ func newRegistry() (*metrics.Metrics, http.Handler) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return metrics.New(reg), promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+}
+
+// keys are the gateway's API keys from llmq_settings.keys.
+func (s *setup) keys() []gateway.Key {
+	var out []gateway.Key
+	for _, k := range s.cfg.LLMQ.Keys {
+		out = append(out, gateway.Key{Name: k.Name, Secret: k.Key, MaxPriority: k.MaxPriority,
+			DefaultPriority: k.DefaultPriority, RPMLimit: k.RPMLimit, Models: k.Models})
+	}
+	return out
 }
 
 // policy is the workers' retry policy from router_settings.

@@ -111,6 +111,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		Client:          cl,
 		Groups:          s.cfg.Groups(),
 		MasterKey:       s.cfg.GeneralSettings.MasterKey,
+		Keys:            s.keys(),
 		DefaultPriority: *s.cfg.RouterSettings.DefaultPriority,
 		QueueTimeout:    s.cfg.RouterSettings.Timeout.D(),
 		AnswerTimeout:   s.maxCallTimeout() + s.spec.AckWait + 30*time.Second,

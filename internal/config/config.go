@@ -148,12 +148,35 @@ type LLMQSettings struct {
 	AckWait Seconds `yaml:"ack_wait"`
 	// Replicas is the number of JetStream stream replicas; default 1; 1 to 5.
 	Replicas int `yaml:"replicas"`
+	// Keys are API keys besides general_settings.master_key, each with its
+	// own priority policy.
+	Keys []APIKey `yaml:"keys"`
 	// MockStreamChunks is how many content chunks a mock_response deployment
 	// streams; default 4.
 	MockStreamChunks int `yaml:"mock_stream_chunks"`
 	// MockStreamGap is the pause between a mock deployment's streamed chunks;
 	// default 0.05 s, so the embedded default visibly streams.
 	MockStreamGap Seconds `yaml:"mock_stream_gap"`
+}
+
+// APIKey is one caller's key and its priority policy. The master key has no
+// restrictions.
+type APIKey struct {
+	// Name identifies the key in logs and errors (never the key itself).
+	Name string `yaml:"name"`
+	// Key is the secret, usually an os.environ/NAME reference.
+	Key string `yaml:"key"`
+	// MaxPriority is the most important priority the key may use: a request
+	// asking for a lower number is served at MaxPriority. Nil: no ceiling.
+	MaxPriority *int64 `yaml:"max_priority"`
+	// DefaultPriority applies when a request names none; nil: the router's
+	// default_priority (both are clamped to MaxPriority).
+	DefaultPriority *int64 `yaml:"default_priority"`
+	// RPMLimit caps the key's requests per minute at each gateway; 0 = none.
+	// Over it the gateway answers 429.
+	RPMLimit int64 `yaml:"rpm_limit"`
+	// Models lists the model groups the key may use; empty = all.
+	Models []string `yaml:"models"`
 }
 
 // Load reads the file at path, resolves every scalar value of the form "os.environ/NAME"

@@ -183,6 +183,38 @@ func (c *Config) validate() []*FieldError {
 	if q.MockStreamGap < 0 {
 		add("llmq_settings.mock_stream_gap", "must not be negative")
 	}
+	names, secrets := map[string]bool{}, map[string]bool{}
+	if c.GeneralSettings.MasterKey != "" {
+		secrets[c.GeneralSettings.MasterKey] = true
+	}
+	for i, k := range q.Keys {
+		at := fmt.Sprintf("llmq_settings.keys[%d]", i)
+		switch {
+		case k.Name == "":
+			add(at+".name", "must not be empty")
+		case names[k.Name]:
+			add(at+".name", "%q is used twice", k.Name)
+		}
+		names[k.Name] = true
+		switch {
+		case len(k.Key) < 8:
+			add(at+".key", "must be at least 8 characters")
+		case secrets[k.Key]:
+			add(at+".key", "is the same as another key or the master key")
+		}
+		secrets[k.Key] = true
+		if k.RPMLimit < 0 {
+			add(at+".rpm_limit", "must not be negative")
+		}
+		for j, m := range k.Models {
+			if !groups[m] {
+				add(fmt.Sprintf("%s.models[%d]", at, j), "unknown model group %q", m)
+			}
+		}
+	}
+	if len(q.Keys) > 0 && c.GeneralSettings.MasterKey == "" {
+		add("general_settings.master_key", "must be set when llmq_settings.keys are (otherwise every caller is let in)")
+	}
 	if q.Replicas < 1 || q.Replicas > maxReplicas {
 		add("llmq_settings.replicas", "must be between 1 and %d, got %d", maxReplicas, q.Replicas)
 	}

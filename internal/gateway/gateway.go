@@ -10,7 +10,6 @@ package gateway
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
@@ -18,7 +17,6 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nuid"
@@ -64,7 +62,8 @@ var _ Submitter = (*client.Client)(nil)
 type Options struct {
 	Client          Submitter
 	Groups          []string // model groups, in config order
-	MasterKey       string   // empty: no authentication
+	MasterKey       string   // empty and no Keys: no authentication
+	Keys            []Key    // further keys with their priority policies
 	DefaultPriority int64
 	QueueTimeout    time.Duration // router_settings.timeout
 	// AnswerTimeout bounds the whole wait for an answer (queue plus call).
@@ -83,12 +82,19 @@ type Options struct {
 type Server struct {
 	opts   Options
 	groups map[string]bool
+	keys   *keyring // nil: no authentication
 	log    *slog.Logger
 }
 
+// Metric label values for requests whose band or group is not known.
+const (
+	noBand       = metrics.NoBand
+	unknownGroup = metrics.UnknownGroup
+)
+
 // New returns a Server.
 func New(opts Options) *Server {
-	s := &Server{opts: opts, groups: make(map[string]bool, len(opts.Groups)), log: opts.Logger}
+	s := &Server{opts: opts, groups: make(map[string]bool, len(opts.Groups)), keys: newKeyring(opts.MasterKey, opts.Keys), log: opts.Logger}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -138,25 +144,10 @@ func methodNotAllowed(allow string) http.HandlerFunc {
 	}
 }
 
-func (s *Server) auth(next http.Handler) http.Handler {
-	if s.opts.MasterKey == "" {
-		return next
-	}
-	want := []byte(s.opts.MasterKey)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(key)), want) != 1 {
-			writeError(w, messages.Errorf(messages.OutcomeUnauthenticated, "", "a valid API key is required: send Authorization: Bearer <key>"))
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
 func (s *Server) completion(kind messages.Kind) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		l := labels{band: metrics.NoBand, group: metrics.UnknownGroup}
+		l := labels{band: noBand, group: unknownGroup}
 		outcome, status := s.serve(w, r, kind, &l)
 		s.opts.Metrics.Request(l.band, l.group, outcome.String())
 		s.log.Debug("request", "path", r.URL.Path, "outcome", outcome, "status", status,
@@ -194,10 +185,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 			Message: "the model group " + strconv.Quote(p.Model) + " does not exist; GET /v1/models lists them"})
 	}
 	l.group = p.Model
-	priority := s.opts.DefaultPriority
-	if p.Priority != nil {
-		priority = *p.Priority
+	pol := policyOf(r.Context())
+	if !pol.allows(p.Model) {
+		return fail(&messages.Error{Outcome: messages.OutcomeForbidden, Param: "model", Code: "model_not_allowed",
+			Message: "this key may not use the model group " + strconv.Quote(p.Model)})
 	}
+	if e := pol.admit(time.Now()); e != nil {
+		return fail(e)
+	}
+	priority := pol.priority(p.Priority, s.opts.DefaultPriority)
 	queueTimeout := s.opts.QueueTimeout
 	if p.Timeout > 0 && p.Timeout < queueTimeout {
 		queueTimeout = p.Timeout
@@ -281,8 +277,11 @@ func (s *Server) models(w http.ResponseWriter, r *http.Request) {
 		OwnedBy string `json:"owned_by"`
 	}
 	data := make([]model, 0, len(s.opts.Groups))
+	pol := policyOf(r.Context())
 	for _, g := range s.opts.Groups {
-		data = append(data, model{ID: g, Object: "model", OwnedBy: "llmq"})
+		if pol.allows(g) {
+			data = append(data, model{ID: g, Object: "model", OwnedBy: "llmq"})
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
 }

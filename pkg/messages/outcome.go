@@ -20,6 +20,7 @@ const (
 	OutcomeQueueTimeout                     // 408: the queue deadline passed before a worker started it
 	OutcomeBodyTooLarge                     // 413: the body is over the configured maximum
 	OutcomeQueueFull                        // 429: the backlog of its band and group is full
+	OutcomeRateLimited                      // 429: the caller's key is over its rpm_limit
 	OutcomeCancelled                        // 499: the caller went away
 	OutcomeProviderError                    // the provider's 4xx, else 502
 	OutcomeBrokerUnavailable                // 503: NATS or JetStream cannot take the request
@@ -37,6 +38,7 @@ var outcomeNames = [...]string{
 	OutcomeQueueTimeout:      "queue_timeout",
 	OutcomeBodyTooLarge:      "body_too_large",
 	OutcomeQueueFull:         "queue_full",
+	OutcomeRateLimited:       "rate_limited",
 	OutcomeCancelled:         "cancelled",
 	OutcomeProviderError:     "provider_error",
 	OutcomeBrokerUnavailable: "broker_unavailable",
@@ -53,6 +55,7 @@ var outcomeStatus = [...]int{
 	OutcomeQueueTimeout:      http.StatusRequestTimeout,
 	OutcomeBodyTooLarge:      http.StatusRequestEntityTooLarge,
 	OutcomeQueueFull:         http.StatusTooManyRequests,
+	OutcomeRateLimited:       http.StatusTooManyRequests,
 	OutcomeCancelled:         499,
 	OutcomeProviderError:     http.StatusBadGateway,
 	OutcomeBrokerUnavailable: http.StatusServiceUnavailable,
@@ -86,7 +89,7 @@ func (o Outcome) ErrorType() string {
 		return "authentication_error"
 	case OutcomeForbidden:
 		return "permission_error"
-	case OutcomeQueueFull:
+	case OutcomeQueueFull, OutcomeRateLimited:
 		return "rate_limit_error"
 	case OutcomeQueueTimeout, OutcomeProviderTimeout:
 		return "timeout_error"
@@ -124,6 +127,7 @@ var (
 	ErrQueueTimeout      = errors.New("queue deadline passed")
 	ErrBodyTooLarge      = errors.New("request body too large")
 	ErrQueueFull         = errors.New("queue full")
+	ErrRateLimited       = errors.New("rate limited")
 	ErrCancelled         = errors.New("request cancelled")
 	ErrProvider          = errors.New("provider error")
 	ErrBrokerUnavailable = errors.New("broker unavailable")
@@ -139,6 +143,7 @@ var outcomeErr = [...]error{
 	OutcomeQueueTimeout:      ErrQueueTimeout,
 	OutcomeBodyTooLarge:      ErrBodyTooLarge,
 	OutcomeQueueFull:         ErrQueueFull,
+	OutcomeRateLimited:       ErrRateLimited,
 	OutcomeCancelled:         ErrCancelled,
 	OutcomeProviderError:     ErrProvider,
 	OutcomeBrokerUnavailable: ErrBrokerUnavailable,

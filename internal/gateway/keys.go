@@ -1,0 +1,166 @@
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/llmq/llmq/pkg/messages"
+)
+
+// Key is one API key and its priority policy.
+type Key struct {
+	Name   string
+	Secret string
+	// MaxPriority is the most important priority the key may use; requests
+	// asking for better are served at it. Nil: no ceiling.
+	MaxPriority *int64
+	// DefaultPriority applies when a request names none; nil: the server's.
+	DefaultPriority *int64
+	// RPMLimit caps the key's requests per minute at this gateway; 0 = none.
+	RPMLimit int64
+	// Models are the groups the key may use; empty = all.
+	Models []string
+}
+
+// keyring authenticates callers. Keys are compared as SHA-256 digests in
+// constant time, and every key is compared, so neither the time nor the
+// order reveals how much of a key matched or which key it was.
+type keyring struct {
+	keys []*policy
+}
+
+type policy struct {
+	Key
+	digest [sha256.Size]byte
+	models map[string]bool // nil = all
+	window *rpmWindow      // nil = no limit
+}
+
+func newKeyring(master string, keys []Key) *keyring {
+	if master == "" && len(keys) == 0 {
+		return nil
+	}
+	k := &keyring{}
+	if master != "" {
+		k.keys = append(k.keys, &policy{Key: Key{Name: "master", Secret: master}, digest: sha256.Sum256([]byte(master))})
+	}
+	for _, key := range keys {
+		p := &policy{Key: key, digest: sha256.Sum256([]byte(key.Secret))}
+		if len(key.Models) > 0 {
+			p.models = make(map[string]bool, len(key.Models))
+			for _, m := range key.Models {
+				p.models[m] = true
+			}
+		}
+		if key.RPMLimit > 0 {
+			p.window = newRPMWindow(key.RPMLimit, time.Minute)
+		}
+		k.keys = append(k.keys, p)
+	}
+	return k
+}
+
+// lookup returns the policy of the presented key, or nil.
+func (k *keyring) lookup(presented string) *policy {
+	d := sha256.Sum256([]byte(presented))
+	var found *policy
+	for _, p := range k.keys {
+		if subtle.ConstantTimeCompare(d[:], p.digest[:]) == 1 {
+			found = p
+		}
+	}
+	return found
+}
+
+// allows reports whether the key may use group.
+func (p *policy) allows(group string) bool { return p == nil || p.models == nil || p.models[group] }
+
+// priority applies the key's default and ceiling to the asked-for priority.
+func (p *policy) priority(asked *int64, serverDefault int64) int64 {
+	v := serverDefault
+	if p != nil && p.DefaultPriority != nil {
+		v = *p.DefaultPriority
+	}
+	if asked != nil {
+		v = *asked
+	}
+	if p != nil && p.MaxPriority != nil && v < *p.MaxPriority {
+		v = *p.MaxPriority
+	}
+	return v
+}
+
+// admit counts one request against the key's rpm_limit.
+func (p *policy) admit(now time.Time) *messages.Error {
+	if p == nil || p.window == nil {
+		return nil
+	}
+	if wait, ok := p.window.admit(now); !ok {
+		return &messages.Error{Outcome: messages.OutcomeRateLimited, Code: "rate_limit_exceeded",
+			Message:    "the key " + strconv.Quote(p.Name) + " is over its rpm_limit of " + strconv.FormatInt(p.RPMLimit, 10),
+			RetryAfter: strconv.FormatInt(int64(math.Ceil(wait.Seconds())), 10)}
+	}
+	return nil
+}
+
+// rpmWindow is an exact sliding-window log: it admits at most limit events
+// in any window of length per. Memory is one timestamp per allowed event.
+type rpmWindow struct {
+	mu   sync.Mutex
+	per  time.Duration
+	ring []time.Time // the last len(ring) admissions, oldest at next
+	next int
+}
+
+func newRPMWindow(limit int64, per time.Duration) *rpmWindow {
+	return &rpmWindow{per: per, ring: make([]time.Time, limit)}
+}
+
+// admit records an event at now if the window allows it; otherwise it
+// returns how long until it would.
+func (w *rpmWindow) admit(now time.Time) (time.Duration, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	oldest := w.ring[w.next]
+	if !oldest.IsZero() && now.Sub(oldest) < w.per {
+		return w.per - now.Sub(oldest), false
+	}
+	w.ring[w.next] = now
+	w.next = (w.next + 1) % len(w.ring)
+	return 0, true
+}
+
+type policyKey struct{}
+
+// auth authenticates the caller and puts its policy in the request context.
+func (s *Server) auth(next http.Handler) http.Handler {
+	if s.keys == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		presented, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		var p *policy
+		if ok {
+			p = s.keys.lookup(strings.TrimSpace(presented))
+		}
+		if p == nil {
+			writeError(w, messages.Errorf(messages.OutcomeUnauthenticated, "", "a valid API key is required: send Authorization: Bearer <key>"))
+			s.opts.Metrics.Request(noBand, unknownGroup, messages.OutcomeUnauthenticated.String())
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), policyKey{}, p)))
+	})
+}
+
+// policyOf returns the caller's policy, nil when authentication is off.
+func policyOf(ctx context.Context) *policy {
+	p, _ := ctx.Value(policyKey{}).(*policy)
+	return p
+}
