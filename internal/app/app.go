@@ -28,6 +28,7 @@ import (
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/internal/topology"
 	"github.com/llmq/llmq/internal/worker"
+	"github.com/llmq/llmq/pkg/client"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -154,21 +155,16 @@ func providerHTTPClient() *http.Client {
 	return &http.Client{Transport: t}
 }
 
-// connect dials an external NATS server.
-func connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(url,
+// connect dials an external NATS server with the environment's security settings.
+func connect(env config.Env, name string, log *slog.Logger) (*nats.Conn, error) {
+	return client.Connect(env.NATSURL, env.NATSSecurity(),
 		nats.Name(name),
-		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			log.Warn("NATS disconnected", "error", err)
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrlRedacted()) }),
 	)
-	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
-	}
-	return nc, nil
 }
 
 // ensure creates the JetStream objects, retrying briefly while JetStream

@@ -83,7 +83,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		g.natsURL = embedded.ClientURL()
 		nc, err = embedded.Connect("llmq-gateway")
 	} else {
-		nc, err = connect(env.NATSURL, "llmq-gateway", log)
+		nc, err = connect(env, "llmq-gateway", log)
 	}
 	if err != nil {
 		undo()

@@ -21,14 +21,14 @@ import (
 // finishes the calls it holds.
 func RunWorker(ctx context.Context, env config.Env, lookup func(string) (string, bool), logOut io.Writer) error {
 	log := NewLogger(env, logOut).With("component", "worker")
-	if env.NATSURL == "" {
-		return fmt.Errorf("LLMQ_NATS_URL is required for a worker process (the gateway prints its embedded server's URL at start)")
-	}
 	s, err := load(env, lookup, log)
 	if err != nil {
 		return err
 	}
-	nc, err := connect(env.NATSURL, "llmq-worker", log)
+	if env.NATSURL == "" {
+		return fmt.Errorf("LLMQ_NATS_URL is required for a worker process (the gateway logs its embedded server's URL at start)")
+	}
+	nc, err := connect(env, "llmq-worker", log)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,8 @@ import (
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/llmq/llmq/pkg/client"
 )
 
 // Env holds the process settings, read from LLMQ_* variables by the binaries' main.
@@ -13,6 +15,14 @@ type Env struct {
 	Config             string        `envconfig:"CONFIG" default:"deploy/config.example.yaml" desc:"path of the YAML config (LiteLLM config.yaml shape plus llmq_settings)"`
 	Listen             string        `envconfig:"LISTEN" default:":4000" desc:"gateway HTTP listen address"`
 	NATSURL            string        `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty = the gateway embeds a JetStream server"`
+	NATSCreds          string        `envconfig:"NATS_CREDS" desc:"NATS credentials file (.creds: JWT and nkey seed)"`
+	NATSNKeySeed       string        `envconfig:"NATS_NKEY_SEED" desc:"file holding a NATS nkey seed"`
+	NATSUser           string        `envconfig:"NATS_USER" desc:"NATS user name (with LLMQ_NATS_PASSWORD)"`
+	NATSPassword       string        `envconfig:"NATS_PASSWORD" desc:"NATS password"`
+	NATSToken          string        `envconfig:"NATS_TOKEN" desc:"NATS authentication token"`
+	NATSTLSCA          string        `envconfig:"NATS_TLS_CA" desc:"PEM file of the CAs that sign the NATS server's certificate; enables TLS"`
+	NATSTLSCert        string        `envconfig:"NATS_TLS_CERT" desc:"PEM client certificate for NATS (with LLMQ_NATS_TLS_KEY)"`
+	NATSTLSKey         string        `envconfig:"NATS_TLS_KEY" desc:"PEM private key of the NATS client certificate"`
 	DataDir            string        `envconfig:"DATA_DIR" default:"llmq-data" desc:"JetStream store directory of the embedded server"`
 	EmbeddedNATSListen string        `envconfig:"EMBEDDED_NATS_LISTEN" default:"127.0.0.1:4222" desc:"client address of the embedded NATS server; port 0 or -1 picks a free port; empty = no TCP listener (in-process only)"`
 	EmbeddedWorkers    int           `envconfig:"EMBEDDED_WORKERS" default:"16" desc:"worker slots run inside the gateway when it embeds NATS (0 = none)"`
@@ -22,6 +32,14 @@ type Env struct {
 	MaxBodyBytes       int64         `envconfig:"MAX_BODY_BYTES" default:"786432" desc:"largest accepted request body; must fit NATS's max payload (1 MiB by default)"`
 	MetricsListen      string        `envconfig:"METRICS_LISTEN" desc:"worker process: address of its /metrics listener (e.g. :9091); empty = none. The gateway serves /metrics on its own port"`
 	ShutdownTimeout    time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"30s" desc:"how long SIGTERM waits for in-flight work"`
+}
+
+// NATSSecurity returns the NATS connection security settings.
+func (e Env) NATSSecurity() client.Security {
+	return client.Security{
+		CredsFile: e.NATSCreds, NKeySeedFile: e.NATSNKeySeed, User: e.NATSUser, Password: e.NATSPassword,
+		Token: e.NATSToken, CAFile: e.NATSTLSCA, CertFile: e.NATSTLSCert, KeyFile: e.NATSTLSKey,
+	}
 }
 
 // Limits of Env.MaxBodyBytes.
