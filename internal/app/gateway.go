@@ -16,6 +16,7 @@ import (
 	"github.com/llmq/llmq/internal/config"
 	"github.com/llmq/llmq/internal/gateway"
 	"github.com/llmq/llmq/internal/natsembed"
+	"github.com/llmq/llmq/internal/queuestatus"
 	"github.com/llmq/llmq/internal/topology"
 	"github.com/llmq/llmq/internal/worker"
 	"github.com/llmq/llmq/pkg/client"
@@ -117,6 +118,9 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		AnswerTimeout:   s.maxCallTimeout() + s.spec.AckWait + 30*time.Second,
 		MaxBodyBytes:    env.MaxBodyBytes,
 		Logger:          log,
+		QueueStatus: func(ctx context.Context) (any, error) {
+			return queuestatus.Read(ctx, js, s.subjects, time.Now())
+		},
 		Ready: func(ctx context.Context) error {
 			if !nc.IsConnected() {
 				return errors.New("NATS is not connected")

@@ -194,6 +194,8 @@ func (c *Config) validate() []*FieldError {
 			add(at+".name", "must not be empty")
 		case names[k.Name]:
 			add(at+".name", "%q is used twice", k.Name)
+		case k.Name == "master":
+			add(at+".name", `"master" is reserved for general_settings.master_key`)
 		}
 		names[k.Name] = true
 		switch {

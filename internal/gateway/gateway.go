@@ -76,6 +76,8 @@ type Options struct {
 	Metrics *metrics.Metrics
 	// MetricsHandler serves GET /metrics when set.
 	MetricsHandler http.Handler
+	// QueueStatus, when set, serves GET /v1/queue (behind the master key).
+	QueueStatus func(ctx context.Context) (any, error)
 }
 
 // Server serves the HTTP API. It is safe for concurrent use.
@@ -128,6 +130,9 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "alive"})
 	})
 	mux.HandleFunc("GET /health/readiness", s.readiness)
+	if s.opts.QueueStatus != nil {
+		mux.Handle("GET /v1/queue", s.auth(s.masterOnly(http.HandlerFunc(s.queue))))
+	}
 	if s.opts.MetricsHandler != nil {
 		mux.Handle("GET /metrics", s.opts.MetricsHandler)
 	}
@@ -284,6 +289,17 @@ func (s *Server) models(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
+}
+
+func (s *Server) queue(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	st, err := s.opts.QueueStatus(ctx)
+	if err != nil {
+		writeError(w, &messages.Error{Outcome: messages.OutcomeBrokerUnavailable, Message: "queue status: " + err.Error(), RetryAfter: "1"})
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
 }
 
 func (s *Server) readiness(w http.ResponseWriter, r *http.Request) {

@@ -32,6 +32,10 @@ type Key struct {
 // keyring authenticates callers. Keys are compared as SHA-256 digests in
 // constant time, and every key is compared, so neither the time nor the
 // order reveals how much of a key matched or which key it was.
+// masterName is the policy name of general_settings.master_key; keys in
+// llmq_settings.keys may not use it.
+const masterName = "master"
+
 type keyring struct {
 	keys []*policy
 }
@@ -49,7 +53,7 @@ func newKeyring(master string, keys []Key) *keyring {
 	}
 	k := &keyring{}
 	if master != "" {
-		k.keys = append(k.keys, &policy{Key: Key{Name: "master", Secret: master}, digest: sha256.Sum256([]byte(master))})
+		k.keys = append(k.keys, &policy{Key: Key{Name: masterName, Secret: master}, digest: sha256.Sum256([]byte(master))})
 	}
 	for _, key := range keys {
 		p := &policy{Key: key, digest: sha256.Sum256([]byte(key.Secret))}
@@ -156,6 +160,17 @@ func (s *Server) auth(next http.Handler) http.Handler {
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), policyKey{}, p)))
+	})
+}
+
+// masterOnly lets only the master key through (when authentication is on).
+func (s *Server) masterOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p := policyOf(r.Context()); p != nil && p.Name != masterName {
+			writeError(w, messages.Errorf(messages.OutcomeForbidden, "", "only the master key may read the queue status"))
+			return
+		}
+		next.ServeHTTP(w, r)
 	})
 }
 

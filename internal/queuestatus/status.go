@@ -1,0 +1,67 @@
+// Package queuestatus reads the state of llmq's queue for operators: how
+// many requests wait in each band and model group and how old the oldest
+// one is. It costs one stream-info request plus one message lookup per
+// non-empty band and group, so it is meant for an on-demand status page
+// (GET /v1/queue), not for a hot path; metrics come from message metadata.
+package queuestatus
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/llmq/llmq/pkg/messages"
+)
+
+// Queue is the backlog of one band and group.
+type Queue struct {
+	Band  int    `json:"band"`
+	Group string `json:"group"`
+	// Depth counts the requests in the stream: waiting, or being served and
+	// not yet acknowledged.
+	Depth uint64 `json:"depth"`
+	// OldestWaitMs is the age of the oldest of them, in milliseconds.
+	OldestWaitMs int64 `json:"oldest_wait_ms"`
+}
+
+// Status is the queue's state at one moment.
+type Status struct {
+	Stream string  `json:"stream"`
+	Total  uint64  `json:"total"`
+	Queues []Queue `json:"queues"` // non-empty (band, group) pairs, by band then group
+}
+
+// Read returns the status of the request stream of subjects.
+func Read(ctx context.Context, js jetstream.JetStream, subjects messages.Subjects, now time.Time) (*Status, error) {
+	stream, err := js.Stream(ctx, subjects.RequestStream())
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", subjects.RequestStream(), err)
+	}
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(subjects.RequestWildcard()))
+	if err != nil {
+		return nil, fmt.Errorf("stream %s info: %w", subjects.RequestStream(), err)
+	}
+	st := &Status{Stream: subjects.RequestStream(), Total: info.State.Msgs, Queues: []Queue{}}
+	for subj, n := range info.State.Subjects {
+		band, group, err := subjects.ParseRequest(subj)
+		if err != nil || n == 0 {
+			continue
+		}
+		q := Queue{Band: band, Group: group, Depth: n}
+		if m, err := stream.GetMsg(ctx, info.State.FirstSeq, jetstream.WithGetMsgSubject(subj)); err == nil {
+			q.OldestWaitMs = max(now.Sub(m.Time).Milliseconds(), 0)
+		}
+		st.Queues = append(st.Queues, q)
+	}
+	sort.Slice(st.Queues, func(i, j int) bool {
+		a, b := st.Queues[i], st.Queues[j]
+		if a.Band != b.Band {
+			return a.Band < b.Band
+		}
+		return a.Group < b.Group
+	})
+	return st, nil
+}
