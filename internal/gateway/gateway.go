@@ -68,7 +68,7 @@ type Options struct {
 	QueueTimeout    time.Duration // router_settings.timeout
 	// AnswerTimeout bounds the whole wait for an answer (queue plus call).
 	AnswerTimeout time.Duration
-	MaxBodyBytes  int64
+	MaxBodyBytes  int64 // 0 = no limit
 	Logger        *slog.Logger
 	// Ready reports readiness (NATS connected, stream and consumers exist).
 	Ready func(ctx context.Context) error
@@ -263,7 +263,11 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *mes
 	if limit > 0 && r.ContentLength > limit {
 		return nil, messages.Errorf(messages.OutcomeBodyTooLarge, "", "the request body is %d bytes; the limit is %d", r.ContentLength, limit)
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	rd := r.Body
+	if limit > 0 {
+		rd = http.MaxBytesReader(w, r.Body, limit)
+	}
+	body, err := io.ReadAll(rd)
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):

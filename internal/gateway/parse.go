@@ -90,8 +90,8 @@ func parseBody(kind messages.Kind, data []byte) (*parsed, *messages.Error) {
 	}
 	if raw, ok := top["timeout"]; ok && !isNull(raw) {
 		var secs float64
-		if err := json.Unmarshal(raw, &secs); err != nil || secs <= 0 || math.IsInf(secs, 0) || secs > 1e9 {
-			return nil, invalid("timeout", "timeout must be a positive number of seconds")
+		if err := json.Unmarshal(raw, &secs); err != nil || secs < 0.001 || math.IsInf(secs, 0) || secs > 1e9 {
+			return nil, invalid("timeout", "timeout must be a number of seconds from 0.001 to 1e9")
 		}
 		p.Timeout = time.Duration(secs * float64(time.Second))
 	}

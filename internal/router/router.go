@@ -9,7 +9,8 @@
 // Strategies (router_settings.routing_strategy): "simple-shuffle" picks at
 // random, weighted by weight, else by rpm, else by tpm, else evenly;
 // "least-busy" and the usage-based strategies pick the deployment with the
-// most free parallel slots. In both, litellm_params.order wins first: a
+// largest share of its parallel slots free (an unlimited deployment counts
+// as all free, its in-flight count breaking ties). In both, litellm_params.order wins first: a
 // deployment with a lower order is used while it has capacity.
 //
 // Router is safe for concurrent use.

@@ -1,6 +1,7 @@
 package messages
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -164,7 +165,7 @@ func (s Subjects) DecodeRequest(subject string, h nats.Header, body []byte) (*Re
 		r.Deadline = time.UnixMilli(ms)
 	}
 	r.Stream = h.Get(HeaderStream) == "1"
-	if len(body) == 0 || !json.Valid(body) {
+	if trimmed := bytes.TrimLeft(body, " \t\r\n"); len(trimmed) == 0 || trimmed[0] != '{' || !json.Valid(body) {
 		return nil, bad("body is not a JSON object")
 	}
 	return r, nil
