@@ -38,10 +38,11 @@ func (s gcraState) equal(o gcraState) bool {
 }
 
 // GCRA limits a flow to Limit units in every sliding window of Period. It is
-// the generic cell rate algorithm with no burst tolerance (it paces admissions
-// evenly) plus a coarse log of the last period that keeps reservations of more
-// than one unit from overshooting; the package doc gives the rule and its
-// proof.
+// the generic cell rate algorithm (a theoretical arrival time that paces
+// admissions evenly at Limit per Period, with a tolerance of Period/60) plus a
+// coarse log of the last period's admissions that no window may overflow. The
+// log alone guarantees the limit; the pacing only spreads admissions out. The
+// package doc gives the rule and its proof.
 //
 // Every method takes the current time explicitly, so tests never sleep. A
 // GCRA is not safe for concurrent use: the KV-backed Limiter serialises its
@@ -136,6 +137,14 @@ func (g *GCRA) cost(n int64) int64 {
 	return q*g.period + c
 }
 
+// tolerance is how far the pacing lets the TAT lag behind now: up to that much
+// idle time (or wake-up lateness of a waiter) is banked and may be used as a
+// burst. Period/60: one second for a one-minute period.
+func (g *GCRA) tolerance() int64 { return g.period / 60 }
+
+// start is where the pacing slot of an admission at t begins.
+func (g *GCRA) start(t int64) int64 { return max(g.st.tat, t-g.tolerance()) }
+
 // expiry is the first time at which bucket b no longer counts: units in b count
 // at time x while the bucket's end is inside the window (x-period, x].
 func (g *GCRA) expiry(b bucket) int64 { return (b.idx+1)*g.st.width + g.period }
@@ -160,11 +169,8 @@ func (g *GCRA) next(t, n int64) (at int64, ok bool) {
 	if n > g.limit {
 		return 0, false
 	}
-	at = max(t, g.st.tat)
-	if n == 1 {
-		return at, true // pacing alone keeps unit costs within the limit
-	}
-	used := g.usedAt(at)
+	at = max(t, g.st.tat)        // pacing
+	used := g.usedAt(at)         // window log
 	for _, b := range g.st.log { // ascending, so expiries ascend too
 		if used+n <= g.limit {
 			break
@@ -215,7 +221,7 @@ func (g *GCRA) ReserveN(now time.Time, n int64) (gr Grant, next time.Time, ok bo
 	if a > t {
 		return Grant{}, time.Unix(0, a), false
 	}
-	g.st.tat = t + g.cost(n)
+	g.st.tat = g.start(t) + g.cost(n)
 	g.st.seq++
 	g.add(t, n)
 	g.prune(t)
@@ -225,8 +231,9 @@ func (g *GCRA) ReserveN(now time.Time, n int64) (gr Grant, next time.Time, ok bo
 // Settle replaces the units of gr by used, the amount actually consumed:
 // a refund when used < gr.N, an extra charge when used > gr.N. A refund moves
 // the pacing back only if gr is still the latest admission (later ones were
-// already spaced by gr.N) and always leaves the log; an extra charge delays
-// future admissions by its cost. Settle a grant at most once.
+// already spaced by gr.N) and always returns the units to the log; an extra
+// charge is added to the log and delays future admissions by its cost.
+// Settle a grant at most once.
 func (g *GCRA) Settle(now time.Time, gr Grant, used int64) {
 	if g.unlimited() {
 		return
@@ -239,9 +246,9 @@ func (g *GCRA) Settle(now time.Time, gr Grant, used int64) {
 	t := now.UnixNano()
 	at := gr.At.UnixNano()
 	if gr.seq != 0 && gr.seq == g.st.seq && gr.end == g.st.tat {
-		g.st.tat = at + g.cost(used)
+		g.st.tat = gr.end - g.cost(gr.N) + g.cost(used) // as if admitted with used
 	} else if delta > 0 {
-		g.st.tat = max(g.st.tat, t) + g.cost(delta)
+		g.st.tat = g.start(t) + g.cost(delta)
 	}
 	idx := floorDiv(at, g.st.width)
 	i, found := g.find(idx)
