@@ -29,6 +29,7 @@ import (
 	"github.com/llmq/llmq/internal/topology"
 	"github.com/llmq/llmq/internal/worker"
 	"github.com/llmq/llmq/pkg/client"
+	"github.com/llmq/llmq/pkg/limiter"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -97,7 +98,44 @@ func (s *setup) maxCallTimeout() time.Duration {
 }
 
 // newRouter builds the router over every deployment, each with its caller.
-func (s *setup) newRouter(hc *http.Client) *router.Router {
+// hasLimits reports whether any deployment has rpm, tpm or max_parallel_requests.
+func (s *setup) hasLimits() bool {
+	for _, d := range s.cfg.ModelList {
+		if d.Params.RPM > 0 || d.Params.TPM > 0 || d.Params.MaxParallelRequests > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// openLimits opens the shared limiter state, or returns nil when no
+// deployment has limits (then nothing about limits crosses NATS).
+func (s *setup) openLimits(ctx context.Context, nc *nats.Conn) (*limiter.Set, error) {
+	if !s.hasLimits() {
+		return nil, nil
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	set, err := limiter.Open(ctx, js, limiter.Options{Bucket: s.subjects.LimitsBucket(), Replicas: s.cfg.LLMQ.Replicas})
+	if err != nil {
+		return nil, fmt.Errorf("open the shared limits bucket %s: %w", s.subjects.LimitsBucket(), err)
+	}
+	return set, nil
+}
+
+// changed is set's change signal, or nil without a set.
+func changed(set *limiter.Set) <-chan struct{} {
+	if set == nil {
+		return nil
+	}
+	return set.Changed()
+}
+
+// newRouter builds the router over every deployment, each with its caller
+// and, when set is not nil, its share of the global limits.
+func (s *setup) newRouter(hc *http.Client, set *limiter.Set) *router.Router {
 	var ds []router.Deployment
 	for _, d := range s.cfg.ModelList {
 		var caller provider.Caller
@@ -110,10 +148,14 @@ func (s *setup) newRouter(hc *http.Client) *router.Router {
 				Timeout: s.callTimeout(d), HTTPClient: hc,
 			})
 		}
-		ds = append(ds, router.Deployment{
+		rd := router.Deployment{
 			ID: d.ModelInfo.ID, Group: d.ModelName, MaxParallel: d.Params.MaxParallelRequests,
 			Order: d.Params.Order, Weight: d.Params.Weight, RPM: d.Params.RPM, TPM: d.Params.TPM, Value: caller,
-		})
+		}
+		if set != nil {
+			rd.Limiter = set.Deployment(d.ModelInfo.ID, limiter.Limits{RPM: d.Params.RPM, TPM: d.Params.TPM, MaxParallel: d.Params.MaxParallelRequests})
+		}
+		ds = append(ds, rd)
 	}
 	return router.New(router.ParseStrategy(s.cfg.RouterSettings.RoutingStrategy), ds, nil)
 }

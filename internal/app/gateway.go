@@ -105,6 +105,17 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 	if s.cfg.GeneralSettings.MasterKey == "" {
 		log.Warn("general_settings.master_key is not set: every caller is accepted without a key")
 	}
+	// One mirror of the shared limits serves the status page and the
+	// in-process workers.
+	set, err := s.openLimits(ctx, nc)
+	if err != nil {
+		undo()
+		return nil, err
+	}
+	if set != nil {
+		cleanup = append(cleanup, func() { _ = set.Close() })
+	}
+	limits := s.newRouter(nil, set) // for the status page: deployments and their limiters
 	met, metricsHandler := newRegistry()
 	srv := gateway.New(gateway.Options{
 		Metrics:         met,
@@ -119,7 +130,12 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		MaxBodyBytes:    env.MaxBodyBytes,
 		Logger:          log,
 		QueueStatus: func(ctx context.Context) (any, error) {
-			return queuestatus.Read(ctx, js, s.subjects, time.Now())
+			st, err := queuestatus.Read(ctx, js, s.subjects, time.Now())
+			if err != nil {
+				return nil, err
+			}
+			st.Deployments = queuestatus.Deployments(limits, time.Now())
+			return st, nil
 		},
 		Ready: func(ctx context.Context) error {
 			if !nc.IsConnected() {
@@ -148,7 +164,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		cleanup = append(cleanup, wnc.Close)
 		pool, err = worker.New(wnc, worker.Options{
 			Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.EmbeddedWorkers,
-			Router: s.newRouter(providerHTTPClient()), Logger: base.With("component", "worker"), AckWait: s.spec.AckWait, Metrics: met,
+			Router: s.newRouter(providerHTTPClient(), set), LimitsChanged: changed(set), Logger: base.With("component", "worker"), AckWait: s.spec.AckWait, Metrics: met,
 			DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
 		})
 		if err != nil {

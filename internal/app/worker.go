@@ -36,11 +36,18 @@ func RunWorker(ctx context.Context, env config.Env, lookup func(string) (string,
 	if err := ensure(ctx, nc, s.spec); err != nil {
 		return fmt.Errorf("set up JetStream: %w", err)
 	}
+	set, err := s.openLimits(ctx, nc)
+	if err != nil {
+		return err
+	}
+	if set != nil {
+		defer set.Close()
+	}
 	met, metricsHandler := newRegistry()
 	pool, err := worker.New(nc, worker.Options{
 		Metrics:  met,
 		Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.WorkerSlots,
-		Router: s.newRouter(providerHTTPClient()), Logger: log, AckWait: s.spec.AckWait,
+		Router: s.newRouter(providerHTTPClient(), set), LimitsChanged: changed(set), Logger: log, AckWait: s.spec.AckWait,
 		DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
 	})
 	if err != nil {

@@ -1,6 +1,6 @@
 // Package queuestatus reads the state of llmq's queue for operators: how
-// many requests wait in each band and model group and how old the oldest
-// one is. It costs one stream-info request plus one message lookup per
+// many requests wait in each band and model group, how old the oldest one
+// is, and how much of its limits each deployment uses across all workers. It costs one stream-info request plus one message lookup per
 // non-empty band and group, so it is meant for an on-demand status page
 // (GET /v1/queue), not for a hot path; metrics come from message metadata.
 package queuestatus
@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -29,9 +30,49 @@ type Queue struct {
 
 // Status is the queue's state at one moment.
 type Status struct {
-	Stream string  `json:"stream"`
-	Total  uint64  `json:"total"`
-	Queues []Queue `json:"queues"` // non-empty (band, group) pairs, by band then group
+	Stream      string       `json:"stream"`
+	Total       uint64       `json:"total"`
+	Queues      []Queue      `json:"queues"` // non-empty (band, group) pairs, by band then group
+	Deployments []Deployment `json:"deployments"`
+}
+
+// Deployment is one deployment's use of its limits, across every worker
+// process (from the shared limiter state; zero without limits).
+type Deployment struct {
+	ID            string     `json:"id"`
+	Group         string     `json:"group"`
+	InFlight      int        `json:"in_flight"`
+	MaxParallel   int        `json:"max_parallel_requests,omitempty"`
+	RequestsUsed  int64      `json:"rpm_used"`
+	RPM           int64      `json:"rpm,omitempty"`
+	TokensUsed    int64      `json:"tpm_used"`
+	TPM           int64      `json:"tpm,omitempty"`
+	CooldownUntil *time.Time `json:"cooldown_until,omitempty"`
+}
+
+// Deployments reports every deployment of r, sorted by group and id.
+func Deployments(r *router.Router, now time.Time) []Deployment {
+	out := []Deployment{}
+	for _, d := range r.Deployments() {
+		dep := Deployment{ID: d.ID, Group: d.Group}
+		if d.Limiter != nil {
+			u := d.Limiter.Usage(now)
+			dep.InFlight, dep.MaxParallel = u.InFlight, u.Limits.MaxParallel
+			dep.RequestsUsed, dep.RPM = u.Requests, u.Limits.RPM
+			dep.TokensUsed, dep.TPM = u.Tokens, u.Limits.TPM
+			if !u.CooldownUntil.IsZero() {
+				dep.CooldownUntil = &u.CooldownUntil
+			}
+		}
+		out = append(out, dep)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Group != out[j].Group {
+			return out[i].Group < out[j].Group
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
 }
 
 // Read returns the status of the request stream of subjects.

@@ -13,6 +13,12 @@
 // as all free, its in-flight count breaking ties). In both, litellm_params.order wins first: a
 // deployment with a lower order is used while it has capacity.
 //
+// Global limits: a deployment with a [limiter.Limiter] is also checked
+// against the limits every worker process shares. Choosing and leasing look
+// only at the limiter's local mirror (no round trip); [Lease.Reserve] then
+// takes the global reservation after the message is fetched, and
+// [Lease.Finish] settles it with the provider's reported usage.
+//
 // Router is safe for concurrent use.
 package router
 
@@ -22,6 +28,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/llmq/llmq/pkg/limiter"
 )
 
 // Deployment is one deployment of a group as the router sees it.
@@ -34,6 +42,9 @@ type Deployment struct {
 	RPM, TPM    int64
 	// Value is what the caller attaches (the provider caller); the router does not look at it.
 	Value any
+	// Limiter enforces the deployment's limits across processes; nil = only
+	// this process's MaxParallel and cooldowns.
+	Limiter *limiter.Limiter
 
 	inFlight  int
 	coolUntil time.Time   // no calls before this time
@@ -112,9 +123,49 @@ func (r *Router) Acquire(ctx context.Context, group string) (*Lease, error) {
 	}
 }
 
-// Cooldown keeps deployment id out of rotation for d. The wake-up when it
-// ends goes to the same hook as a release.
-func (r *Router) Cooldown(id string, d time.Duration) {
+// Changed returns a channel that is closed the next time capacity may have
+// freed (a release, a cooldown's end, a Wake).
+func (r *Router) Changed() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.changed
+}
+
+// Deployments returns every deployment, for status and metrics. Read only
+// their configuration fields.
+func (r *Router) Deployments() []*Deployment {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*Deployment, 0, len(r.byID))
+	for _, ds := range r.groups {
+		out = append(out, ds...)
+	}
+	return out
+}
+
+// Wake wakes everything waiting for capacity, e.g. when the shared limiter
+// state changed.
+func (r *Router) Wake() { r.notify("") }
+
+// Cooldown keeps deployment id out of rotation for d, in every process when
+// it has a limiter. The wake-up when it ends goes to the same hook as a
+// release.
+func (r *Router) Cooldown(id string, d time.Duration, reason string) {
+	r.mu.Lock()
+	lim := (*limiter.Limiter)(nil)
+	if dep := r.byID[id]; dep != nil {
+		lim = dep.Limiter
+	}
+	r.mu.Unlock()
+	if lim != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = lim.Cooldown(ctx, d, reason) // the local cooldown below holds regardless
+		cancel()
+	}
+	r.coolLocal(id, d)
+}
+
+func (r *Router) coolLocal(id string, d time.Duration) {
 	r.mu.Lock()
 	dep := r.byID[id]
 	if dep == nil {
@@ -153,7 +204,7 @@ func (r *Router) Failed(id string, allowed int, window, cooldown time.Duration) 
 	}
 	r.mu.Unlock()
 	if trip {
-		r.Cooldown(id, cooldown)
+		r.Cooldown(id, cooldown, "too many failures")
 	}
 	return trip
 }
@@ -161,19 +212,77 @@ func (r *Router) Failed(id string, allowed int, window, cooldown time.Duration) 
 // SetOnRelease replaces the release hook. Call it before the router is used.
 func (r *Router) SetOnRelease(f func(group string)) { r.onRelease = f }
 
-// Lease is one acquired unit of a deployment's capacity.
+// Lease is one acquired unit of a deployment's capacity: a local in-flight
+// count and, after Reserve, the global reservation.
 type Lease struct {
 	r    *Router
 	d    *Deployment
 	once sync.Once
+	res  *limiter.Reservation
+	stop chan struct{} // ends the slot keep-alive
 }
+
+// KeepAliveEvery is how often a reservation's concurrency slot is refreshed
+// during a call (a third of the limiter's default slot TTL).
+const KeepAliveEvery = limiter.DefaultSlotTTL / 3
+
+// settleTimeout bounds the NATS round trips that end a reservation.
+const settleTimeout = 5 * time.Second
 
 // Deployment returns the leased deployment.
 func (l *Lease) Deployment() *Deployment { return l.d }
 
-// Release gives the capacity back. It is safe to call more than once.
+// Reserve takes the deployment's global reservation for one request of
+// tokens (prompt estimate plus completion budget). Without a limiter it does
+// nothing. A refusal matches limiter.ErrLimited and names when to retry.
+func (l *Lease) Reserve(ctx context.Context, tokens int64) error {
+	if l.d.Limiter == nil {
+		return nil
+	}
+	res, err := l.d.Limiter.Reserve(ctx, tokens)
+	if err != nil {
+		return err
+	}
+	l.res, l.stop = res, make(chan struct{})
+	go func() {
+		t := time.NewTicker(KeepAliveEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-l.stop:
+				return
+			case <-t.C:
+				kctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+				_ = res.KeepAlive(kctx)
+				cancel()
+			}
+		}
+	}()
+	return nil
+}
+
+// Finish ends a lease whose call was made: the reservation is settled with
+// the tokens the provider reported (negative: unknown, keep the estimate) and
+// the capacity is released. Finish and Release are safe to call more than
+// once, in any mix; only the first counts.
+func (l *Lease) Finish(usedTokens int64) {
+	l.end(func(ctx context.Context) { _ = l.res.Settle(ctx, usedTokens) })
+}
+
+// Release ends a lease whose call was not made: the reservation, if any, is
+// cancelled and the capacity released.
 func (l *Lease) Release() {
+	l.end(func(ctx context.Context) { _ = l.res.Cancel(ctx) })
+}
+
+func (l *Lease) end(settle func(ctx context.Context)) {
 	l.once.Do(func() {
+		if l.res != nil {
+			close(l.stop)
+			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+			settle(ctx)
+			cancel()
+		}
 		l.r.mu.Lock()
 		l.d.inFlight--
 		l.r.mu.Unlock()
@@ -214,9 +323,10 @@ func (r *Router) TryAcquire(group string) (l *Lease, ok bool) {
 	return &Lease{r: r, d: d}, true
 }
 
-// available reports whether d may take a call now.
+// available reports whether d may take a call now, as far as this process
+// can tell without a round trip.
 func (d *Deployment) available(now time.Time) bool {
-	return d.free() != 0 && !now.Before(d.coolUntil)
+	return d.free() != 0 && !now.Before(d.coolUntil) && (d.Limiter == nil || d.Limiter.Headroom(now, 0))
 }
 
 // free returns the free parallel slots, or -1 for unlimited.

@@ -305,8 +305,8 @@ func TestCooldown(t *testing.T) {
 			{ID: "a", Group: "g", MaxParallel: 1},
 			{ID: "b", Group: "g", MaxParallel: 1},
 		}, h.fn)
-		r.Cooldown("a", 10*time.Second)
-		r.Cooldown("unknown", time.Second) // no deployment: nothing happens
+		r.Cooldown("a", 10*time.Second, "test")
+		r.Cooldown("unknown", time.Second, "test") // no deployment: nothing happens
 		for range 50 {
 			l := acquire(t, r, "g")
 			if l.Deployment().ID != "a" && l.Deployment().ID != "b" {
@@ -343,8 +343,8 @@ func TestCooldown(t *testing.T) {
 func TestCooldownDoesNotShorten(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r := router.New(router.SimpleShuffle, []router.Deployment{{ID: "a", Group: "g"}}, nil)
-		r.Cooldown("a", time.Minute)
-		r.Cooldown("a", time.Second)
+		r.Cooldown("a", time.Minute, "test")
+		r.Cooldown("a", time.Second, "test")
 		time.Sleep(30 * time.Second)
 		noCapacity(t, r, "g")
 		time.Sleep(30 * time.Second)
@@ -449,7 +449,7 @@ func TestAcquireWaitsForRelease(t *testing.T) {
 func TestAcquireWaitsForCooldown(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r := router.New(router.LeastBusy, []router.Deployment{{ID: "a", Group: "g", MaxParallel: 1}}, nil)
-		r.Cooldown("a", 5*time.Second)
+		r.Cooldown("a", 5*time.Second, "test")
 		start := time.Now()
 		l, err := r.Acquire(context.Background(), "g")
 		if err != nil {

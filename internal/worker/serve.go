@@ -9,7 +9,10 @@ import (
 	"time"
 
 	"github.com/llmq/llmq/internal/provider"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/llmq/llmq/internal/router"
+	"github.com/llmq/llmq/pkg/limiter"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -47,7 +50,7 @@ type attempt struct {
 
 // serve runs req under the policy, starting on lease, which it owns. emit
 // relays stream events (nil for a plain request).
-func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Request, lease *router.Lease, emit provider.Emit) (deployment string, a attempt) {
+func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Request, lease *router.Lease, tokens int64, emit provider.Emit) (deployment string, a attempt) {
 	pol := p.opts.Policy
 	emitted := false
 	if emit != nil {
@@ -63,14 +66,18 @@ func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Reques
 		for {
 			if lease == nil {
 				var err error
-				if lease, err = p.opts.Router.Acquire(ctx, group); err != nil {
-					return deployment, attempt{err: errors.Join(messages.ErrCancelled, err)}
+				if lease, err = p.reserve(ctx, &messages.Request{Group: group}, nil, tokens, time.Time{}); err != nil {
+					return deployment, attempt{err: err}
 				}
 			}
 			d := lease.Deployment()
 			deployment = d.ID
 			a = p.call(ctx, d, req, emit)
-			lease.Release()
+			used := a.usage.TotalTokens
+			if used == 0 {
+				used = -1 // not reported: keep the estimate
+			}
+			lease.Finish(used)
 			lease = nil
 			if a.err == nil || emitted || ctx.Err() != nil {
 				return deployment, a
@@ -84,7 +91,7 @@ func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Reques
 					wait = time.Duration(s) * time.Second
 				}
 				log.Info("provider rate-limited the deployment; cooling it down", "deployment", d.ID, "cooldown", wait)
-				p.opts.Router.Cooldown(d.ID, wait)
+				p.opts.Router.Cooldown(d.ID, wait, "provider answered 429")
 				p.opts.Metrics.Cooldown(d.ID, "rate_limited", wait)
 				continue
 			case retry:
@@ -138,6 +145,73 @@ func classify(e *messages.Error) nextStep {
 		return final
 	default:
 		return fallback
+	}
+}
+
+// reserve takes the global reservation of tokens on lease's deployment, or
+// on another deployment of req.Group when lease is nil or its deployment is
+// full. It waits for capacity, holding the request, until ctx ends or the
+// deadline (if not zero) passes. The returned lease is reserved; on error no
+// lease is held.
+func (p *Pool) reserve(ctx context.Context, req *messages.Request, lease *router.Lease, tokens int64, deadline time.Time) (*router.Lease, error) {
+	if !deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadlineCause(ctx, deadline, messages.ErrQueueTimeout)
+		defer cancel()
+	}
+	for {
+		if lease == nil {
+			var err error
+			if lease, err = p.opts.Router.Acquire(ctx, req.Group); err != nil {
+				return nil, err
+			}
+		}
+		changed := p.opts.Router.Changed()
+		err := lease.Reserve(ctx, tokens)
+		if err == nil {
+			return lease, nil
+		}
+		lease.Release()
+		lease = nil
+		var le *limiter.LimitedError
+		wait := time.Second
+		switch {
+		case errors.Is(err, limiter.ErrTooLarge):
+			return nil, messages.Errorf(messages.OutcomeInvalidRequest, "max_tokens",
+				"the request needs about %d tokens, more than the tokens-per-minute limit of the model group's deployments allow", tokens)
+		case errors.As(err, &le):
+			wait = time.Until(le.Until)
+		case ctx.Err() != nil:
+			return nil, context.Cause(ctx)
+		default:
+			p.log.Warn("limiter unavailable; retrying", "group", req.Group, "error", err)
+		}
+		t := time.NewTimer(max(wait, time.Millisecond))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, context.Cause(ctx)
+		case <-changed:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// abandon settles a request that could not be started: past its deadline,
+// refused for good, or interrupted by shutdown.
+func (p *Pool) abandon(log *slog.Logger, m jetstream.Msg, req *messages.Request, err error) {
+	var e *messages.Error
+	switch {
+	case errors.Is(err, messages.ErrQueueTimeout):
+		log.Info("dropping request: its queue deadline passed while waiting for capacity")
+		_ = m.TermWithReason("queue deadline passed")
+	case errors.As(err, &e):
+		log.Info("refusing request", "error", e.Message)
+		_ = p.nc.PublishMsg(messages.ReplyMsg(req.ReplyTo, &messages.Reply{Outcome: e.Outcome, Status: e.HTTPStatus(), Body: messages.ErrorBody(e)}))
+		_ = m.TermWithReason(e.Message)
+	default: // shutting down: another worker takes it
+		_ = m.Nak()
 	}
 }
 

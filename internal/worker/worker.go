@@ -66,6 +66,7 @@ import (
 	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/provider"
 	"github.com/llmq/llmq/internal/router"
+	"github.com/llmq/llmq/pkg/limiter"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -86,6 +87,12 @@ type Options struct {
 	PickupTimeout time.Duration
 	// Metrics records what the pool does; default: a private registry.
 	Metrics *metrics.Metrics
+	// LimitsChanged signals that the shared limiter state changed (a slot
+	// freed, a cooldown ended); the pool then wakes its waiting slots.
+	LimitsChanged <-chan struct{}
+	// DefaultCompletionTokens is the completion budget reserved against tpm
+	// for a request without max_tokens; default 256.
+	DefaultCompletionTokens int64
 	// Policy is the retry, cooldown and fallback policy.
 	Policy Policy
 	// DrainTimeout bounds how long Run waits, after its context ends, for the
@@ -142,6 +149,9 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.New(prometheus.NewRegistry())
 	}
+	if opts.DefaultCompletionTokens <= 0 {
+		opts.DefaultCompletionTokens = 256
+	}
 	if opts.Policy.Backoff <= 0 {
 		opts.Policy.Backoff = 500 * time.Millisecond
 	}
@@ -192,6 +202,18 @@ func (p *Pool) Run(ctx context.Context) error {
 	p.markAll() // requests queued before we started
 	var wg sync.WaitGroup
 	wg.Go(func() { p.poll(ctx) })
+	if p.opts.LimitsChanged != nil {
+		wg.Go(func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-p.opts.LimitsChanged:
+					p.opts.Router.Wake()
+				}
+			}
+		})
+	}
 	for range p.opts.Slots {
 		wg.Go(func() { p.slot(ctx) })
 	}
@@ -326,8 +348,30 @@ func (p *Pool) poll(ctx context.Context) {
 				p.opts.Metrics.QueueDepth(metrics.Band(b), p.opts.Groups[gi], n)
 			}
 		}
+		p.recordLimits()
 		if found {
 			p.signal()
+		}
+	}
+}
+
+// recordLimits publishes each deployment's share of its limits in use.
+func (p *Pool) recordLimits() {
+	now := time.Now()
+	for _, d := range p.opts.Router.Deployments() {
+		if d.Limiter == nil {
+			continue
+		}
+		u := d.Limiter.Usage(now)
+		ratio := func(used, limit int64) float64 { return float64(used) / float64(limit) }
+		if u.Limits.RPM > 0 {
+			p.opts.Metrics.LimiterUse(d.ID, "rpm", ratio(u.Requests, u.Limits.RPM))
+		}
+		if u.Limits.TPM > 0 {
+			p.opts.Metrics.LimiterUse(d.ID, "tpm", ratio(u.Tokens, u.Limits.TPM))
+		}
+		if u.Limits.MaxParallel > 0 {
+			p.opts.Metrics.LimiterUse(d.ID, "parallel", ratio(int64(u.InFlight), int64(u.Limits.MaxParallel)))
 		}
 	}
 }
@@ -438,13 +482,26 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 		p.deadLetter(m, "undecodable", err.Error())
 		return
 	}
-	log := p.log.With("request_id", req.ID, "band", req.Band, "group", req.Group, "deployment", d.ID)
+	log := p.log.With("request_id", req.ID, "band", req.Band, "group", req.Group)
 	if !req.Deadline.IsZero() && time.Now().After(req.Deadline) {
 		log.Info("dropping request past its queue deadline")
 		_ = m.TermWithReason("queue deadline passed")
 		return
 	}
 	control := p.control + "." + req.ID
+	stop := p.keepAlive(m, req.ReplyTo, control)
+	defer func() { stop() }()
+
+	// Take the global reservation. If the deployment filled up since the
+	// lease was taken (another process won the race), this slot keeps the
+	// message, so it stays the head of its group, and waits for capacity.
+	tokens := limiter.EstimateTokens(req.Body, p.opts.DefaultCompletionTokens)
+	lease, err = p.reserve(ctx, req, lease, tokens, req.Deadline)
+	if err != nil {
+		p.abandon(log, m, req, err)
+		return
+	}
+	d = lease.Deployment()
 	if !p.pickup(req, control, d.ID) {
 		log.Info("dropping request whose caller is gone")
 		_ = m.TermWithReason("caller gone")
@@ -457,7 +514,6 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 	defer cancel(nil)
 	p.calls.Store(req.ID, cancel)
 	defer p.calls.Delete(req.ID)
-	stop := p.keepAlive(m, req.ReplyTo, control)
 	started := time.Now()
 	var emit provider.Emit
 	seq := 0
@@ -469,9 +525,8 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 			return p.nc.PublishMsg(msg)
 		}
 	}
-	deployment, a := p.serve(callCtx, log, req, lease, emit)
+	deployment, a := p.serve(callCtx, log, req, lease, tokens, emit)
 	lease = nil // serve released it
-	stop()
 	rep := &messages.Reply{Deployment: deployment, Body: a.body}
 	if req.Stream {
 		rep.Seq = seq + 1
@@ -544,7 +599,7 @@ func (p *Pool) pickup(req *messages.Request, control, deployment string) bool {
 	return err == nil && string(resp.Data) == messages.PickupAccept
 }
 
-// keepAlive keeps a call's message and its caller informed until stop: an
+// keepAlive keeps a request's message and its caller informed until stop: an
 // in-progress ack every third of the ack wait, so JetStream does not
 // redeliver, and a heartbeat to the caller every HeartbeatInterval, sent with
 // the control subject as reply so a vanished caller is noticed.

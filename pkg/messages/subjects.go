@@ -65,6 +65,10 @@ func (s Subjects) DeadLetter(requestSubject string) string {
 	return s.prefix + ".dead.unknown"
 }
 
+// LimitsBucket is the name of the JetStream KV bucket that holds the shared
+// limiter state of the deployments (pkg/limiter).
+func (s Subjects) LimitsBucket() string { return s.prefix + "_limits" }
+
 // Consumer returns the durable consumer name that serves one band and group.
 func (s Subjects) Consumer(band int, group string) string {
 	return s.prefix + "_b" + strconv.Itoa(band) + "_" + EncodeToken(group)
