@@ -78,7 +78,8 @@ type Router struct {
 	strategy  Strategy
 	onRelease func(group string)
 	rnd       *rand.Rand
-	changed   chan struct{} // closed and replaced whenever capacity may have freed
+	changed   chan struct{}  // closed and replaced whenever capacity may have freed
+	waiters   map[string]int // per group: held requests waiting for capacity
 	now       func() time.Time
 }
 
@@ -86,7 +87,7 @@ type Router struct {
 // (without locks held) whenever a lease is released.
 func New(strategy Strategy, deployments []Deployment, onRelease func(group string)) *Router {
 	r := &Router{groups: make(map[string][]*Deployment), byID: make(map[string]*Deployment), strategy: strategy, onRelease: onRelease,
-		rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), changed: make(chan struct{}), now: time.Now}
+		rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), changed: make(chan struct{}), waiters: make(map[string]int), now: time.Now}
 	for i := range deployments {
 		d := deployments[i]
 		r.groups[d.Group] = append(r.groups[d.Group], &d)
@@ -106,20 +107,44 @@ func (r *Router) notify(group string) {
 	}
 }
 
-// Acquire is TryAcquire that waits for capacity until ctx ends.
+// Acquire leases capacity on group, waiting until there is some or ctx
+// ends. Waiters come first: while any caller waits in Acquire or holds a
+// [Router.Waiting] mark for the group, TryAcquire refuses it, so a request a
+// worker already holds (the head of its group) is not overtaken by requests
+// fetched after it.
 func (r *Router) Acquire(ctx context.Context, group string) (*Lease, error) {
+	defer r.Waiting(group)()
 	for {
 		r.mu.Lock()
 		changed := r.changed
-		r.mu.Unlock()
-		if l, ok := r.TryAcquire(group); ok {
-			return l, nil
+		if d := r.pick(r.groups[group]); d != nil {
+			d.inFlight++
+			r.mu.Unlock()
+			return &Lease{r: r, d: d}, nil
 		}
+		r.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
 		case <-changed:
 		}
+	}
+}
+
+// Waiting marks that a held request of group waits for capacity, until the
+// returned function is called; meanwhile TryAcquire refuses the group.
+func (r *Router) Waiting(group string) (done func()) {
+	r.mu.Lock()
+	r.waiters[group]++
+	r.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			r.mu.Lock()
+			r.waiters[group]--
+			r.mu.Unlock()
+			r.notify(group)
+		})
 	}
 }
 
@@ -311,10 +336,14 @@ func (r *Router) HasHeadroom(group string) bool {
 }
 
 // TryAcquire leases capacity on the best deployment of group that has
-// headroom, without blocking. ok is false when none has.
+// headroom, without blocking. ok is false when none has, or when a held
+// request of the group waits for capacity (see Acquire).
 func (r *Router) TryAcquire(group string) (l *Lease, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.waiters[group] > 0 {
+		return nil, false
+	}
 	d := r.pick(r.groups[group])
 	if d == nil {
 		return nil, false

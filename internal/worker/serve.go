@@ -58,34 +58,44 @@ func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Reques
 		emit = func(b []byte) error { emitted = true; return inner(b) }
 	}
 	groups := append([]string{req.Group}, pol.Fallbacks[req.Group]...)
+	// hold keeps the request's place in its group between attempts: from the
+	// moment an attempt fails until the next lease is taken, slots that would
+	// fetch requests behind it are refused the group.
+	var hold func()
+	unhold := func() {
+		if hold != nil {
+			hold()
+			hold = nil
+		}
+	}
+	defer unhold()
 	for i, group := range groups {
 		if i > 0 {
+			unhold()
 			log.Info("trying fallback group", "fallback", group)
 		}
 		retries := 0
 		for {
 			if lease == nil {
 				var err error
-				if lease, err = p.reserve(ctx, &messages.Request{Group: group}, nil, tokens, time.Time{}); err != nil {
+				lease, err = p.reserve(ctx, &messages.Request{Group: group}, nil, tokens, time.Time{})
+				unhold()
+				if err != nil {
 					return deployment, attempt{err: err}
 				}
 			}
 			d := lease.Deployment()
 			deployment = d.ID
 			a = p.call(ctx, d, req, emit)
-			used := a.usage.TotalTokens
-			if used == 0 {
-				used = -1 // not reported: keep the estimate
-			}
-			lease.Finish(used)
-			lease = nil
-			if a.err == nil || emitted || ctx.Err() != nil {
-				return deployment, a
-			}
 			var e *messages.Error
-			errors.As(a.err, &e)
-			switch next := classify(e); next {
-			case requeue:
+			next := final
+			if a.err != nil && !emitted && ctx.Err() == nil && errors.As(a.err, &e) {
+				next = classify(e)
+			}
+			if next != final {
+				hold = p.opts.Router.Waiting(group)
+			}
+			if next == requeue { // before the lease ends, so no other slot picks this deployment
 				wait := pol.CooldownTime
 				if s, err := strconv.Atoi(e.RetryAfter); err == nil && s > 0 {
 					wait = time.Duration(s) * time.Second
@@ -93,11 +103,23 @@ func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Reques
 				log.Info("provider rate-limited the deployment; cooling it down", "deployment", d.ID, "cooldown", wait)
 				p.opts.Router.Cooldown(d.ID, wait, "provider answered 429")
 				p.opts.Metrics.Cooldown(d.ID, "rate_limited", wait)
+			}
+			used := a.usage.TotalTokens
+			if used == 0 {
+				used = -1 // not reported: keep the estimate
+			}
+			lease.Finish(used)
+			lease = nil
+			switch next {
+			case final:
+				return deployment, a
+			case requeue:
 				continue
 			case retry:
 				if p.opts.Router.Failed(d.ID, pol.AllowedFails, failWindow, pol.CooldownTime) {
 					p.opts.Metrics.Cooldown(d.ID, "failures", pol.CooldownTime)
 				}
+				unhold() // backing off: the group's other requests may go meanwhile
 				if retries < pol.NumRetries {
 					delay := pol.Backoff << retries
 					retries++
@@ -107,8 +129,6 @@ func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Reques
 					}
 					continue
 				}
-			case final:
-				return deployment, a
 			}
 			break // to the next fallback group
 		}
@@ -159,8 +179,19 @@ func (p *Pool) reserve(ctx context.Context, req *messages.Request, lease *router
 		ctx, cancel = context.WithDeadlineCause(ctx, deadline, messages.ErrQueueTimeout)
 		defer cancel()
 	}
+	// While this request waits, it keeps its place: the group is refused to
+	// slots that would fetch requests behind it.
+	var stopWaiting func()
+	defer func() {
+		if stopWaiting != nil {
+			stopWaiting()
+		}
+	}()
 	for {
 		if lease == nil {
+			if stopWaiting == nil {
+				stopWaiting = p.opts.Router.Waiting(req.Group)
+			}
 			var err error
 			if lease, err = p.opts.Router.Acquire(ctx, req.Group); err != nil {
 				return nil, err

@@ -111,6 +111,7 @@ type Pool struct {
 
 	consumers [][]jetstream.Consumer // [band][group]
 	pending   [][]atomic.Bool        // [band][group]: may have messages
+	hinted    [][]atomic.Int64       // [band][group]: unix nanos of the last wake-up hint
 	groupIdx  map[string]int
 	wake      chan struct{}
 	rotate    atomic.Uint32
@@ -175,8 +176,10 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 		p.groupIdx[g] = i
 	}
 	p.pending = make([][]atomic.Bool, opts.Bands)
+	p.hinted = make([][]atomic.Int64, opts.Bands)
 	for b := range p.pending {
 		p.pending[b] = make([]atomic.Bool, len(opts.Groups))
+		p.hinted[b] = make([]atomic.Int64, len(opts.Groups))
 	}
 	opts.Router.SetOnRelease(func(string) { p.signal() })
 	return p, nil
@@ -284,8 +287,24 @@ func (p *Pool) onWake(m *nats.Msg) {
 	if !ok {
 		return
 	}
+	p.hinted[band][gi].Store(time.Now().UnixNano())
 	p.pending[band][gi].Store(true)
 	p.signal()
+}
+
+// hintLag is how long after a wake-up hint an empty fetch is not believed:
+// JetStream publishes the hint when it stores the message, but the consumer
+// counts the message as pending a moment later (another server goroutine),
+// and a no-wait fetch in between answers "no messages".
+const hintLag = 50 * time.Millisecond
+
+// retryRecent keeps a pair marked after an empty fetch that may have raced
+// its hint, and sweeps again shortly.
+func (p *Pool) retryRecent(band, gi int) {
+	if time.Since(time.Unix(0, p.hinted[band][gi].Load())) < hintLag {
+		p.pending[band][gi].Store(true)
+		time.AfterFunc(time.Millisecond, p.signal)
+	}
 }
 
 // onControl cancels a call when its caller says so, or when NATS reports
@@ -433,6 +452,7 @@ func (p *Pool) sweep(ctx context.Context) (jetstream.Msg, *router.Lease) {
 			}
 			if m == nil {
 				lease.Release()
+				p.retryRecent(band, gi)
 				continue
 			}
 			if more {
