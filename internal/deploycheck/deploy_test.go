@@ -41,12 +41,6 @@ import (
 	"github.com/llmq/llmq/pkg/messages"
 )
 
-// limitsBucket is the JetStream key-value bucket that holds pkg/limiter's
-// shared rpm/tpm/concurrency state (limiter.Options.Bucket). Nothing in the
-// code names it yet (the workers do not open a limiter.Set so far); when
-// something does, use that here.
-const limitsBucket = "llmq_limits"
-
 // workerMetricsPath is the path of the worker's metrics listener
 // (LLMQ_METRICS_LISTEN), registered in internal/app/worker.go, which exports
 // no name for it. TestLive fetches it from a running worker.
@@ -506,7 +500,8 @@ func (d *deploy) needs() map[string]roleNeeds {
 	api := jetstream.DefaultAPIPrefix
 	inbox := nats.InboxPrefix + ">"
 	req, dead := s.RequestStream(), s.DeadLetterStream()
-	kvStream, kvPre := "KV_"+limitsBucket, "$KV."+limitsBucket+"."
+	bucket := s.LimitsBucket()
+	kvStream, kvPre := "KV_"+bucket, "$KV."+bucket+"."
 	ensure := []string{
 		api + "STREAM.INFO." + req,
 		api + "STREAM.CREATE." + req, api + "STREAM.UPDATE." + req,
@@ -525,24 +520,29 @@ func (d *deploy) needs() map[string]roleNeeds {
 			infos = append(infos, fmt.Sprintf("%sCONSUMER.INFO.%s.%s", api, req, c))
 		}
 	}
-	kv := []string{
-		api + "INFO", // nats.go asks for the account info before it creates a bucket
-		kvPre + "k",
+	// pkg/limiter.Open: create or update the bucket (nats.go asks for the
+	// account info first), bind its stream, watch it (an ordered consumer
+	// with flow control, deleted when the watch stops).
+	kvOpen := []string{
+		api + "INFO",
 		api + "STREAM.INFO." + kvStream, api + "STREAM.CREATE." + kvStream, api + "STREAM.UPDATE." + kvStream,
-		api + "STREAM.MSG.GET." + kvStream,
-		api + "DIRECT.GET." + kvStream, api + "DIRECT.GET." + kvStream + "." + kvPre + "k",
 		api + "CONSUMER.CREATE." + kvStream + ".w." + kvPre + ">",
 		api + "CONSUMER.DELETE." + kvStream + ".w",
 		"$JS.FC." + kvStream + ".w.1.1",
 	}
+	// pkg/limiter's reservations: compare-and-set writes, and re-reads of one
+	// key (direct get; KV buckets allow it).
+	kvWrite := []string{kvPre + "k", api + "DIRECT.GET." + kvStream + "." + kvPre + "k"}
 	cat := func(lists ...[]string) []string { return slices.Concat(lists...) }
 	return map[string]roleNeeds{
 		roleGateway: {
-			pub: cat(requests, []string{inbox}, ensure, consumers),
+			// GET /v1/queue reads the oldest message of each subject
+			// (internal/queuestatus) and mirrors the limiter state.
+			pub: cat(requests, []string{inbox}, ensure, consumers, []string{api + "STREAM.MSG.GET." + req}, kvOpen),
 			sub: []string{inbox},
 		},
 		roleWorker: {
-			pub: cat([]string{inbox}, deads, fetch, acks, infos, ensure, consumers, kv),
+			pub: cat([]string{inbox}, deads, fetch, acks, infos, ensure, consumers, kvOpen, kvWrite),
 			sub: cat(wakes, []string{inbox}),
 			// The v2 ack subject ($JS.ACK.<domain>.<account hash>.<stream>...),
 			// which nats-server 2.15 understands but does not send yet.
@@ -651,7 +651,7 @@ func TestNATSConfigs(t *testing.T) {
 		}
 	}
 	needs := d.needs()
-	streams := map[string]bool{d.subj.RequestStream(): true, d.subj.DeadLetterStream(): true, "KV_" + limitsBucket: true}
+	streams := map[string]bool{d.subj.RequestStream(): true, d.subj.DeadLetterStream(): true, "KV_" + d.subj.LimitsBucket(): true}
 	envDefault := d.env["LLMQ_MAX_BODY_BYTES"].def
 	maxBody, err := strconv.Atoi(envDefault)
 	if err != nil {
@@ -696,7 +696,7 @@ func TestNATSConfigs(t *testing.T) {
 					t.Errorf("%s: user %s: unrecognised JetStream permission %s", where, u.Name, p)
 				} else if s != "" && !streams[s] {
 					t.Errorf("%s: user %s: %s names stream %q; llmq's are %s, %s and %s", where, u.Name, p, s,
-						d.subj.RequestStream(), d.subj.DeadLetterStream(), "KV_"+limitsBucket)
+						d.subj.RequestStream(), d.subj.DeadLetterStream(), "KV_"+d.subj.LimitsBucket())
 				}
 			}
 		}
@@ -2216,18 +2216,6 @@ func TestLive(t *testing.T) {
 	if err != nil {
 		t.Fatalf("gateway with the compose environment against single.conf: %v", err)
 	}
-	wkEnv, metricsAddr := local(wkSvc)
-	workerDone := make(chan error, 1)
-	go func() { workerDone <- app.RunWorker(ctx, wkEnv, lookup, logs) }()
-	t.Cleanup(func() {
-		cancel()
-		_ = g.Wait()
-		select {
-		case <-workerDone:
-		case <-time.After(30 * time.Second):
-			t.Error("the worker did not stop")
-		}
-	})
 	base := "http://" + g.Addr().String()
 	httpc := &http.Client{Timeout: 10 * time.Second}
 	status := func(u string) int {
@@ -2238,35 +2226,15 @@ func TestLive(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	// The worker's metrics listener starts once it is connected and has set
-	// up JetStream: its probe path answering means the worker is up.
-	deadline := time.Now().Add(20 * time.Second)
-	for status(base+"/health/readiness") != http.StatusOK || status("http://"+metricsAddr+workerMetricsPath) != http.StatusOK {
-		select {
-		case err := <-workerDone:
-			t.Fatalf("the worker stopped: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gateway readiness %d, worker %s %d", status(base+"/health/readiness"), workerMetricsPath, status("http://"+metricsAddr+workerMetricsPath))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-
-	group := d.groups[0]
-	for _, stream := range []bool{false, true} {
-		body := fmt.Sprintf(`{"model":%q,"stream":%t,"messages":[{"role":"user","content":"hi"}]}`, group, stream)
-		resp, err := httpc.Post(base+"/v1/chat/completions", "application/json", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || resp.Header.Get(gateway.HeaderDeployment) == "" {
-			t.Errorf("stream=%t: status %d, deployment %q: %s", stream, resp.StatusCode, resp.Header.Get(gateway.HeaderDeployment), b)
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); !ok(); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("waiting for %s", what)
+			}
 		}
 	}
-
+	waitFor("gateway readiness", func() bool { return status(base+"/health/readiness") == http.StatusOK })
 	connect := func(user string, opts ...nats.Option) *nats.Conn {
 		t.Helper()
 		u := conf.users[user]
@@ -2279,6 +2247,57 @@ func TestLive(t *testing.T) {
 	}
 	rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
 	defer rcancel()
+	group := d.groups[0]
+
+	// Before any worker runs, a queued request shows in GET /v1/queue.
+	svcJS, err := jetstream.New(connect(roleService))
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued := d.subj.Msg(&messages.Request{ID: "deploycheck-queued", Kind: messages.KindChat, Group: group, Band: 1,
+		ReplyTo: nats.InboxPrefix + "deploycheck.gone", Deadline: time.Now().Add(5 * time.Second), Body: []byte(`{}`)}, time.Now())
+	if _, err := svcJS.PublishMsg(rctx, queued); err != nil {
+		t.Fatalf("publish a request as %s: %v", roleService, err)
+	}
+	if code := status(base + "/v1/queue"); code != http.StatusOK {
+		t.Errorf("GET /v1/queue: %d", code)
+	}
+
+	wkEnv, metricsAddr := local(wkSvc)
+	workerDone := make(chan error, 1)
+	go func() { workerDone <- app.RunWorker(ctx, wkEnv, lookup, logs) }()
+	t.Cleanup(func() {
+		cancel()
+		_ = g.Wait()
+		select {
+		case <-workerDone:
+		case <-time.After(30 * time.Second):
+			t.Error("the worker did not stop")
+		}
+	})
+	// The worker's metrics listener starts once it is connected and has set
+	// up JetStream: its probe path answering means the worker is up.
+	waitFor("the worker's "+workerMetricsPath, func() bool {
+		select {
+		case err := <-workerDone:
+			t.Fatalf("the worker stopped: %v", err)
+		default:
+		}
+		return status("http://"+metricsAddr+workerMetricsPath) == http.StatusOK
+	})
+
+	for _, stream := range []bool{false, true} {
+		body := fmt.Sprintf(`{"model":%q,"stream":%t,"messages":[{"role":"user","content":"hi"}]}`, group, stream)
+		resp, err := httpc.Post(base+"/v1/chat/completions", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.Header.Get(gateway.HeaderDeployment) == "" {
+			t.Errorf("stream=%t: status %d, deployment %q: %s", stream, resp.StatusCode, resp.Header.Get(gateway.HeaderDeployment), b)
+		}
+	}
 
 	// An internal service submits with pkg/client.
 	cl, err := client.New(connect(roleService), client.Options{Prefix: d.subj.Prefix(), BandBounds: d.example.LLMQ.PriorityBands})
@@ -2306,7 +2325,7 @@ func TestLive(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		set, err := limiter.Open(rctx, js, limiter.Options{Bucket: limitsBucket})
+		set, err := limiter.Open(rctx, js, limiter.Options{Bucket: d.subj.LimitsBucket()})
 		if err != nil {
 			t.Fatalf("pkg/limiter as %s: %v", roleWorker, err)
 		}
