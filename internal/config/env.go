@@ -23,6 +23,7 @@ type Env struct {
 	NATSTLSCA          string        `envconfig:"NATS_TLS_CA" desc:"PEM file of the CAs that sign the NATS server's certificate; enables TLS"`
 	NATSTLSCert        string        `envconfig:"NATS_TLS_CERT" desc:"PEM client certificate for NATS (with LLMQ_NATS_TLS_KEY)"`
 	NATSTLSKey         string        `envconfig:"NATS_TLS_KEY" desc:"PEM private key of the NATS client certificate"`
+	NATSInboxPrefix    string        `envconfig:"NATS_INBOX_PREFIX" desc:"prefix of this process's reply subjects instead of _INBOX, so NATS permissions can keep each role's replies private"`
 	DataDir            string        `envconfig:"DATA_DIR" default:"llmq-data" desc:"JetStream store directory of the embedded server"`
 	EmbeddedNATSListen string        `envconfig:"EMBEDDED_NATS_LISTEN" default:"127.0.0.1:4222" desc:"client address of the embedded NATS server; port 0 or -1 picks a free port; empty = no TCP listener (in-process only)"`
 	EmbeddedWorkers    int           `envconfig:"EMBEDDED_WORKERS" default:"16" desc:"worker slots run inside the gateway when it embeds NATS (0 = none)"`
@@ -39,6 +40,7 @@ func (e Env) NATSSecurity() client.Security {
 	return client.Security{
 		CredsFile: e.NATSCreds, NKeySeedFile: e.NATSNKeySeed, User: e.NATSUser, Password: e.NATSPassword,
 		Token: e.NATSToken, CAFile: e.NATSTLSCA, CertFile: e.NATSTLSCert, KeyFile: e.NATSTLSKey,
+		InboxPrefix: e.NATSInboxPrefix,
 	}
 }
 

@@ -20,6 +20,9 @@ type Security struct {
 	CAFile       string // PEM roots to verify the server; enables TLS
 	CertFile     string // client certificate (PEM), with KeyFile
 	KeyFile      string
+	// InboxPrefix replaces "_INBOX" as the prefix of reply subjects, so that
+	// NATS permissions can give each role a private reply space.
+	InboxPrefix string
 }
 
 // Options returns the nats.go options for s.
@@ -57,6 +60,9 @@ func (s Security) Options() ([]nats.Option, error) {
 	}
 	if s.CertFile != "" {
 		opts = append(opts, nats.ClientCert(s.CertFile, s.KeyFile))
+	}
+	if s.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(s.InboxPrefix))
 	}
 	return opts, nil
 }
