@@ -118,7 +118,7 @@ func (s *setup) openLimits(ctx context.Context, nc *nats.Conn) (*limiter.Set, er
 	if err != nil {
 		return nil, err
 	}
-	set, err := limiter.Open(ctx, js, limiter.Options{Bucket: s.subjects.LimitsBucket(), Replicas: s.cfg.LLMQ.Replicas})
+	set, err := limiter.Open(ctx, js, limiter.Options{Bucket: s.subjects.LimitsBucket(), Replicas: s.cfg.LLMQ.Replicas, Period: s.cfg.LLMQ.LimitsPeriod.D()})
 	if err != nil {
 		return nil, fmt.Errorf("open the shared limits bucket %s: %w", s.subjects.LimitsBucket(), err)
 	}

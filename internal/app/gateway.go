@@ -166,6 +166,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 			Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.EmbeddedWorkers,
 			Router: s.newRouter(providerHTTPClient(), set), LimitsChanged: changed(set), Logger: base.With("component", "worker"), AckWait: s.spec.AckWait, Metrics: met,
 			DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
+			DefaultCompletionTokens: s.cfg.LLMQ.DefaultCompletionTokens,
 		})
 		if err != nil {
 			undo()

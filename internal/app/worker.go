@@ -49,6 +49,7 @@ func RunWorker(ctx context.Context, env config.Env, lookup func(string) (string,
 		Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.WorkerSlots,
 		Router: s.newRouter(providerHTTPClient(), set), LimitsChanged: changed(set), Logger: log, AckWait: s.spec.AckWait,
 		DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
+		DefaultCompletionTokens: s.cfg.LLMQ.DefaultCompletionTokens,
 	})
 	if err != nil {
 		return err

@@ -151,6 +151,12 @@ type LLMQSettings struct {
 	// Keys are API keys besides general_settings.master_key, each with its
 	// own priority policy.
 	Keys []APIKey `yaml:"keys"`
+	// LimitsPeriod is the window rpm and tpm are counted over; default 60 s.
+	// Only tests and benchmarks change it (rpm then means "per period").
+	LimitsPeriod Seconds `yaml:"limits_period"`
+	// DefaultCompletionTokens is the completion budget reserved against tpm
+	// for a request without max_tokens; default 256.
+	DefaultCompletionTokens int64 `yaml:"default_completion_tokens"`
 	// MockStreamChunks is how many content chunks a mock_response deployment
 	// streams; default 4.
 	MockStreamChunks int `yaml:"mock_stream_chunks"`
@@ -277,6 +283,12 @@ func (c *Config) ApplyDefaults() {
 	}
 	if l.AckWait == 0 {
 		l.AckWait = Seconds(defaultAckWait)
+	}
+	if l.LimitsPeriod == 0 {
+		l.LimitsPeriod = Seconds(time.Minute)
+	}
+	if l.DefaultCompletionTokens == 0 {
+		l.DefaultCompletionTokens = 256
 	}
 	if l.MockStreamChunks == 0 {
 		l.MockStreamChunks = 4

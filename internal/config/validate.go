@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 )
 
 // FieldError is one problem in the config file, with the path of the field it is about.
@@ -176,6 +177,12 @@ func (c *Config) validate() []*FieldError {
 	}
 	if q.AckWait <= 0 {
 		add("llmq_settings.ack_wait", "must be positive")
+	}
+	if q.LimitsPeriod < Seconds(time.Second) {
+		add("llmq_settings.limits_period", "must be at least 1 second")
+	}
+	if q.DefaultCompletionTokens < 1 {
+		add("llmq_settings.default_completion_tokens", "must be at least 1")
 	}
 	if q.MockStreamChunks < 1 {
 		add("llmq_settings.mock_stream_chunks", "must be at least 1, got %d", q.MockStreamChunks)
