@@ -1,0 +1,218 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/llmq/llmq/internal/metrics"
+	"github.com/llmq/llmq/internal/router"
+)
+
+// signal wakes one idle slot, if any waits.
+func (p *Pool) signal() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Pool) onWake(m *nats.Msg) {
+	band, group, err := p.opts.Subjects.ParseRequest(m.Subject)
+	if err != nil || band >= p.opts.Bands {
+		return
+	}
+	gi, ok := p.groupIdx[group]
+	if !ok {
+		return
+	}
+	p.hinted[band][gi].Store(time.Now().UnixNano())
+	p.pending[band][gi].Store(true)
+	p.signal()
+}
+
+// hintLag is how long after a wake-up hint an empty fetch is not believed:
+// JetStream publishes the hint when it stores the message, but the consumer
+// counts the message as pending a moment later (another server goroutine),
+// and a no-wait fetch in between answers "no messages".
+const hintLag = 50 * time.Millisecond
+
+// retryRecent keeps a pair marked after an empty fetch that may have raced
+// its hint, and sweeps again shortly.
+func (p *Pool) retryRecent(band, gi int) {
+	if time.Since(time.Unix(0, p.hinted[band][gi].Load())) < hintLag {
+		p.pending[band][gi].Store(true)
+		time.AfterFunc(time.Millisecond, p.signal)
+	}
+}
+
+func (p *Pool) markAll() {
+	for b := range p.pending {
+		for gi := range p.pending[b] {
+			p.pending[b][gi].Store(true)
+		}
+	}
+	for range p.opts.Slots {
+		p.signal()
+	}
+}
+
+// poll is the safety net: one stream-info request names every subject that
+// holds messages.
+func (p *Pool) poll(ctx context.Context) {
+	t := time.NewTicker(p.opts.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		info, err := p.stream.Info(ctx, jetstream.WithSubjectFilter(p.opts.Subjects.RequestWildcard()))
+		if err != nil {
+			if ctx.Err() == nil {
+				p.log.Warn("safety-net poll failed", "error", err)
+			}
+			continue
+		}
+		found := false
+		depth := make([][]uint64, p.opts.Bands)
+		for b := range depth {
+			depth[b] = make([]uint64, len(p.opts.Groups))
+		}
+		for subj, n := range info.State.Subjects {
+			band, group, err := p.opts.Subjects.ParseRequest(subj)
+			if gi, ok := p.groupIdx[group]; err == nil && ok && band < p.opts.Bands && n > 0 {
+				depth[band][gi] = n
+				p.pending[band][gi].Store(true)
+				found = true
+			}
+		}
+		for b := range depth {
+			for gi, n := range depth[b] {
+				p.opts.Metrics.QueueDepth(metrics.Band(b), p.opts.Groups[gi], n)
+			}
+		}
+		p.recordLimits()
+		if found {
+			p.signal()
+		}
+	}
+}
+
+// recordLimits publishes each deployment's share of its limits in use.
+func (p *Pool) recordLimits() {
+	now := time.Now()
+	for _, d := range p.opts.Router.Deployments() {
+		if d.Limiter == nil {
+			continue
+		}
+		u := d.Limiter.Usage(now)
+		ratio := func(used, limit int64) float64 { return float64(used) / float64(limit) }
+		if u.Limits.RPM > 0 {
+			p.opts.Metrics.LimiterUse(d.ID, "rpm", ratio(u.Requests, u.Limits.RPM))
+		}
+		if u.Limits.TPM > 0 {
+			p.opts.Metrics.LimiterUse(d.ID, "tpm", ratio(u.Tokens, u.Limits.TPM))
+		}
+		if u.Limits.MaxParallel > 0 {
+			p.opts.Metrics.LimiterUse(d.ID, "parallel", ratio(int64(u.InFlight), int64(u.Limits.MaxParallel)))
+		}
+	}
+}
+
+func (p *Pool) slot(ctx context.Context) {
+	for {
+		m, lease, err := p.next(ctx)
+		if err != nil {
+			return
+		}
+		p.inFlight.Add(1)
+		p.handle(ctx, m, lease)
+		p.inFlight.Done()
+	}
+}
+
+// next returns the next message to serve and the lease it will run under.
+// It blocks until there is one or ctx ends.
+func (p *Pool) next(ctx context.Context) (jetstream.Msg, *router.Lease, error) {
+	for {
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		if m, lease := p.sweep(ctx); m != nil {
+			return m, lease, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-p.wake:
+		}
+	}
+}
+
+// sweep is the strict-priority pass: bands in order, groups with pending
+// messages and headroom, one no-wait fetch each, first hit wins. Groups of a
+// band are visited from a rotating start so no group is always last.
+func (p *Pool) sweep(ctx context.Context) (jetstream.Msg, *router.Lease) {
+	n := len(p.opts.Groups)
+	start := int(p.rotate.Add(1)) % max(n, 1)
+	for band := range p.opts.Bands {
+		for i := range n {
+			gi := (start + i) % n
+			flag := &p.pending[band][gi]
+			if !flag.Load() {
+				continue
+			}
+			lease, ok := p.opts.Router.TryAcquire(p.opts.Groups[gi])
+			if !ok {
+				continue // saturated: its requests wait, others go on
+			}
+			if !flag.Swap(false) {
+				lease.Release() // another slot took the last one
+				continue
+			}
+			m, more, err := p.fetch(band, gi)
+			if err != nil && ctx.Err() == nil {
+				p.log.Warn("fetch failed", "band", band, "group", p.opts.Groups[gi], "error", err)
+			}
+			if m == nil {
+				lease.Release()
+				p.retryRecent(band, gi)
+				continue
+			}
+			if more {
+				flag.Store(true)
+				p.signal()
+			}
+			return m, lease
+		}
+	}
+	return nil, nil
+}
+
+func (p *Pool) fetch(band, gi int) (jetstream.Msg, bool, error) {
+	batch, err := p.consumers[band][gi].FetchNoWait(1)
+	if err != nil {
+		return nil, false, err
+	}
+	var got jetstream.Msg
+	for m := range batch.Messages() {
+		got = m
+	}
+	if got == nil {
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return nil, false, err
+		}
+		return nil, false, nil
+	}
+	md, err := got.Metadata()
+	if err != nil {
+		return got, true, nil
+	}
+	p.opts.Metrics.QueueDepth(metrics.Band(band), p.opts.Groups[gi], md.NumPending)
+	return got, md.NumPending > 0, nil
+}

@@ -1,0 +1,187 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/llmq/llmq/internal/provider"
+	"github.com/llmq/llmq/internal/router"
+	"github.com/llmq/llmq/pkg/limiter"
+	"github.com/llmq/llmq/pkg/messages"
+)
+
+// onControl cancels a call when its caller says so, or when NATS reports
+// that nobody listens on the caller's inbox any more ("no responders" to a
+// heartbeat or chunk sent with this control subject as reply).
+func (p *Pool) onControl(m *nats.Msg) {
+	id := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+	if m.Header.Get(messages.HeaderEvent) != messages.EventCancel && m.Header.Get("Status") != "503" {
+		return
+	}
+	if cancel, ok := p.calls.Load(id); ok {
+		cancel.(context.CancelCauseFunc)(errCallerGone)
+	}
+}
+
+// handle serves one message under lease and settles it.
+func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease) {
+	defer func() {
+		if lease != nil {
+			lease.Release()
+		}
+	}()
+	d := lease.Deployment()
+	req, err := p.opts.Subjects.DecodeRequest(m.Subject(), m.Headers(), m.Data())
+	if err != nil {
+		p.log.Warn("terminating undecodable request", "subject", m.Subject(), "error", err)
+		p.deadLetter(m, "undecodable", err.Error())
+		return
+	}
+	log := p.log.With("request_id", req.ID, "band", req.Band, "group", req.Group)
+	if !req.Deadline.IsZero() && time.Now().After(req.Deadline) {
+		log.Info("dropping request past its queue deadline")
+		_ = m.TermWithReason("queue deadline passed")
+		return
+	}
+	control := p.control + "." + req.ID
+	stop := p.keepAlive(m, req.ReplyTo, control)
+	defer func() { stop() }()
+
+	// Take the global reservation. If the deployment filled up since the
+	// lease was taken (another process won the race), this slot keeps the
+	// message, so it stays the head of its group, and waits for capacity.
+	tokens := limiter.EstimateTokens(req.Body, p.opts.DefaultCompletionTokens)
+	lease, err = p.reserve(ctx, req, lease, tokens, req.Deadline)
+	if err != nil {
+		p.abandon(log, m, req, err)
+		return
+	}
+	d = lease.Deployment()
+	if !p.pickup(req, control, d.ID) {
+		log.Info("dropping request whose caller is gone")
+		_ = m.TermWithReason("caller gone")
+		return
+	}
+
+	// The call is finished even if the pool is shutting down (bounded by the
+	// provider timeout and DrainTimeout); otherwise only its caller cancels it.
+	callCtx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancel(nil)
+	p.calls.Store(req.ID, cancel)
+	defer p.calls.Delete(req.ID)
+	started := time.Now()
+	var emit provider.Emit
+	seq := 0
+	if req.Stream {
+		emit = func(data []byte) error {
+			seq++
+			msg := messages.EventMsg(req.ReplyTo, messages.EventChunk, seq, data)
+			msg.Reply = control
+			return p.nc.PublishMsg(msg)
+		}
+	}
+	deployment, a := p.serve(callCtx, log, req, lease, tokens, emit)
+	lease = nil // serve released it
+	rep := &messages.Reply{Deployment: deployment, Body: a.body}
+	if req.Stream {
+		rep.Seq = seq + 1
+	}
+	usage, err := a.usage, a.err
+
+	switch {
+	case context.Cause(callCtx) == errShutdown:
+		log.Info("call interrupted by shutdown; the request goes back to the queue")
+		_ = m.Nak()
+		return
+	case context.Cause(callCtx) == errCallerGone:
+		log.Info("call cancelled: the caller went away", "duration", time.Since(started))
+		_ = m.Ack() // nobody waits for it: it leaves the stream
+		return
+	case err != nil:
+		var e *messages.Error
+		if !errors.As(err, &e) {
+			e = &messages.Error{Outcome: messages.OutcomeOf(err), Message: err.Error()}
+		}
+		rep.Outcome, rep.Status, rep.RetryAfter, rep.Body = e.Outcome, e.HTTPStatus(), e.RetryAfter, messages.ErrorBody(e)
+		log.Warn("provider call failed", "outcome", e.Outcome, "status", rep.Status, "error", e.Message, "duration", time.Since(started))
+	default:
+		rep.Outcome, rep.Status = messages.OutcomeServed, 200
+		log.Debug("served", "duration", time.Since(started), "prompt_tokens", usage.PromptTokens, "completion_tokens", usage.CompletionTokens)
+	}
+	if err := p.nc.PublishMsg(messages.ReplyMsg(req.ReplyTo, rep)); err != nil {
+		log.Warn("reply not sent; the request will be redelivered", "error", err)
+		_ = m.Nak()
+		return
+	}
+	if err != nil {
+		// Failed for good (after the policy's retries and fallbacks): keep a
+		// copy with the reason; the caller already has the error.
+		p.deadLetter(m, "failed", rep.Outcome.String()+": "+string(rep.Body))
+		return
+	}
+	if err := m.Ack(); err != nil {
+		log.Warn("ack failed", "error", err)
+	}
+}
+
+// deadLetter copies m with reason to the dead-letter stream and terminates
+// it; class is the bounded metric label ("undecodable" or "failed").
+func (p *Pool) deadLetter(m jetstream.Msg, class, reason string) {
+	dead := nats.NewMsg(p.opts.Subjects.DeadLetter(m.Subject()))
+	for k, v := range m.Headers() {
+		if !strings.HasPrefix(k, "Nats-") {
+			dead.Header[k] = v
+		}
+	}
+	dead.Header.Set(messages.HeaderDeadReason, reason)
+	dead.Data = m.Data()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := p.js.PublishMsg(ctx, dead); err != nil {
+		p.log.Warn("dead-letter copy failed", "subject", m.Subject(), "error", err)
+	}
+	p.opts.Metrics.DeadLetter(class)
+	_ = m.TermWithReason(reason)
+}
+
+// pickup asks the caller whether it still waits for req, and names the
+// control subject it can cancel the call on.
+func (p *Pool) pickup(req *messages.Request, control, deployment string) bool {
+	msg := messages.EventMsg(req.ReplyTo, messages.EventPickup, 0, nil)
+	msg.Header.Set(messages.HeaderControl, control)
+	msg.Header.Set(messages.HeaderDeployment, deployment)
+	resp, err := p.nc.RequestMsg(msg, p.opts.PickupTimeout)
+	return err == nil && string(resp.Data) == messages.PickupAccept
+}
+
+// keepAlive keeps a request's message and its caller informed until stop: an
+// in-progress ack every third of the ack wait, so JetStream does not
+// redeliver, and a heartbeat to the caller every HeartbeatInterval, sent with
+// the control subject as reply so a vanished caller is noticed.
+func (p *Pool) keepAlive(m jetstream.Msg, inbox, control string) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		progress := time.NewTicker(p.opts.AckWait / 3)
+		defer progress.Stop()
+		beat := time.NewTicker(messages.HeartbeatInterval)
+		defer beat.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-progress.C:
+				_ = m.InProgress()
+			case <-beat.C:
+				msg := messages.EventMsg(inbox, messages.EventAlive, 0, nil)
+				msg.Reply = control
+				_ = p.nc.PublishMsg(msg)
+			}
+		}
+	}()
+	return func() { close(done) }
+}
