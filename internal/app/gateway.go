@@ -191,7 +191,13 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), env.ShutdownTimeout)
 		defer cancel()
 		log.Info("shutting down: draining HTTP requests", "timeout", env.ShutdownTimeout)
-		return httpSrv.Shutdown(sctx)
+		if err := httpSrv.Shutdown(sctx); err != nil {
+			// Drain timed out: cut the remaining connections rather than
+			// leave their callers waiting on a closed NATS connection.
+			log.Warn("drain timeout: closing the remaining connections", "timeout", env.ShutdownTimeout)
+			return httpSrv.Close()
+		}
+		return nil
 	})
 	log.Info("gateway listening", "addr", g.addr.String(), "nats", g.natsURL, "groups", s.cfg.Groups(), "embedded_workers", env.EmbeddedWorkers*boolInt(pool != nil))
 	go func() {

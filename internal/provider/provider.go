@@ -149,7 +149,7 @@ func (p *OpenAI) Stream(ctx context.Context, kind messages.Kind, body []byte, em
 	defer res.Body.Close()
 	var usage Usage
 	sc := bufio.NewScanner(res.Body)
-	sc.Buffer(make([]byte, 0, 64<<10), maxResponseBytes)
+	sc.Buffer(make([]byte, 0, 4<<10), maxResponseBytes) // grows for long events only
 	for sc.Scan() {
 		data, ok := bytes.CutPrefix(sc.Bytes(), []byte("data:"))
 		if !ok {

@@ -359,7 +359,12 @@ func (c *Client) onInbox(m *nats.Msg) {
 		select {
 		case w.chunks <- m:
 		default:
-			w.once.Do(func() { close(w.abort) })
+			// The reader fell behind: end the stream and stop paying for
+			// tokens now, not when Do gets out of its blocked write.
+			w.once.Do(func() {
+				close(w.abort)
+				c.cancel(w)
+			})
 		}
 	case messages.EventReply:
 		if w == nil {
