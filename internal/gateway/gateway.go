@@ -43,6 +43,12 @@ func errorOf(ctx context.Context, err error) *messages.Error {
 	if errors.As(err, &e) {
 		return e
 	}
+	switch {
+	case errors.Is(err, client.ErrSlowReader):
+		return &messages.Error{Outcome: messages.OutcomeCancelled, Message: err.Error(), Code: "slow_reader"}
+	case errors.Is(err, client.ErrWorkerLost):
+		return &messages.Error{Outcome: messages.OutcomeProviderError, Message: err.Error(), Code: "worker_lost"}
+	}
 	o := messages.OutcomeOf(err)
 	if errors.Is(context.Cause(ctx), messages.ErrProviderTimeout) {
 		o = messages.OutcomeProviderTimeout

@@ -2,11 +2,9 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"time"
 
-	"github.com/llmq/llmq/pkg/client"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -52,12 +50,6 @@ func (s *sseWriter) finish(err error) (messages.Outcome, int) {
 		return messages.OutcomeServed, http.StatusOK
 	}
 	e := errorOf(context.Background(), err)
-	switch {
-	case errors.Is(err, client.ErrSlowReader):
-		e = &messages.Error{Outcome: messages.OutcomeCancelled, Message: err.Error(), Code: "slow_reader"}
-	case errors.Is(err, client.ErrWorkerLost):
-		e = &messages.Error{Outcome: messages.OutcomeProviderError, Message: err.Error(), Code: "worker_lost"}
-	}
 	_ = s.event(messages.ErrorBody(e))
 	return e.Outcome, e.HTTPStatus()
 }

@@ -81,7 +81,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"deployment", "limit"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llmq_dead_letters_total",
-			Help: "Requests moved to the dead-letter stream, by reason (undecodable or failed).",
+			Help: "Requests moved to the dead-letter stream, by reason (undecodable, failed or unserved).",
 		}, []string{"reason"}),
 	}
 	reg.MustRegister(m.requests, m.queueWait, m.queueDepth, m.inFlight, m.providerTime, m.tokens,

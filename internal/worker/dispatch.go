@@ -83,13 +83,22 @@ func (p *Pool) poll(ctx context.Context) {
 		for b := range depth {
 			depth[b] = make([]uint64, len(p.opts.Groups))
 		}
+		var strays []string
 		for subj, n := range info.State.Subjects {
 			band, group, err := p.opts.Subjects.ParseRequest(subj)
-			if gi, ok := p.groupIdx[group]; err == nil && ok && band < p.opts.Bands && n > 0 {
+			gi, ok := p.groupIdx[group]
+			switch {
+			case n == 0:
+			case err == nil && ok && band < p.opts.Bands:
 				depth[band][gi] = n
 				p.pending[band][gi].Store(true)
 				found = true
+			default:
+				strays = append(strays, subj)
 			}
+		}
+		if len(strays) > 0 {
+			p.clearStrays(ctx, strays)
 		}
 		for b := range depth {
 			for gi, n := range depth[b] {
@@ -215,4 +224,42 @@ func (p *Pool) fetch(band, gi int) (jetstream.Msg, bool, error) {
 	}
 	p.opts.Metrics.QueueDepth(metrics.Band(band), p.opts.Groups[gi], md.NumPending)
 	return got, md.NumPending > 0, nil
+}
+
+// maxStraysPerPoll bounds the work one poll spends on stray messages.
+const maxStraysPerPoll = 100
+
+// clearStrays moves messages that no consumer of the stream will ever take
+// (an unknown model group, a band beyond the table: an internal service got
+// the contract wrong) to the dead-letter stream. Subjects that another
+// worker's consumers serve (its config may differ) are left alone.
+func (p *Pool) clearStrays(ctx context.Context, subjects []string) {
+	served := map[string]bool{}
+	list := p.stream.ListConsumers(ctx)
+	for ci := range list.Info() {
+		served[ci.Config.FilterSubject] = true
+		for _, f := range ci.Config.FilterSubjects {
+			served[f] = true
+		}
+	}
+	if err := list.Err(); err != nil {
+		return
+	}
+	cleared := 0
+	for _, subj := range subjects {
+		for !served[subj] && cleared < maxStraysPerPoll {
+			m, err := p.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
+			if err != nil {
+				break
+			}
+			// Delete first: of several workers racing, only the one whose
+			// delete succeeds keeps the copy.
+			if err := p.stream.DeleteMsg(ctx, m.Sequence); err != nil {
+				break
+			}
+			p.log.Warn("dead-lettering a request no worker serves", "subject", subj)
+			p.copyDead(subj, m.Header, m.Data, "unserved", "no consumer serves subject "+subj)
+			cleared++
+		}
+	}
 }

@@ -62,9 +62,14 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 		return
 	}
 	d = lease.Deployment()
-	if !p.pickup(req, control, d.ID) {
+	switch p.pickup(req, control, d.ID) {
+	case pickupGone:
 		log.Info("dropping request whose caller is gone")
 		_ = m.TermWithReason("caller gone")
+		return
+	case pickupUnsure: // e.g. the caller's gateway is reconnecting to NATS
+		log.Info("the caller did not answer the pickup; the request goes back to the queue")
+		p.nakAndHint(m, req)
 		return
 	}
 
@@ -96,7 +101,7 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 	switch {
 	case context.Cause(callCtx) == errShutdown:
 		log.Info("call interrupted by shutdown; the request goes back to the queue")
-		_ = m.Nak()
+		p.nakAndHint(m, req)
 		return
 	case context.Cause(callCtx) == errCallerGone:
 		log.Info("call cancelled: the caller went away", "duration", time.Since(started))
@@ -113,9 +118,14 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 		rep.Outcome, rep.Status = messages.OutcomeServed, 200
 		log.Debug("served", "duration", time.Since(started), "prompt_tokens", usage.PromptTokens, "completion_tokens", usage.CompletionTokens)
 	}
-	if err := p.nc.PublishMsg(messages.ReplyMsg(req.ReplyTo, rep)); err != nil {
-		log.Warn("reply not sent; the request will be redelivered", "error", err)
-		_ = m.Nak()
+	switch p.deliver(req.ReplyTo, rep) {
+	case replyUnconfirmed:
+		log.Warn("the caller did not confirm the answer; the request goes back to the queue")
+		p.nakAndHint(m, req)
+		return
+	case replyNobody:
+		log.Info("the caller is gone; dropping the answer")
+		_ = m.Ack()
 		return
 	}
 	if err != nil {
@@ -132,31 +142,103 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 // deadLetter copies m with reason to the dead-letter stream and terminates
 // it; class is the bounded metric label ("undecodable" or "failed").
 func (p *Pool) deadLetter(m jetstream.Msg, class, reason string) {
-	dead := nats.NewMsg(p.opts.Subjects.DeadLetter(m.Subject()))
-	for k, v := range m.Headers() {
+	p.copyDead(m.Subject(), m.Headers(), m.Data(), class, reason)
+	_ = m.TermWithReason(reason)
+}
+
+// copyDead stores a copy of a request in the dead-letter stream.
+func (p *Pool) copyDead(subject string, h nats.Header, data []byte, class, reason string) {
+	dead := nats.NewMsg(p.opts.Subjects.DeadLetter(subject))
+	for k, v := range h {
 		if !strings.HasPrefix(k, "Nats-") {
 			dead.Header[k] = v
 		}
 	}
 	dead.Header.Set(messages.HeaderDeadReason, reason)
-	dead.Data = m.Data()
+	dead.Data = data
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := p.js.PublishMsg(ctx, dead); err != nil {
-		p.log.Warn("dead-letter copy failed", "subject", m.Subject(), "error", err)
+		p.log.Warn("dead-letter copy failed", "subject", subject, "error", err)
 	}
 	p.opts.Metrics.DeadLetter(class)
-	_ = m.TermWithReason(reason)
 }
+
+// nakAndHint hands m back to JetStream and publishes a wake-up hint for it
+// (a nak does not republish one), so an idle worker takes it at once.
+func (p *Pool) nakAndHint(m jetstream.Msg, req *messages.Request) {
+	_ = m.Nak()
+	_ = p.nc.Publish(p.opts.Subjects.Wake(req.Band, req.Group), nil)
+}
+
+// pickupAnswer is what a pickup check found out.
+type pickupAnswer int
+
+const (
+	pickupGo     pickupAnswer = iota // the caller waits: call the provider
+	pickupGone                       // the caller said no, or nobody listens on its inbox
+	pickupUnsure                     // no answer in time: try again later
+)
+
+// noResponderRetries is how often a pickup or reply that found nobody on
+// the caller's inbox is tried again, retryGap apart, before the caller
+// counts as gone: its gateway may be reconnecting to NATS. A gateway cut off
+// for less than about five seconds loses nothing; one that stays away longer
+// (it died) has its requests dropped without a provider call.
+const (
+	noResponderRetries = 10
+	retryGap           = 500 * time.Millisecond
+)
 
 // pickup asks the caller whether it still waits for req, and names the
 // control subject it can cancel the call on.
-func (p *Pool) pickup(req *messages.Request, control, deployment string) bool {
+func (p *Pool) pickup(req *messages.Request, control, deployment string) pickupAnswer {
 	msg := messages.EventMsg(req.ReplyTo, messages.EventPickup, 0, nil)
 	msg.Header.Set(messages.HeaderControl, control)
 	msg.Header.Set(messages.HeaderDeployment, deployment)
-	resp, err := p.nc.RequestMsg(msg, p.opts.PickupTimeout)
-	return err == nil && string(resp.Data) == messages.PickupAccept
+	for try := 0; ; try++ {
+		resp, err := p.nc.RequestMsg(msg, p.opts.PickupTimeout)
+		switch {
+		case err == nil && string(resp.Data) == messages.PickupAccept:
+			return pickupGo
+		case err == nil:
+			return pickupGone
+		case errors.Is(err, nats.ErrNoResponders) && try < noResponderRetries:
+			time.Sleep(retryGap)
+		case errors.Is(err, nats.ErrNoResponders):
+			return pickupGone
+		default:
+			return pickupUnsure
+		}
+	}
+}
+
+// replyOutcome is what became of a final answer.
+type replyOutcome int
+
+const (
+	replyConfirmed   replyOutcome = iota // the caller has it
+	replyNobody                          // nobody listens on the caller's inbox any more
+	replyUnconfirmed                     // unknown: the request must be served again
+)
+
+// deliver sends the final answer as a request that the caller confirms, so
+// an answer sent while the caller's gateway is briefly disconnected from
+// NATS is sent again rather than lost.
+func (p *Pool) deliver(inbox string, rep *messages.Reply) replyOutcome {
+	msg := messages.ReplyMsg(inbox, rep)
+	for try := 0; ; try++ {
+		_, err := p.nc.RequestMsg(msg, p.opts.PickupTimeout)
+		switch {
+		case err == nil:
+			return replyConfirmed
+		case errors.Is(err, nats.ErrNoResponders) && try >= noResponderRetries:
+			return replyNobody
+		case try >= 2*noResponderRetries:
+			return replyUnconfirmed
+		}
+		time.Sleep(retryGap)
+	}
 }
 
 // keepAlive keeps a request's message and its caller informed until stop: an

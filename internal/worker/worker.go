@@ -217,8 +217,17 @@ func (p *Pool) Run(ctx context.Context) error {
 		wg.Go(func() { p.slot(ctx) })
 	}
 	p.log.Info("worker slots started", "slots", p.opts.Slots, "bands", p.opts.Bands, "groups", len(p.opts.Groups))
+	// The drain timer starts when ctx ends, not when the slots are done: a
+	// slot returns only after its call, so waiting for the slots first would
+	// let the slowest call decide how long shutdown takes.
+	drained := make(chan struct{})
+	go func() {
+		<-ctx.Done()
+		p.drain()
+		close(drained)
+	}()
 	wg.Wait()
-	p.drain()
+	<-drained
 	return nil
 }
 

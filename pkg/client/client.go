@@ -367,6 +367,9 @@ func (c *Client) onInbox(m *nats.Msg) {
 			})
 		}
 	case messages.EventReply:
+		// Confirm receipt, so the worker acks the request; a worker that
+		// gets no confirmation serves the request again.
+		_ = m.Respond(nil)
 		if w == nil {
 			return
 		}

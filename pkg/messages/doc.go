@@ -47,10 +47,13 @@
 // "data: ") and numbered by Llmq-Seq from 1; the final "reply" carries the
 // next number, so a gap or reordering is detected.
 //
-// The final answer is a plain NATS message to Llmq-Reply with Llmq-Event
-// "reply", the HTTP status in Llmq-Status, the [Outcome] in Llmq-Outcome, the
+// The final answer is a NATS request to Llmq-Reply with Llmq-Event "reply",
+// the HTTP status in Llmq-Status, the [Outcome] in Llmq-Outcome, the
 // deployment that served it in Llmq-Deployment, and the provider's response
-// body (or an OpenAI-shaped error body) as payload.
+// body (or an OpenAI-shaped error body) as payload. The caller confirms it
+// with an empty reply; a worker whose answer goes unconfirmed (the caller's
+// gateway was briefly cut off from NATS) hands the request back to be served
+// again, and the caller keeps the first answer it gets.
 //
 // # Group tokens
 //
