@@ -164,9 +164,11 @@ func (p *Pool) copyDead(subject string, h nats.Header, data []byte, class, reaso
 	p.opts.Metrics.DeadLetter(class)
 }
 
-// nakAndHint hands m back to JetStream and publishes a wake-up hint for it
-// (a nak does not republish one), so an idle worker takes it at once.
+// nakAndHint hands m back to JetStream, tells the caller so (its next pickup
+// may then start the request again) and publishes a wake-up hint (a nak does
+// not republish one), so an idle worker takes it at once.
 func (p *Pool) nakAndHint(m jetstream.Msg, req *messages.Request) {
+	_ = p.nc.PublishMsg(messages.EventMsg(req.ReplyTo, messages.EventRequeue, 0, nil))
 	_ = m.Nak()
 	_ = p.nc.Publish(p.opts.Subjects.Wake(req.Band, req.Group), nil)
 }

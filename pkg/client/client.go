@@ -346,10 +346,15 @@ func (c *Client) onInbox(m *nats.Msg) {
 	c.mu.Lock()
 	w := c.waiters[id]
 	c.mu.Unlock()
-	if w != nil {
-		w.lastSeen.Store(time.Now().UnixNano())
+	event := m.Header.Get(messages.HeaderEvent)
+	switch {
+	case w == nil || event == messages.EventPickup:
+	case event == messages.EventRequeue:
+		w.lastSeen.Store(0) // its worker let go: the next pickup may start it
+	default:
+		w.lastSeen.Store(time.Now().UnixNano()) // a sign of life of the serving worker
 	}
-	switch m.Header.Get(messages.HeaderEvent) {
+	switch event {
 	case messages.EventPickup:
 		_ = m.Respond([]byte(c.pickup(w, m.Header)))
 	case messages.EventChunk:
@@ -387,16 +392,22 @@ func (c *Client) pickup(w *waiter, h nats.Header) string {
 	}
 	// A redelivery after a worker died finds the state already picked. A
 	// plain request may start again (the caller still waits for its one
-	// answer); a stream may not, since part of it may have been relayed.
+	// answer) once the first worker has gone quiet; while it still sends
+	// heartbeats, the redelivery is a late ack, and a second call would put
+	// the request at two providers at once. A stream never starts again,
+	// since part of it may have been relayed.
 	first := w.state.CompareAndSwap(stateWaiting, statePicked)
-	if !first && (w.stream || w.state.Load() != statePicked) {
+	if !first && (w.stream || w.state.Load() != statePicked ||
+		time.Since(time.Unix(0, w.lastSeen.Load())) < 2*messages.HeartbeatInterval) {
 		return messages.PickupReject
 	}
 	control, deployment := h.Get(messages.HeaderControl), h.Get(messages.HeaderDeployment)
 	w.control.Store(&control)
 	w.deploy.Store(&deployment)
+	now := time.Now().UnixNano()
+	w.lastSeen.Store(now)
 	if first {
-		w.pickedAt.Store(time.Now().UnixNano())
+		w.pickedAt.Store(now)
 	}
 	return messages.PickupAccept
 }

@@ -42,6 +42,12 @@
 // "cancel" to that control subject (also named in the pickup's Llmq-Control
 // header).
 //
+// A worker that hands a request back unanswered (it is shutting down) sends
+// Llmq-Event "requeue" first. A caller accepts a second pickup of a plain
+// request only after "requeue" or when its worker has been silent for two
+// heartbeats (it died), so a request is never at two providers at once; a
+// stream is never picked up twice.
+//
 // A streamed request (Llmq-Stream "1") is answered by "chunk" events, each
 // carrying one server-sent-event payload of the provider (the JSON after
 // "data: ") and numbered by Llmq-Seq from 1; the final "reply" carries the

@@ -40,6 +40,10 @@ const (
 	EventChunk  = "chunk"  // one streamed event, numbered by HeaderSeq from 1
 	EventAlive  = "alive"  // the worker still works on the request (every HeartbeatInterval)
 	EventReply  = "reply"  // the final answer; for a stream, numbered after the last chunk
+	// EventRequeue tells the caller that its worker handed the request back
+	// to the queue (shutting down) without answering: another worker may
+	// pick it up at once.
+	EventRequeue = "requeue"
 	// EventCancel goes from the caller to the worker's HeaderControl subject:
 	// stop the provider call, nobody reads the answer.
 	EventCancel = "cancel"
