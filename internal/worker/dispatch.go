@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,7 +31,7 @@ func (p *Pool) onWake(m *nats.Msg) {
 		return
 	}
 	p.hinted[band][gi].Store(time.Now().UnixNano())
-	p.pending[band][gi].Store(true)
+	p.pending[band][gi].mark()
 	p.signal()
 }
 
@@ -44,7 +45,7 @@ const hintLag = 50 * time.Millisecond
 // its hint, and sweeps again shortly.
 func (p *Pool) retryRecent(band, gi int) {
 	if time.Since(time.Unix(0, p.hinted[band][gi].Load())) < hintLag {
-		p.pending[band][gi].Store(true)
+		p.pending[band][gi].mark()
 		time.AfterFunc(time.Millisecond, p.signal)
 	}
 }
@@ -52,7 +53,7 @@ func (p *Pool) retryRecent(band, gi int) {
 func (p *Pool) markAll() {
 	for b := range p.pending {
 		for gi := range p.pending[b] {
-			p.pending[b][gi].Store(true)
+			p.pending[b][gi].mark()
 		}
 	}
 	for range p.opts.Slots {
@@ -91,7 +92,7 @@ func (p *Pool) poll(ctx context.Context) {
 			case n == 0:
 			case err == nil && ok && band < p.opts.Bands:
 				depth[band][gi] = n
-				p.pending[band][gi].Store(true)
+				p.pending[band][gi].mark()
 				found = true
 			default:
 				strays = append(strays, subj)
@@ -173,29 +174,32 @@ func (p *Pool) sweep(ctx context.Context) (jetstream.Msg, *router.Lease) {
 		for i := range n {
 			gi := (start + i) % n
 			flag := &p.pending[band][gi]
-			if !flag.Load() {
+			seen, ok := flag.load()
+			if !ok {
 				continue
 			}
 			lease, ok := p.opts.Router.TryAcquire(p.opts.Groups[gi])
 			if !ok {
 				continue // saturated: its requests wait, others go on
 			}
-			if !flag.Swap(false) {
-				lease.Release() // another slot took the last one
-				continue
-			}
+			// The flag stays set during the fetch, so a slot sweeping
+			// meanwhile does not mistake this band for empty and take a
+			// lower one; only an answer clears it, and only if no hint came
+			// in since it was read.
 			m, more, err := p.fetch(band, gi)
 			if err != nil && ctx.Err() == nil {
 				p.log.Warn("fetch failed", "band", band, "group", p.opts.Groups[gi], "error", err)
 			}
 			if m == nil {
 				lease.Release()
+				flag.clearIf(seen)
 				p.retryRecent(band, gi)
 				continue
 			}
 			if more {
-				flag.Store(true)
 				p.signal()
+			} else {
+				flag.clearIf(seen)
 			}
 			return m, lease
 		}
@@ -263,3 +267,28 @@ func (p *Pool) clearStrays(ctx context.Context, subjects []string) {
 		}
 	}
 }
+
+// pendingFlag says whether a band and group may hold messages. It packs a
+// generation count, raised by every mark, with the flag, so that a sweep
+// clears it only if no hint arrived since it read it: a hint that races an
+// empty fetch is never lost.
+type pendingFlag struct{ v atomic.Uint64 }
+
+// mark sets the flag and starts a new generation.
+func (f *pendingFlag) mark() {
+	for {
+		old := f.v.Load()
+		if f.v.CompareAndSwap(old, ((old>>1)+1)<<1|1) {
+			return
+		}
+	}
+}
+
+// load returns the current value and whether the flag is set.
+func (f *pendingFlag) load() (seen uint64, set bool) {
+	v := f.v.Load()
+	return v, v&1 == 1
+}
+
+// clearIf clears the flag if nothing marked it since seen was loaded.
+func (f *pendingFlag) clearIf(seen uint64) { f.v.CompareAndSwap(seen, seen&^1) }

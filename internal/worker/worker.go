@@ -106,7 +106,7 @@ type Pool struct {
 	stream jetstream.Stream
 
 	consumers [][]jetstream.Consumer // [band][group]
-	pending   [][]atomic.Bool        // [band][group]: may have messages
+	pending   [][]pendingFlag        // [band][group]: may have messages
 	hinted    [][]atomic.Int64       // [band][group]: unix nanos of the last wake-up hint
 	groupIdx  map[string]int
 	wake      chan struct{}
@@ -171,10 +171,10 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 	for i, g := range opts.Groups {
 		p.groupIdx[g] = i
 	}
-	p.pending = make([][]atomic.Bool, opts.Bands)
+	p.pending = make([][]pendingFlag, opts.Bands)
 	p.hinted = make([][]atomic.Int64, opts.Bands)
 	for b := range p.pending {
-		p.pending[b] = make([]atomic.Bool, len(opts.Groups))
+		p.pending[b] = make([]pendingFlag, len(opts.Groups))
 		p.hinted[b] = make([]atomic.Int64, len(opts.Groups))
 	}
 	opts.Router.SetOnRelease(func(string) { p.signal() })
