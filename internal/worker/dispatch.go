@@ -153,21 +153,37 @@ func (p *Pool) next(ctx context.Context) (jetstream.Msg, *router.Lease, error) {
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
 		}
-		if m, lease := p.sweep(ctx); m != nil {
+		m, lease, paced := p.sweep(ctx)
+		if m != nil {
 			return m, lease, nil
+		}
+		// A group held back by rpm or tpm gets room as time passes, which
+		// no message announces: look again shortly.
+		var again <-chan time.Time
+		if paced {
+			t := time.NewTimer(pacedRetry)
+			defer t.Stop()
+			again = t.C
 		}
 		select {
 		case <-ctx.Done():
 			return nil, nil, ctx.Err()
 		case <-p.wake:
+		case <-again:
 		}
 	}
 }
 
+// pacedRetry is how soon a slot looks again at a group whose deployments
+// have pending requests but no room in their rate limits.
+const pacedRetry = 25 * time.Millisecond
+
 // sweep is the strict-priority pass: bands in order, groups with pending
 // messages and headroom, one no-wait fetch each, first hit wins. Groups of a
 // band are visited from a rotating start so no group is always last.
-func (p *Pool) sweep(ctx context.Context) (jetstream.Msg, *router.Lease) {
+// paced reports that a pending group was skipped for lack of room in a
+// shared limit.
+func (p *Pool) sweep(ctx context.Context) (m jetstream.Msg, lease *router.Lease, paced bool) {
 	n := len(p.opts.Groups)
 	start := int(p.rotate.Add(1)) % max(n, 1)
 	for band := range p.opts.Bands {
@@ -180,6 +196,7 @@ func (p *Pool) sweep(ctx context.Context) (jetstream.Msg, *router.Lease) {
 			}
 			lease, ok := p.opts.Router.TryAcquire(p.opts.Groups[gi])
 			if !ok {
+				paced = paced || p.limited[gi]
 				continue // saturated: its requests wait, others go on
 			}
 			// The flag stays set during the fetch, so a slot sweeping
@@ -201,10 +218,10 @@ func (p *Pool) sweep(ctx context.Context) (jetstream.Msg, *router.Lease) {
 			} else {
 				flag.clearIf(seen)
 			}
-			return m, lease
+			return m, lease, false
 		}
 	}
-	return nil, nil
+	return nil, nil, paced
 }
 
 func (p *Pool) fetch(band, gi int) (jetstream.Msg, bool, error) {

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -35,7 +36,6 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 			lease.Release()
 		}
 	}()
-	d := lease.Deployment()
 	req, err := p.opts.Subjects.DecodeRequest(m.Subject(), m.Headers(), m.Data())
 	if err != nil {
 		p.log.Warn("terminating undecodable request", "subject", m.Subject(), "error", err)
@@ -53,15 +53,49 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 	defer func() { stop() }()
 
 	// Take the global reservation. If the deployment filled up since the
-	// lease was taken (another process won the race), this slot keeps the
-	// message, so it stays the head of its group, and waits for capacity.
+	// lease was taken (another process won the race), the request is held,
+	// so it stays the head of its group, and waits for capacity in a
+	// goroutine of its own: the slot goes back to serving other groups, so a
+	// saturated group never takes every slot. At most one request per group
+	// is held this way (the held one refuses its group to the sweeps).
 	tokens := limiter.EstimateTokens(req.Body, p.opts.DefaultCompletionTokens)
-	lease, err = p.reserve(ctx, req, lease, tokens, req.Deadline)
-	if err != nil {
-		p.abandon(log, m, req, err)
-		return
+	if err := lease.Reserve(ctx, tokens); err != nil {
+		lease.Release()
+		lease = nil
+		if errors.Is(err, limiter.ErrLimited) {
+			hold := p.opts.Router.Waiting(req.Group)
+			keep := stop
+			stop = func() {} // the holder owns the keep-alive now
+			p.inFlight.Add(1)
+			go func() {
+				defer p.inFlight.Done()
+				defer keep()
+				defer hold()
+				p.start(ctx, log, m, req, nil, tokens, control)
+			}()
+			return
+		}
 	}
-	d = lease.Deployment()
+	p.start(ctx, log, m, req, lease, tokens, control)
+	lease = nil // start owns it
+}
+
+// start serves req under lease, or, when lease is nil, under a lease it
+// waits for (until the queue deadline), and settles m.
+func (p *Pool) start(ctx context.Context, log *slog.Logger, m jetstream.Msg, req *messages.Request, lease *router.Lease, tokens int64, control string) {
+	defer func() {
+		if lease != nil {
+			lease.Release()
+		}
+	}()
+	if lease == nil {
+		var err error
+		if lease, err = p.reserve(ctx, req, nil, tokens, req.Deadline); err != nil {
+			p.abandon(log, m, req, err)
+			return
+		}
+	}
+	d := lease.Deployment()
 	switch p.pickup(req, control, d.ID) {
 	case pickupGone:
 		log.Info("dropping request whose caller is gone")
