@@ -117,19 +117,36 @@ func (r *Router) Acquire(ctx context.Context, group string) (*Lease, error) {
 	for {
 		r.mu.Lock()
 		changed := r.changed
+		paced := false
+		for _, d := range r.groups[group] {
+			paced = paced || d.Limiter != nil
+		}
 		if d := r.pick(r.groups[group]); d != nil {
 			d.inFlight++
 			r.mu.Unlock()
 			return &Lease{r: r, d: d}, nil
 		}
 		r.mu.Unlock()
+		// Room in a rate limit comes back as time passes, which no event
+		// announces: a group with shared limits is looked at again shortly.
+		var again <-chan time.Time
+		if paced {
+			t := time.NewTimer(PacedRetry)
+			again = t.C
+			defer t.Stop()
+		}
 		select {
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
 		case <-changed:
+		case <-again:
 		}
 	}
 }
+
+// PacedRetry is how soon a wait for capacity looks again at a group whose
+// deployments have shared rate limits.
+const PacedRetry = 25 * time.Millisecond
 
 // Waiting marks that a held request of group waits for capacity, until the
 // returned function is called; meanwhile TryAcquire refuses the group.

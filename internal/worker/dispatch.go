@@ -161,7 +161,7 @@ func (p *Pool) next(ctx context.Context) (jetstream.Msg, *router.Lease, error) {
 		// no message announces: look again shortly.
 		var again <-chan time.Time
 		if paced {
-			t := time.NewTimer(pacedRetry)
+			t := time.NewTimer(router.PacedRetry)
 			defer t.Stop()
 			again = t.C
 		}
@@ -173,10 +173,6 @@ func (p *Pool) next(ctx context.Context) (jetstream.Msg, *router.Lease, error) {
 		}
 	}
 }
-
-// pacedRetry is how soon a slot looks again at a group whose deployments
-// have pending requests but no room in their rate limits.
-const pacedRetry = 25 * time.Millisecond
 
 // sweep is the strict-priority pass: bands in order, groups with pending
 // messages and headroom, one no-wait fetch each, first hit wins. Groups of a
