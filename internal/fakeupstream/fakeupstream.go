@@ -126,6 +126,13 @@ func (s *Server) Close() {
 	})
 }
 
+// CloseIdleConnections closes every connection a client holds open to the
+// server, like a provider's load balancer dropping idle keep-alives. Leak
+// checks use it so that the size of a client's idle pool does not count.
+func (s *Server) CloseIdleConnections() {
+	s.ts.CloseClientConnections()
+}
+
 // Requests returns a snapshot copy of the recorded requests in arrival order.
 func (s *Server) Requests() []Request {
 	s.mu.Lock()
