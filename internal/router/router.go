@@ -275,11 +275,16 @@ const settleTimeout = 5 * time.Second
 func (l *Lease) Deployment() *Deployment { return l.d }
 
 // Reserve takes the deployment's global reservation for one request of
-// tokens (prompt estimate plus completion budget). Without a limiter it does
-// nothing. A refusal matches limiter.ErrLimited and names when to retry.
+// tokens (prompt estimate plus completion budget); on a lease already
+// reserved it grows the reservation to tokens (see limiter.Reservation.Grow).
+// Without a limiter it does nothing. A refusal matches limiter.ErrLimited and
+// names when to retry; it leaves an earlier reservation in place.
 func (l *Lease) Reserve(ctx context.Context, tokens int64) error {
 	if l.d.Limiter == nil {
 		return nil
+	}
+	if l.res != nil {
+		return l.res.Grow(ctx, tokens)
 	}
 	res, err := l.d.Limiter.Reserve(ctx, tokens)
 	if err != nil {
@@ -397,14 +402,27 @@ func (d *Deployment) weight() float64 {
 	return 1
 }
 
+// AdmissionSettle is how long a deployment that just admitted a call and is
+// now at its limit keeps deployments of a worse order out of the choice.
+// Workers reserve before they fetch, so such an admission is often given
+// back a moment later (another process fetched the message): the preferred
+// deployment then has capacity again, and a request meanwhile sent to the
+// worse one would have broken litellm_params.order.
+const AdmissionSettle = 50 * time.Millisecond
+
 // pick chooses among the deployments with headroom of the lowest order.
-// The caller holds r.mu.
+// It chooses none while a deployment of a lower order is full only for an
+// admission younger than AdmissionSettle. The caller holds r.mu.
 func (r *Router) pick(ds []*Deployment) *Deployment {
 	var cands []*Deployment
-	best := 0
+	best, settling := 0, 0
 	now := r.now()
 	for _, d := range ds {
 		if !d.available(now) {
+			if d.Limiter != nil && d.free() != 0 && !now.Before(d.coolUntil) && d.Limiter.AdmittedWithin(now, AdmissionSettle) &&
+				(settling == 0 || d.order() < settling) {
+				settling = d.order()
+			}
 			continue
 		}
 		switch o := d.order(); {
@@ -413,6 +431,9 @@ func (r *Router) pick(ds []*Deployment) *Deployment {
 		case o == best:
 			cands = append(cands, d)
 		}
+	}
+	if settling != 0 && settling < best {
+		return nil
 	}
 	switch len(cands) {
 	case 0:

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/router"
+	"github.com/llmq/llmq/pkg/limiter"
 )
 
 // signal wakes one idle slot, if any waits.
@@ -190,9 +192,9 @@ func (p *Pool) sweep(ctx context.Context) (m jetstream.Msg, lease *router.Lease,
 			if !ok {
 				continue
 			}
-			lease, ok := p.opts.Router.TryAcquire(p.opts.Groups[gi])
+			lease, unlock, ok := p.admit(ctx, gi)
 			if !ok {
-				paced = paced || p.limited[gi]
+				paced = paced || p.limited[gi] != nil
 				continue // saturated: its requests wait, others go on
 			}
 			// The flag stays set during the fetch, so a slot sweeping
@@ -200,6 +202,7 @@ func (p *Pool) sweep(ctx context.Context) (m jetstream.Msg, lease *router.Lease,
 			// lower one; only an answer clears it, and only if no hint came
 			// in since it was read.
 			m, more, err := p.fetch(band, gi)
+			unlock()
 			if err != nil && ctx.Err() == nil {
 				p.log.Warn("fetch failed", "band", band, "group", p.opts.Groups[gi], "error", err)
 			}
@@ -218,6 +221,48 @@ func (p *Pool) sweep(ctx context.Context) (m jetstream.Msg, lease *router.Lease,
 		}
 	}
 	return nil, nil, paced
+}
+
+// limitedGroup is what the sweep keeps for a group with shared limits.
+type limitedGroup struct {
+	// fetchMu lets one slot of the process at a time admit and fetch for the
+	// group: a slot's admission holds capacity while it fetches, and a
+	// second slot must not take that for a full deployment and go to a
+	// worse one (litellm_params.order) or give up on the group.
+	fetchMu sync.Mutex
+	// tokens is the token estimate of the group's last request, the guess
+	// an admission reserves before the message (and its size) is known.
+	tokens atomic.Int64
+}
+
+// admit leases capacity on group gi for the next message. For a group with
+// shared limits it also takes the global reservation before the fetch: of
+// several processes that see room at the same moment, only those the
+// limiter admits fetch, so the message each fetches is the head of the
+// queue at that moment and the limit releases requests in priority order
+// across every process. The returned unlock ends the group's fetch lock
+// (call it once the fetch answered).
+func (p *Pool) admit(ctx context.Context, gi int) (lease *router.Lease, unlock func(), ok bool) {
+	group := p.opts.Groups[gi]
+	lg := p.limited[gi]
+	if lg == nil {
+		lease, ok = p.opts.Router.TryAcquire(group)
+		return lease, func() {}, ok
+	}
+	lg.fetchMu.Lock()
+	if lease, ok = p.opts.Router.TryAcquire(group); !ok {
+		lg.fetchMu.Unlock()
+		return nil, nil, false
+	}
+	if err := lease.Reserve(ctx, lg.tokens.Load()); err != nil {
+		lease.Release()
+		lg.fetchMu.Unlock()
+		if !errors.Is(err, limiter.ErrLimited) && ctx.Err() == nil {
+			p.log.Warn("limiter unavailable", "group", group, "error", err)
+		}
+		return nil, nil, false
+	}
+	return lease, lg.fetchMu.Unlock, true
 }
 
 func (p *Pool) fetch(band, gi int) (jetstream.Msg, bool, error) {

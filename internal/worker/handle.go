@@ -52,13 +52,18 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 	stop := p.keepAlive(m, req.ReplyTo, control)
 	defer func() { stop() }()
 
-	// Take the global reservation. If the deployment filled up since the
-	// lease was taken (another process won the race), the request is held,
-	// so it stays the head of its group, and waits for capacity in a
+	// Complete the global reservation: the sweep reserved a guess (the
+	// group's last request size) before the fetch; a larger request grows
+	// it. If that is refused (the tokens are not there yet), the request is
+	// held, so it stays the head of its group, and waits for capacity in a
 	// goroutine of its own: the slot goes back to serving other groups, so a
 	// saturated group never takes every slot. At most one request per group
-	// is held this way (the held one refuses its group to the sweeps).
+	// and process is held this way (the held one refuses its group to the
+	// sweeps).
 	tokens := limiter.EstimateTokens(req.Body, p.opts.DefaultCompletionTokens)
+	if gi, ok := p.groupIdx[req.Group]; ok && p.limited[gi] != nil {
+		p.limited[gi].tokens.Store(tokens)
+	}
 	if err := lease.Reserve(ctx, tokens); err != nil {
 		lease.Release()
 		lease = nil

@@ -109,7 +109,7 @@ type Pool struct {
 	pending   [][]pendingFlag        // [band][group]: may have messages
 	hinted    [][]atomic.Int64       // [band][group]: unix nanos of the last wake-up hint
 	groupIdx  map[string]int
-	limited   []bool // per group: some deployment has a shared limiter
+	limited   []*limitedGroup // per group: nil unless some deployment has a shared limiter
 	wake      chan struct{}
 	rotate    atomic.Uint32
 	inFlight  sync.WaitGroup
@@ -169,13 +169,14 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 		wake:     make(chan struct{}, opts.Slots),
 		control:  nc.NewRespInbox(),
 	}
-	p.limited = make([]bool, len(opts.Groups))
+	p.limited = make([]*limitedGroup, len(opts.Groups))
 	for i, g := range opts.Groups {
 		p.groupIdx[g] = i
 	}
 	for _, d := range opts.Router.Deployments() {
-		if gi, ok := p.groupIdx[d.Group]; ok && d.Limiter != nil {
-			p.limited[gi] = true
+		if gi, ok := p.groupIdx[d.Group]; ok && d.Limiter != nil && p.limited[gi] == nil {
+			p.limited[gi] = &limitedGroup{}
+			p.limited[gi].tokens.Store(opts.DefaultCompletionTokens)
 		}
 	}
 	p.pending = make([][]pendingFlag, opts.Bands)

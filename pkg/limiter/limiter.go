@@ -251,8 +251,7 @@ func (l *Limiter) reserveRates(ctx context.Context, lim Limits, r *Reservation) 
 		return nil
 	})
 	if errors.Is(err, errContention) {
-		jitter := time.Duration(1+rand.IntN(10)) * time.Millisecond
-		return &LimitedError{Until: l.set.now().Add(jitter), Reason: ReasonContention}
+		return &LimitedError{Until: l.set.now().Add(contentionJitter()), Reason: ReasonContention}
 	}
 	return err
 }
@@ -326,6 +325,52 @@ func (l *Limiter) releaseSlot(ctx context.Context, r *Reservation) error {
 	}
 	return err
 }
+
+// Grow raises the reservation's token estimate to tokens when that is more
+// than it holds: in one compare-and-set of the rate state, the tokens held
+// are given back and tokens reserved in their place. It serves a caller that
+// reserved on a guess before it knew the request's size. A refusal (a
+// *LimitedError, or ErrTooLarge beyond the tpm limit) leaves the reservation
+// as it was. Growing an ended reservation does nothing.
+func (r *Reservation) Grow(ctx context.Context, tokens int64) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.done || tokens <= r.tokens {
+		return nil
+	}
+	if r.lim.TPM <= 0 {
+		r.tokens = tokens
+		return nil
+	}
+	if tokens > r.lim.TPM {
+		return fmt.Errorf("%w: %d tokens, tpm %d", ErrTooLarge, tokens, r.lim.TPM)
+	}
+	var grant Grant
+	err := r.l.updateRate(ctx, r.lim, func(now time.Time, _, tpm *GCRA) error {
+		tpm.Cancel(now, r.tpm)
+		g, next, ok := tpm.ReserveN(now, tokens)
+		if !ok {
+			if next.IsZero() {
+				return fmt.Errorf("%w: %d tokens, tpm %d", ErrTooLarge, tokens, r.lim.TPM)
+			}
+			return &LimitedError{Until: next, Reason: ReasonTPM}
+		}
+		grant = g
+		return nil
+	})
+	if errors.Is(err, errContention) {
+		return &LimitedError{Until: r.l.set.now().Add(contentionJitter()), Reason: ReasonContention}
+	}
+	if err != nil {
+		return err
+	}
+	r.tpm, r.tokens = grant, tokens
+	return nil
+}
+
+// contentionJitter is how long to wait after losing every compare-and-set
+// race of one attempt.
+func contentionJitter() time.Duration { return time.Duration(1+rand.IntN(10)) * time.Millisecond }
 
 // Settle ends a reservation whose call was made: it releases the concurrency
 // slot and replaces the token estimate by usedTokens, the provider-reported
@@ -456,6 +501,18 @@ func (l *Limiter) Headroom(now time.Time, tokens int64) bool {
 		return false
 	}
 	return l.check(now, lim, max(tokens, 0)) == nil
+}
+
+// AdmittedWithin reports whether this process saw the deployment admit a
+// call (take a concurrency slot or a unit of rate) within d before now. Such
+// an admission may still be given back: its holder reserved before it knew
+// whether a request was there to take.
+func (l *Limiter) AdmittedWithin(now time.Time, d time.Duration) bool {
+	s := l.set
+	s.mu.Lock()
+	at := s.depLocked(l.tok).admitted
+	s.mu.Unlock()
+	return !at.IsZero() && now.Sub(at) < d
 }
 
 // Usage is a snapshot of a deployment's use, for metrics and status pages.

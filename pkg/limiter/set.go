@@ -125,6 +125,7 @@ type depMirror struct {
 	coolRev   uint64
 	coolTimer *time.Timer
 	slots     map[int]*slotMirror
+	admitted  time.Time // when this process last saw an admission (local clock)
 }
 
 type slotMirror struct {
@@ -339,6 +340,9 @@ func (s *Set) record(key string, value []byte, rev uint64, deleted bool) {
 		// An update that admitted nothing gave something back.
 		admitted := d.rate.rpm.seq > old.rpm.seq || d.rate.tpm.seq > old.tpm.seq
 		freed = !admitted
+		if admitted {
+			d.admitted = s.now()
+		}
 	case kindCool:
 		if rev <= d.coolRev {
 			break
@@ -359,6 +363,9 @@ func (s *Set) record(key string, value []byte, rev uint64, deleted bool) {
 			break
 		}
 		freed = sm.live && deleted
+		if !sm.live && !deleted {
+			d.admitted = s.now()
+		}
 		sm.rev, sm.live = rev, !deleted
 	}
 	s.mu.Unlock()
