@@ -276,7 +276,7 @@ func (l *Lease) Deployment() *Deployment { return l.d }
 
 // Reserve takes the deployment's global reservation for one request of
 // tokens (prompt estimate plus completion budget); on a lease already
-// reserved it grows the reservation to tokens (see limiter.Reservation.Grow).
+// reserved it resizes the reservation to tokens (limiter.Reservation.Resize).
 // Without a limiter it does nothing. A refusal matches limiter.ErrLimited and
 // names when to retry; it leaves an earlier reservation in place.
 func (l *Lease) Reserve(ctx context.Context, tokens int64) error {
@@ -284,7 +284,7 @@ func (l *Lease) Reserve(ctx context.Context, tokens int64) error {
 		return nil
 	}
 	if l.res != nil {
-		return l.res.Grow(ctx, tokens)
+		return l.res.Resize(ctx, tokens)
 	}
 	res, err := l.d.Limiter.Reserve(ctx, tokens)
 	if err != nil {

@@ -184,17 +184,26 @@ func (p *Pool) next(ctx context.Context) (jetstream.Msg, *router.Lease, error) {
 func (p *Pool) sweep(ctx context.Context) (m jetstream.Msg, lease *router.Lease, paced bool) {
 	n := len(p.opts.Groups)
 	start := int(p.rotate.Add(1)) % max(n, 1)
+	// refused: groups refused capacity in this sweep. A group refused at a
+	// band is not admitted again at a worse one in the same sweep: the
+	// limiter may have room a moment later, and that room belongs to the
+	// better band's request.
+	var refused []bool
 	for band := range p.opts.Bands {
 		for i := range n {
 			gi := (start + i) % n
 			flag := &p.pending[band][gi]
 			seen, ok := flag.load()
-			if !ok {
+			if !ok || (refused != nil && refused[gi]) {
 				continue
 			}
 			lease, unlock, ok := p.admit(ctx, gi)
 			if !ok {
 				paced = paced || p.limited[gi] != nil
+				if refused == nil {
+					refused = make([]bool, n)
+				}
+				refused[gi] = true
 				continue // saturated: its requests wait, others go on
 			}
 			// The flag stays set during the fetch, so a slot sweeping
@@ -230,9 +239,22 @@ type limitedGroup struct {
 	// second slot must not take that for a full deployment and go to a
 	// worse one (litellm_params.order) or give up on the group.
 	fetchMu sync.Mutex
-	// tokens is the token estimate of the group's last request, the guess
-	// an admission reserves before the message (and its size) is known.
+	// tokens is the guess an admission reserves before the message (and its
+	// size) is known: the largest recent request's estimate, decaying by
+	// 1/32 a request. Guessing high keeps a large request at the head from
+	// being overtaken while it waits for room; the excess is given back as
+	// soon as the message is read.
 	tokens atomic.Int64
+}
+
+// sawTokens folds one request's token estimate into the guess.
+func (lg *limitedGroup) sawTokens(n int64) {
+	for {
+		old := lg.tokens.Load()
+		if lg.tokens.CompareAndSwap(old, max(n, old-old/32)) {
+			return
+		}
+	}
 }
 
 // admit leases capacity on group gi for the next message. For a group with

@@ -52,9 +52,9 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 	stop := p.keepAlive(m, req.ReplyTo, control)
 	defer func() { stop() }()
 
-	// Complete the global reservation: the sweep reserved a guess (the
-	// group's last request size) before the fetch; a larger request grows
-	// it. If that is refused (the tokens are not there yet), the request is
+	// Complete the global reservation: the sweep reserved a guess (recent
+	// request sizes) before the fetch; it is resized to this request's
+	// estimate. If a larger size is refused (the tokens are not there yet), the request is
 	// held, so it stays the head of its group, and waits for capacity in a
 	// goroutine of its own: the slot goes back to serving other groups, so a
 	// saturated group never takes every slot. At most one request per group
@@ -62,7 +62,7 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 	// sweeps).
 	tokens := limiter.EstimateTokens(req.Body, p.opts.DefaultCompletionTokens)
 	if gi, ok := p.groupIdx[req.Group]; ok && p.limited[gi] != nil {
-		p.limited[gi].tokens.Store(tokens)
+		p.limited[gi].sawTokens(tokens)
 	}
 	if err := lease.Reserve(ctx, tokens); err != nil {
 		lease.Release()
@@ -95,7 +95,16 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m jetstream.Msg, req
 	}()
 	if lease == nil {
 		var err error
-		if lease, err = p.reserve(ctx, req, nil, tokens, req.Deadline); err != nil {
+		// A more important request of the group that arrives meanwhile goes
+		// first: this one goes back to the queue (at the head of its band)
+		// rather than leave ahead of it once capacity frees.
+		lease, err = p.reserve(ctx, req.Group, tokens, req.Deadline, func() bool { return p.betterPending(req) })
+		if errors.Is(err, errYielded) {
+			log.Debug("a more important request of the group is waiting; the held request goes back to the queue")
+			p.nakAndHint(m, req)
+			return
+		}
+		if err != nil {
 			p.abandon(log, m, req, err)
 			return
 		}

@@ -78,7 +78,7 @@ func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Reques
 		for {
 			if lease == nil {
 				var err error
-				lease, err = p.reserve(ctx, &messages.Request{Group: group}, nil, tokens, time.Time{})
+				lease, err = p.reserve(ctx, group, tokens, time.Time{}, nil)
 				unhold()
 				if err != nil {
 					return deployment, attempt{err: err}
@@ -168,42 +168,45 @@ func classify(e *messages.Error) nextStep {
 	}
 }
 
-// reserve takes the global reservation of tokens on lease's deployment, or
-// on another deployment of req.Group when lease is nil or its deployment is
-// full. It waits for capacity, holding the request, until ctx ends or the
-// deadline (if not zero) passes. The returned lease is reserved; on error no
-// lease is held.
-func (p *Pool) reserve(ctx context.Context, req *messages.Request, lease *router.Lease, tokens int64, deadline time.Time) (*router.Lease, error) {
+// errYielded ends the wait of a held request that gave way to a more
+// important request of its group.
+var errYielded = errors.New("a more important request of the group is waiting")
+
+// reserve leases a deployment of group and takes its global reservation of
+// tokens, waiting for capacity until ctx ends or the deadline (if not zero)
+// passes. While it waits, the group is refused to slots that would fetch
+// requests behind this one. If yield is not nil, it is asked at least every
+// router.PacedRetry and the wait ends with errYielded when it says so. The
+// returned lease is reserved; on error no lease is held.
+func (p *Pool) reserve(ctx context.Context, group string, tokens int64, deadline time.Time, yield func() bool) (*router.Lease, error) {
 	if !deadline.IsZero() {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadlineCause(ctx, deadline, messages.ErrQueueTimeout)
 		defer cancel()
 	}
-	// While this request waits, it keeps its place: the group is refused to
-	// slots that would fetch requests behind it.
-	var stopWaiting func()
-	defer func() {
-		if stopWaiting != nil {
-			stopWaiting()
-		}
-	}()
+	defer p.opts.Router.Waiting(group)()
 	for {
-		if lease == nil {
-			if stopWaiting == nil {
-				stopWaiting = p.opts.Router.Waiting(req.Group)
-			}
-			var err error
-			if lease, err = p.opts.Router.Acquire(ctx, req.Group); err != nil {
-				return nil, err
-			}
+		if yield != nil && yield() {
+			return nil, errYielded
+		}
+		acquireCtx, cancel := ctx, context.CancelFunc(func() {})
+		if yield != nil {
+			acquireCtx, cancel = context.WithTimeoutCause(ctx, router.PacedRetry, errLookAgain)
+		}
+		lease, err := p.opts.Router.Acquire(acquireCtx, group)
+		cancel()
+		if errors.Is(err, errLookAgain) {
+			continue
+		}
+		if err != nil {
+			return nil, err
 		}
 		changed := p.opts.Router.Changed()
-		err := lease.Reserve(ctx, tokens)
+		err = lease.Reserve(ctx, tokens)
 		if err == nil {
 			return lease, nil
 		}
 		lease.Release()
-		lease = nil
 		var le *limiter.LimitedError
 		wait := time.Second
 		switch {
@@ -215,7 +218,10 @@ func (p *Pool) reserve(ctx context.Context, req *messages.Request, lease *router
 		case ctx.Err() != nil:
 			return nil, context.Cause(ctx)
 		default:
-			p.log.Warn("limiter unavailable; retrying", "group", req.Group, "error", err)
+			p.log.Warn("limiter unavailable; retrying", "group", group, "error", err)
+		}
+		if yield != nil {
+			wait = min(wait, router.PacedRetry)
 		}
 		t := time.NewTimer(max(wait, time.Millisecond))
 		select {
@@ -227,6 +233,24 @@ func (p *Pool) reserve(ctx context.Context, req *messages.Request, lease *router
 		}
 		t.Stop()
 	}
+}
+
+// errLookAgain bounds one wait for a lease so that yield is asked again.
+var errLookAgain = errors.New("look again")
+
+// betterPending reports whether a band more important than req's may hold
+// requests of req's group, as the wake-up hints tell.
+func (p *Pool) betterPending(req *messages.Request) bool {
+	gi, ok := p.groupIdx[req.Group]
+	if !ok {
+		return false
+	}
+	for b := 0; b < req.Band && b < len(p.pending); b++ {
+		if _, set := p.pending[b][gi].load(); set {
+			return true
+		}
+	}
+	return false
 }
 
 // abandon settles a request that could not be started: past its deadline,

@@ -264,6 +264,20 @@ func (g *GCRA) Settle(now time.Time, gr Grant, used int64) {
 	g.prune(t)
 }
 
+// Resize settles gr at n units, like Settle, and returns the grant that
+// stands for those n units from now on: settle or cancel that one later,
+// never gr again. A shrink is never refused; it moves the pacing back while
+// gr is still the latest admission.
+func (g *GCRA) Resize(now time.Time, gr Grant, n int64) Grant {
+	latest := gr.seq != 0 && gr.seq == g.st.seq && gr.end == g.st.tat
+	g.Settle(now, gr, n)
+	gr.N = max(n, 0)
+	if latest {
+		gr.end = g.st.tat
+	}
+	return gr
+}
+
 // Cancel gives back the units of a grant that was not used: Settle with zero.
 func (g *GCRA) Cancel(now time.Time, gr Grant) { g.Settle(now, gr, 0) }
 

@@ -326,16 +326,19 @@ func (l *Limiter) releaseSlot(ctx context.Context, r *Reservation) error {
 	return err
 }
 
-// Grow raises the reservation's token estimate to tokens when that is more
-// than it holds: in one compare-and-set of the rate state, the tokens held
-// are given back and tokens reserved in their place. It serves a caller that
-// reserved on a guess before it knew the request's size. A refusal (a
-// *LimitedError, or ErrTooLarge beyond the tpm limit) leaves the reservation
-// as it was. Growing an ended reservation does nothing.
-func (r *Reservation) Grow(ctx context.Context, tokens int64) error {
+// Resize changes the reservation's token estimate to tokens, for a caller
+// that reserved on a guess before it knew the request's size. A smaller
+// estimate gives the difference back at once (to the pacing too, while the
+// reservation is still the latest admission); it is never refused. A larger
+// one is reserved anew in one compare-and-set: the tokens held are given back
+// and tokens reserved in their place; a refusal (a *LimitedError, or
+// ErrTooLarge beyond the tpm limit) leaves the reservation as it was.
+// Resizing an ended reservation does nothing.
+func (r *Reservation) Resize(ctx context.Context, tokens int64) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.done || tokens <= r.tokens {
+	tokens = max(tokens, 0)
+	if r.done || tokens == r.tokens {
 		return nil
 	}
 	if r.lim.TPM <= 0 {
@@ -347,6 +350,10 @@ func (r *Reservation) Grow(ctx context.Context, tokens int64) error {
 	}
 	var grant Grant
 	err := r.l.updateRate(ctx, r.lim, func(now time.Time, _, tpm *GCRA) error {
+		if tokens < r.tokens {
+			grant = tpm.Resize(now, r.tpm, tokens)
+			return nil
+		}
 		tpm.Cancel(now, r.tpm)
 		g, next, ok := tpm.ReserveN(now, tokens)
 		if !ok {

@@ -543,6 +543,75 @@ func TestTPMSettle(t *testing.T) {
 	}
 }
 
+// TestTPMResize: a reservation made on a guess is resized once the real size
+// is known. A shrink gives the difference back to the pacing at once; a
+// growth that does not fit is refused and leaves the reservation as it was;
+// one that fits replaces it.
+func TestTPMResize(t *testing.T) {
+	srv := startServer(t)
+	t0 := time.Now().Truncate(time.Second)
+	clock := &manualClock{t: t0}
+	opts := Options{Bucket: "resize", Period: 10 * time.Second, Clock: clock.Now}
+	a := startProcess(t, srv, opts)
+	l := a.set.Deployment("d", Limits{TPM: 1000}) // 10 ms per token
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ms := time.Millisecond
+	start := t0.Add(-opts.Period / 60) // the first pacing slot starts the tolerance early
+
+	until := func(tokens int64) time.Time {
+		t.Helper()
+		_, err := l.Reserve(ctx, tokens)
+		var le *LimitedError
+		if !errors.As(err, &le) || le.Reason != ReasonTPM {
+			t.Fatalf("reserve %d: %v, want a tpm refusal", tokens, err)
+		}
+		return le.Until
+	}
+	r, err := l.Reserve(ctx, 300) // a guess: paced to start + 3 s
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Resize(ctx, 100); err != nil { // the real size: paced to start + 1 s
+		t.Fatalf("shrink: %v", err)
+	}
+	if r.Tokens() != 100 {
+		t.Errorf("after the shrink the reservation holds %d tokens, want 100", r.Tokens())
+	}
+	if got, want := until(10), start.Add(1000*ms); !got.Equal(want) {
+		t.Errorf("after the shrink the next 10 tokens wait until +%v, want +%v", got.Sub(t0), want.Sub(t0))
+	}
+	// A second admission makes the first one no longer the latest; growing
+	// the first beyond what the window holds is refused and changes nothing.
+	clock.Set(t0.Add(1000 * ms))
+	r2, err := l.Reserve(ctx, 800)
+	if err != nil {
+		t.Fatalf("second reservation: %v", err)
+	}
+	var le *LimitedError
+	if err := r.Resize(ctx, 250); !errors.As(err, &le) {
+		t.Fatalf("growing past the limit: %v, want a refusal", err)
+	}
+	if r.Tokens() != 100 {
+		t.Errorf("a refused growth changed the reservation to %d tokens", r.Tokens())
+	}
+	if u := l.Usage(t0.Add(1000 * ms)); u.Tokens != 900 {
+		t.Errorf("after a refused growth the window holds %d tokens, want 900", u.Tokens)
+	}
+	if err := r2.Cancel(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Resize(ctx, 250); err != nil {
+		t.Fatalf("growing within the limit: %v", err)
+	}
+	if err := r.Settle(ctx, 250); err != nil {
+		t.Fatal(err)
+	}
+	if u := l.Usage(t0.Add(1000 * ms)); u.Tokens != 250 {
+		t.Errorf("after the growth and its settle the window holds %d tokens, want 250", u.Tokens)
+	}
+}
+
 // TestUnlimitedCostsNothing: a deployment without limits never touches NATS.
 func TestUnlimitedCostsNothing(t *testing.T) {
 	srv := startServer(t)
