@@ -150,7 +150,7 @@ func (p *Pool) slot(ctx context.Context) {
 
 // next returns the next message to serve and the lease it will run under.
 // It blocks until there is one or ctx ends.
-func (p *Pool) next(ctx context.Context) (jetstream.Msg, *router.Lease, error) {
+func (p *Pool) next(ctx context.Context) (*pulled, *router.Lease, error) {
 	for {
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
@@ -181,7 +181,7 @@ func (p *Pool) next(ctx context.Context) (jetstream.Msg, *router.Lease, error) {
 // band are visited from a rotating start so no group is always last.
 // paced reports that a pending group was skipped for lack of room in a
 // shared limit.
-func (p *Pool) sweep(ctx context.Context) (m jetstream.Msg, lease *router.Lease, paced bool) {
+func (p *Pool) sweep(ctx context.Context) (m *pulled, lease *router.Lease, paced bool) {
 	n := len(p.opts.Groups)
 	start := int(p.rotate.Add(1)) % max(n, 1)
 	// refused: groups refused capacity in this sweep. A group refused at a
@@ -287,27 +287,17 @@ func (p *Pool) admit(ctx context.Context, gi int) (lease *router.Lease, unlock f
 	return lease, lg.fetchMu.Unlock, true
 }
 
-func (p *Pool) fetch(band, gi int) (jetstream.Msg, bool, error) {
-	batch, err := p.consumers[band][gi].FetchNoWait(1)
-	if err != nil {
+func (p *Pool) fetch(band, gi int) (*pulled, bool, error) {
+	m, err := p.pullers[band][gi].fetch()
+	if m == nil || err != nil {
 		return nil, false, err
 	}
-	var got jetstream.Msg
-	for m := range batch.Messages() {
-		got = m
-	}
-	if got == nil {
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return nil, false, err
-		}
-		return nil, false, nil
-	}
-	md, err := got.Metadata()
+	pending, err := m.pending()
 	if err != nil {
-		return got, true, nil
+		return m, true, nil
 	}
-	p.opts.Metrics.QueueDepth(metrics.Band(band), p.opts.Groups[gi], md.NumPending)
-	return got, md.NumPending > 0, nil
+	p.opts.Metrics.QueueDepth(metrics.Band(band), p.opts.Groups[gi], pending)
+	return m, pending > 0, nil
 }
 
 // maxStraysPerPoll bounds the work one poll spends on stray messages.

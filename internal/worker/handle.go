@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/llmq/llmq/internal/provider"
 	"github.com/llmq/llmq/internal/router"
@@ -30,7 +29,7 @@ func (p *Pool) onControl(m *nats.Msg) {
 }
 
 // handle serves one message under lease and settles it.
-func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease) {
+func (p *Pool) handle(ctx context.Context, m *pulled, lease *router.Lease) {
 	defer func() {
 		if lease != nil {
 			lease.Release()
@@ -87,7 +86,7 @@ func (p *Pool) handle(ctx context.Context, m jetstream.Msg, lease *router.Lease)
 
 // start serves req under lease, or, when lease is nil, under a lease it
 // waits for (until the queue deadline), and settles m.
-func (p *Pool) start(ctx context.Context, log *slog.Logger, m jetstream.Msg, req *messages.Request, lease *router.Lease, tokens int64, control string) {
+func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *messages.Request, lease *router.Lease, tokens int64, control string) {
 	defer func() {
 		if lease != nil {
 			lease.Release()
@@ -189,7 +188,7 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m jetstream.Msg, req
 
 // deadLetter copies m with reason to the dead-letter stream and terminates
 // it; class is the bounded metric label ("undecodable" or "failed").
-func (p *Pool) deadLetter(m jetstream.Msg, class, reason string) {
+func (p *Pool) deadLetter(m *pulled, class, reason string) {
 	p.copyDead(m.Subject(), m.Headers(), m.Data(), class, reason)
 	_ = m.TermWithReason(reason)
 }
@@ -215,7 +214,7 @@ func (p *Pool) copyDead(subject string, h nats.Header, data []byte, class, reaso
 // nakAndHint hands m back to JetStream, tells the caller so (its next pickup
 // may then start the request again) and publishes a wake-up hint (a nak does
 // not republish one), so an idle worker takes it at once.
-func (p *Pool) nakAndHint(m jetstream.Msg, req *messages.Request) {
+func (p *Pool) nakAndHint(m *pulled, req *messages.Request) {
 	_ = p.nc.PublishMsg(messages.EventMsg(req.ReplyTo, messages.EventRequeue, 0, nil))
 	_ = m.Nak()
 	_ = p.nc.Publish(p.opts.Subjects.Wake(req.Band, req.Group), nil)
@@ -295,7 +294,7 @@ func (p *Pool) deliver(inbox string, rep *messages.Reply) replyOutcome {
 // in-progress ack every third of the ack wait, so JetStream does not
 // redeliver, and a heartbeat to the caller every HeartbeatInterval, sent with
 // the control subject as reply so a vanished caller is noticed.
-func (p *Pool) keepAlive(m jetstream.Msg, inbox, control string) (stop func()) {
+func (p *Pool) keepAlive(m *pulled, inbox, control string) (stop func()) {
 	done := make(chan struct{})
 	go func() {
 		progress := time.NewTicker(p.opts.AckWait / 3)

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/llmq/llmq/internal/provider"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/pkg/limiter"
@@ -255,7 +254,7 @@ func (p *Pool) betterPending(req *messages.Request) bool {
 
 // abandon settles a request that could not be started: past its deadline,
 // refused for good, or interrupted by shutdown.
-func (p *Pool) abandon(log *slog.Logger, m jetstream.Msg, req *messages.Request, err error) {
+func (p *Pool) abandon(log *slog.Logger, m *pulled, req *messages.Request, err error) {
 	var e *messages.Error
 	switch {
 	case errors.Is(err, messages.ErrQueueTimeout):

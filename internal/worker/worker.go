@@ -105,7 +105,7 @@ type Pool struct {
 	log    *slog.Logger
 	stream jetstream.Stream
 
-	consumers [][]jetstream.Consumer // [band][group]
+	pullers   [][]*puller            // [band][group]
 	pending   [][]pendingFlag        // [band][group]: may have messages
 	hinted    [][]atomic.Int64       // [band][group]: unix nanos of the last wake-up hint
 	groupIdx  map[string]int
@@ -194,6 +194,13 @@ func (p *Pool) Run(ctx context.Context) error {
 	if err := p.bind(ctx); err != nil {
 		return err
 	}
+	defer func() {
+		for _, band := range p.pullers {
+			for _, pl := range band {
+				pl.close()
+			}
+		}
+	}()
 	sub, err := p.nc.Subscribe(p.opts.Subjects.WakeWildcard(), p.onWake)
 	if err != nil {
 		return fmt.Errorf("worker: subscribe wake hints: %w", err)
@@ -262,22 +269,24 @@ func (p *Pool) drain() {
 	<-done
 }
 
+// pullTimeout bounds the wait for the server's answer to one fetch.
+const pullTimeout = 5 * time.Second
+
 func (p *Pool) bind(ctx context.Context) error {
 	var err error
 	p.stream, err = p.js.Stream(ctx, p.opts.Subjects.RequestStream())
 	if err != nil {
 		return fmt.Errorf("worker: stream %s: %w", p.opts.Subjects.RequestStream(), err)
 	}
-	p.consumers = make([][]jetstream.Consumer, p.opts.Bands)
+	p.pullers = make([][]*puller, p.opts.Bands)
 	for b := range p.opts.Bands {
-		p.consumers[b] = make([]jetstream.Consumer, len(p.opts.Groups))
+		p.pullers[b] = make([]*puller, len(p.opts.Groups))
 		for gi, g := range p.opts.Groups {
 			name := p.opts.Subjects.Consumer(b, g)
-			c, err := p.stream.Consumer(ctx, name)
-			if err != nil {
+			if _, err := p.stream.Consumer(ctx, name); err != nil {
 				return fmt.Errorf("worker: consumer %s: %w", name, err)
 			}
-			p.consumers[b][gi] = c
+			p.pullers[b][gi] = newPuller(p.nc, p.opts.Subjects.RequestStream(), name, pullTimeout)
 		}
 	}
 	return nil

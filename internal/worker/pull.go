@@ -1,0 +1,145 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// puller takes one message at a time from one durable pull consumer with a
+// raw JetStream pull request ($JS.API.CONSUMER.MSG.NEXT, batch 1, no wait),
+// answered on an inbox subscription it keeps for the next fetch.
+//
+// jetstream.Consumer.FetchNoWait subscribes a fresh inbox for every fetch
+// and unsubscribes it afterwards: two more protocol messages, and interest
+// changes on the server, for every request served. A JetStream message
+// arrives under its own subject, not the inbox's, so an answer can only be
+// told apart by the subscription it arrives on: each fetch in flight has an
+// inbox of its own, taken from a free list that grows to the number of
+// concurrent fetches.
+type puller struct {
+	nc      *nats.Conn
+	next    string        // the consumer's MSG.NEXT API subject
+	timeout time.Duration // how long a fetch waits for the server's answer
+
+	mu   sync.Mutex
+	free []*nats.Subscription
+}
+
+// noWaitOne asks for at most one message, answered at once.
+var noWaitOne = []byte(`{"batch":1,"no_wait":true}`)
+
+func newPuller(nc *nats.Conn, stream, consumer string, timeout time.Duration) *puller {
+	return &puller{nc: nc, next: "$JS.API.CONSUMER.MSG.NEXT." + stream + "." + consumer, timeout: timeout}
+}
+
+// fetch returns the consumer's next message, or nil when it has none.
+func (pl *puller) fetch() (*pulled, error) {
+	sub, err := pl.inbox()
+	if err != nil {
+		return nil, err
+	}
+	if err := pl.nc.PublishRequest(pl.next, sub.Subject, noWaitOne); err != nil {
+		pl.put(sub)
+		return nil, err
+	}
+	m, err := sub.NextMsg(pl.timeout)
+	if err != nil {
+		// The answer may still come: this inbox is not used again, so it
+		// cannot be mistaken for the answer to a later fetch. A message it
+		// carried is redelivered after the ack wait.
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("pull %s: %w", pl.next, err)
+	}
+	pl.put(sub)
+	switch status := m.Header.Get("Status"); {
+	case status == "":
+		return &pulled{msg: m, nc: pl.nc}, nil
+	case status == "404" || status == "408": // no messages; request expired
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("pull %s: %s %s", pl.next, status, m.Header.Get("Description"))
+	}
+}
+
+func (pl *puller) inbox() (*nats.Subscription, error) {
+	pl.mu.Lock()
+	if n := len(pl.free); n > 0 {
+		sub := pl.free[n-1]
+		pl.free = pl.free[:n-1]
+		pl.mu.Unlock()
+		return sub, nil
+	}
+	pl.mu.Unlock()
+	return pl.nc.SubscribeSync(pl.nc.NewInbox())
+}
+
+func (pl *puller) put(sub *nats.Subscription) {
+	pl.mu.Lock()
+	pl.free = append(pl.free, sub)
+	pl.mu.Unlock()
+}
+
+// close unsubscribes the free inboxes.
+func (pl *puller) close() {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	for _, sub := range pl.free {
+		_ = sub.Unsubscribe()
+	}
+	pl.free = nil
+}
+
+// pulled is a request message taken from a consumer. Its acknowledgements
+// are JetStream's ack tokens published to the message's reply subject, as
+// jetstream.Msg sends them (without waiting for a confirmation).
+type pulled struct {
+	msg *nats.Msg
+	nc  *nats.Conn
+}
+
+// The acknowledgement tokens of the JetStream API.
+var (
+	ackAck      = []byte("+ACK")
+	ackNak      = []byte("-NAK")
+	ackProgress = []byte("+WPI")
+)
+
+func (m *pulled) Subject() string      { return m.msg.Subject }
+func (m *pulled) Headers() nats.Header { return m.msg.Header }
+func (m *pulled) Data() []byte         { return m.msg.Data }
+
+func (m *pulled) ack(token []byte) error {
+	if m.msg.Reply == "" {
+		return errors.New("the message has no ack subject")
+	}
+	return m.nc.Publish(m.msg.Reply, token)
+}
+
+// Ack removes the message from the work-queue stream.
+func (m *pulled) Ack() error { return m.ack(ackAck) }
+
+// Nak hands the message back for redelivery.
+func (m *pulled) Nak() error { return m.ack(ackNak) }
+
+// InProgress resets the message's ack wait.
+func (m *pulled) InProgress() error { return m.ack(ackProgress) }
+
+// TermWithReason stops redelivery; the reason appears in the server's
+// advisory.
+func (m *pulled) TermWithReason(reason string) error {
+	return m.ack(append([]byte("+TERM "), reason...))
+}
+
+// pending returns how many messages the consumer still held after this one
+// was delivered, from the ack subject.
+func (m *pulled) pending() (uint64, error) {
+	md, err := m.msg.Metadata()
+	if err != nil {
+		return 0, err
+	}
+	return md.NumPending, nil
+}
