@@ -105,14 +105,14 @@ type Pool struct {
 	log    *slog.Logger
 	stream jetstream.Stream
 
-	pullers   [][]*puller            // [band][group]
-	pending   [][]pendingFlag        // [band][group]: may have messages
-	hinted    [][]atomic.Int64       // [band][group]: unix nanos of the last wake-up hint
-	groupIdx  map[string]int
-	limited   []*limitedGroup // per group: nil unless some deployment has a shared limiter
-	wake      chan struct{}
-	rotate    atomic.Uint32
-	inFlight  sync.WaitGroup
+	pullers  [][]*puller      // [band][group]
+	pending  [][]pendingFlag  // [band][group]: may have messages
+	hinted   [][]atomic.Int64 // [band][group]: unix nanos of the last wake-up hint
+	groupIdx map[string]int
+	limited  []*limitedGroup // per group: nil unless some deployment has a shared limiter
+	wake     chan struct{}
+	rotate   atomic.Uint32
+	inFlight sync.WaitGroup
 
 	control string   // prefix of this pool's control subjects
 	calls   sync.Map // request id -> context.CancelCauseFunc of its call
