@@ -7,14 +7,19 @@
 // Every free slot sweeps the bands from 0 (most important) to the last. Inside
 // a band it looks only at model groups that (a) may have pending messages and
 // (b) have a deployment with headroom, and it leases that headroom before it
-// fetches, so a slot never holds a request it cannot start. It fetches one
-// message with a no-wait fetch from the durable consumer of that band and
-// group; the first hit wins. So a lower band gets a slot only when no higher
-// band of the same group has a message, or when that group is saturated —
-// and then the higher band's request could not have started anyway. Priority
-// cannot invert within a group except for the time a wake-up hint takes to
-// arrive (well under a millisecond on one machine). Inside one band and group,
-// the consumer delivers in stream order: first come, first served.
+// fetches, so a slot never holds a request it cannot start. For a group with
+// shared limits the lease includes the global reservation (one slot of the
+// process at a time admits the group): only an admitted slot fetches, so the
+// limit releases the head of the queue whichever process wins the room. It
+// fetches one message with a no-wait pull request (see puller) from the
+// durable consumer of that band and group; the first hit wins. So a lower
+// band gets a slot only when no higher band of the same group has a message,
+// or when that group is saturated — and then the higher band's request could
+// not have started anyway; a group refused at one band is not admitted at a
+// worse one in the same sweep. Priority cannot invert within a group except
+// for the time a wake-up hint takes to arrive (well under a millisecond on
+// one machine). Inside one band and group, the consumer delivers in stream
+// order: first come, first served.
 //
 // # Knowing what is pending without polling
 //
