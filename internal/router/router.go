@@ -113,6 +113,13 @@ func (r *Router) notify(group string) {
 // worker already holds (the head of its group) is not overtaken by requests
 // fetched after it.
 func (r *Router) Acquire(ctx context.Context, group string) (*Lease, error) {
+	return r.AcquireTokens(ctx, group, 0)
+}
+
+// AcquireTokens is Acquire for a request of tokens: a deployment whose tpm
+// has no room for them, as far as this process's mirror tells, does not
+// count as having capacity.
+func (r *Router) AcquireTokens(ctx context.Context, group string, tokens int64) (*Lease, error) {
 	defer r.Waiting(group)()
 	for {
 		r.mu.Lock()
@@ -121,7 +128,7 @@ func (r *Router) Acquire(ctx context.Context, group string) (*Lease, error) {
 		for _, d := range r.groups[group] {
 			paced = paced || d.Limiter != nil
 		}
-		if d := r.pick(r.groups[group]); d != nil {
+		if d := r.pick(r.groups[group], tokens); d != nil {
 			d.inFlight++
 			r.mu.Unlock()
 			return &Lease{r: r, d: d}, nil
@@ -350,7 +357,7 @@ func (r *Router) HasHeadroom(group string) bool {
 	defer r.mu.Unlock()
 	now := r.now()
 	for _, d := range r.groups[group] {
-		if d.available(now) {
+		if d.available(now, 0) {
 			return true
 		}
 	}
@@ -361,12 +368,17 @@ func (r *Router) HasHeadroom(group string) bool {
 // headroom, without blocking. ok is false when none has, or when a held
 // request of the group waits for capacity (see Acquire).
 func (r *Router) TryAcquire(group string) (l *Lease, ok bool) {
+	return r.TryAcquireTokens(group, 0)
+}
+
+// TryAcquireTokens is TryAcquire for a request of tokens (see AcquireTokens).
+func (r *Router) TryAcquireTokens(group string, tokens int64) (l *Lease, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.waiters[group] > 0 {
 		return nil, false
 	}
-	d := r.pick(r.groups[group])
+	d := r.pick(r.groups[group], tokens)
 	if d == nil {
 		return nil, false
 	}
@@ -376,8 +388,8 @@ func (r *Router) TryAcquire(group string) (l *Lease, ok bool) {
 
 // available reports whether d may take a call now, as far as this process
 // can tell without a round trip.
-func (d *Deployment) available(now time.Time) bool {
-	return d.free() != 0 && !now.Before(d.coolUntil) && (d.Limiter == nil || d.Limiter.Headroom(now, 0))
+func (d *Deployment) available(now time.Time, tokens int64) bool {
+	return d.free() != 0 && !now.Before(d.coolUntil) && (d.Limiter == nil || d.Limiter.Headroom(now, tokens))
 }
 
 // free returns the free parallel slots, or -1 for unlimited.
@@ -413,12 +425,12 @@ const AdmissionSettle = 50 * time.Millisecond
 // pick chooses among the deployments with headroom of the lowest order.
 // It chooses none while a deployment of a lower order is full only for an
 // admission younger than AdmissionSettle. The caller holds r.mu.
-func (r *Router) pick(ds []*Deployment) *Deployment {
+func (r *Router) pick(ds []*Deployment, tokens int64) *Deployment {
 	var cands []*Deployment
 	best, settling := 0, 0
 	now := r.now()
 	for _, d := range ds {
-		if !d.available(now) {
+		if !d.available(now, tokens) {
 			if d.Limiter != nil && d.free() != 0 && !now.Before(d.coolUntil) && d.Limiter.AdmittedWithin(now, AdmissionSettle) &&
 				(settling == 0 || d.order() < settling) {
 				settling = d.order()

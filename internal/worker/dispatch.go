@@ -162,16 +162,18 @@ func (p *Pool) next(ctx context.Context) (*pulled, *router.Lease, error) {
 		// A group held back by rpm or tpm gets room as time passes, which
 		// no message announces: look again shortly.
 		var again <-chan time.Time
+		var t *time.Timer
 		if paced {
-			t := time.NewTimer(router.PacedRetry)
-			defer t.Stop()
+			t = time.NewTimer(router.PacedRetry)
 			again = t.C
 		}
 		select {
 		case <-ctx.Done():
-			return nil, nil, ctx.Err()
 		case <-p.wake:
 		case <-again:
+		}
+		if t != nil {
+			t.Stop()
 		}
 	}
 }
@@ -272,11 +274,15 @@ func (p *Pool) admit(ctx context.Context, gi int) (lease *router.Lease, unlock f
 		return lease, func() {}, ok
 	}
 	lg.fetchMu.Lock()
-	if lease, ok = p.opts.Router.TryAcquire(group); !ok {
+	guess := lg.tokens.Load()
+	// Asking the mirror for room for the guess (not just for a call) keeps a
+	// refusal it can already tell from taking a lease: releasing one wakes
+	// the other idle slots, which would refuse and wake each other in turn.
+	if lease, ok = p.opts.Router.TryAcquireTokens(group, guess); !ok {
 		lg.fetchMu.Unlock()
 		return nil, nil, false
 	}
-	if err := lease.Reserve(ctx, lg.tokens.Load()); err != nil {
+	if err := lease.Reserve(ctx, guess); err != nil {
 		lease.Release()
 		lg.fetchMu.Unlock()
 		if !errors.Is(err, limiter.ErrLimited) && ctx.Err() == nil {

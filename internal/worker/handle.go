@@ -53,12 +53,11 @@ func (p *Pool) handle(ctx context.Context, m *pulled, lease *router.Lease) {
 
 	// Complete the global reservation: the sweep reserved a guess (recent
 	// request sizes) before the fetch; it is resized to this request's
-	// estimate. If a larger size is refused (the tokens are not there yet), the request is
-	// held, so it stays the head of its group, and waits for capacity in a
-	// goroutine of its own: the slot goes back to serving other groups, so a
-	// saturated group never takes every slot. At most one request per group
-	// and process is held this way (the held one refuses its group to the
-	// sweeps).
+	// estimate. If a larger size is refused (the tokens are not there yet),
+	// the request goes back to the queue, first in its band again, and the
+	// guess has grown to its size: the next admission, in whichever process
+	// has room for it first, takes it. Holding it here instead would let a
+	// process whose guess fits the room sooner serve the requests behind it.
 	tokens := limiter.EstimateTokens(req.Body, p.opts.DefaultCompletionTokens)
 	if gi, ok := p.groupIdx[req.Group]; ok && p.limited[gi] != nil {
 		p.limited[gi].sawTokens(tokens)
@@ -67,18 +66,11 @@ func (p *Pool) handle(ctx context.Context, m *pulled, lease *router.Lease) {
 		lease.Release()
 		lease = nil
 		if errors.Is(err, limiter.ErrLimited) {
-			hold := p.opts.Router.Waiting(req.Group)
-			keep := stop
-			stop = func() {} // the holder owns the keep-alive now
-			p.inFlight.Add(1)
-			go func() {
-				defer p.inFlight.Done()
-				defer keep()
-				defer hold()
-				p.start(ctx, log, m, req, nil, tokens, control)
-			}()
+			log.Debug("no room yet for the request's tokens; it goes back to the head of its band", "tokens", tokens)
+			p.nakAndHint(m, req)
 			return
 		}
+		// ErrTooLarge, or the limiter is unavailable: start says so or waits.
 	}
 	p.start(ctx, log, m, req, lease, tokens, control)
 	lease = nil // start owns it

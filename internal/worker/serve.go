@@ -192,7 +192,7 @@ func (p *Pool) reserve(ctx context.Context, group string, tokens int64, deadline
 		if yield != nil {
 			acquireCtx, cancel = context.WithTimeoutCause(ctx, router.PacedRetry, errLookAgain)
 		}
-		lease, err := p.opts.Router.Acquire(acquireCtx, group)
+		lease, err := p.opts.Router.AcquireTokens(acquireCtx, group, tokens)
 		cancel()
 		if errors.Is(err, errLookAgain) {
 			continue
