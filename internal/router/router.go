@@ -351,6 +351,20 @@ func (r *Router) Has(group string) bool {
 	return len(r.groups[group]) > 0
 }
 
+// TooLarge reports whether a request of tokens exceeds the tpm limit of
+// every deployment of group, so that no deployment can ever serve it.
+func (r *Router) TooLarge(group string, tokens int64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ds := r.groups[group]
+	for _, d := range ds {
+		if d.Limiter == nil || d.Limiter.Limits().TPM <= 0 || tokens <= d.Limiter.Limits().TPM {
+			return false
+		}
+	}
+	return len(ds) > 0
+}
+
 // HasHeadroom reports whether some deployment of group could take a call now.
 func (r *Router) HasHeadroom(group string) bool {
 	r.mu.Lock()

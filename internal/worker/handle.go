@@ -86,15 +86,7 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 	}()
 	if lease == nil {
 		var err error
-		// A more important request of the group that arrives meanwhile goes
-		// first: this one goes back to the queue (at the head of its band)
-		// rather than leave ahead of it once capacity frees.
-		lease, err = p.reserve(ctx, req.Group, tokens, req.Deadline, func() bool { return p.betterPending(req) })
-		if errors.Is(err, errYielded) {
-			log.Debug("a more important request of the group is waiting; the held request goes back to the queue")
-			p.nakAndHint(m, req)
-			return
-		}
+		lease, err = p.reserve(ctx, req.Group, tokens, req.Deadline)
 		if err != nil {
 			p.abandon(log, m, req, err)
 			return

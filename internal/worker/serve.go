@@ -77,7 +77,7 @@ func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Reques
 		for {
 			if lease == nil {
 				var err error
-				lease, err = p.reserve(ctx, group, tokens, time.Time{}, nil)
+				lease, err = p.reserve(ctx, group, tokens, time.Time{})
 				unhold()
 				if err != nil {
 					return deployment, attempt{err: err}
@@ -167,36 +167,25 @@ func classify(e *messages.Error) nextStep {
 	}
 }
 
-// errYielded ends the wait of a held request that gave way to a more
-// important request of its group.
-var errYielded = errors.New("a more important request of the group is waiting")
-
 // reserve leases a deployment of group and takes its global reservation of
 // tokens, waiting for capacity until ctx ends or the deadline (if not zero)
 // passes. While it waits, the group is refused to slots that would fetch
-// requests behind this one. If yield is not nil, it is asked at least every
-// router.PacedRetry and the wait ends with errYielded when it says so. The
-// returned lease is reserved; on error no lease is held.
-func (p *Pool) reserve(ctx context.Context, group string, tokens int64, deadline time.Time, yield func() bool) (*router.Lease, error) {
+// requests behind this one. The returned lease is reserved; on error no
+// lease is held.
+func (p *Pool) reserve(ctx context.Context, group string, tokens int64, deadline time.Time) (*router.Lease, error) {
 	if !deadline.IsZero() {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadlineCause(ctx, deadline, messages.ErrQueueTimeout)
 		defer cancel()
 	}
+	tooLarge := messages.Errorf(messages.OutcomeInvalidRequest, "max_tokens",
+		"the request needs about %d tokens, more than the tokens-per-minute limit of the model group's deployments allow", tokens)
+	if p.opts.Router.TooLarge(group, tokens) {
+		return nil, tooLarge
+	}
 	defer p.opts.Router.Waiting(group)()
 	for {
-		if yield != nil && yield() {
-			return nil, errYielded
-		}
-		acquireCtx, cancel := ctx, context.CancelFunc(func() {})
-		if yield != nil {
-			acquireCtx, cancel = context.WithTimeoutCause(ctx, router.PacedRetry, errLookAgain)
-		}
-		lease, err := p.opts.Router.AcquireTokens(acquireCtx, group, tokens)
-		cancel()
-		if errors.Is(err, errLookAgain) {
-			continue
-		}
+		lease, err := p.opts.Router.AcquireTokens(ctx, group, tokens)
 		if err != nil {
 			return nil, err
 		}
@@ -210,17 +199,13 @@ func (p *Pool) reserve(ctx context.Context, group string, tokens int64, deadline
 		wait := time.Second
 		switch {
 		case errors.Is(err, limiter.ErrTooLarge):
-			return nil, messages.Errorf(messages.OutcomeInvalidRequest, "max_tokens",
-				"the request needs about %d tokens, more than the tokens-per-minute limit of the model group's deployments allow", tokens)
+			return nil, tooLarge
 		case errors.As(err, &le):
 			wait = time.Until(le.Until)
 		case ctx.Err() != nil:
 			return nil, context.Cause(ctx)
 		default:
 			p.log.Warn("limiter unavailable; retrying", "group", group, "error", err)
-		}
-		if yield != nil {
-			wait = min(wait, router.PacedRetry)
 		}
 		t := time.NewTimer(max(wait, time.Millisecond))
 		select {
@@ -232,24 +217,6 @@ func (p *Pool) reserve(ctx context.Context, group string, tokens int64, deadline
 		}
 		t.Stop()
 	}
-}
-
-// errLookAgain bounds one wait for a lease so that yield is asked again.
-var errLookAgain = errors.New("look again")
-
-// betterPending reports whether a band more important than req's may hold
-// requests of req's group, as the wake-up hints tell.
-func (p *Pool) betterPending(req *messages.Request) bool {
-	gi, ok := p.groupIdx[req.Group]
-	if !ok {
-		return false
-	}
-	for b := 0; b < req.Band && b < len(p.pending); b++ {
-		if _, set := p.pending[b][gi].load(); set {
-			return true
-		}
-	}
-	return false
 }
 
 // abandon settles a request that could not be started: past its deadline,
