@@ -44,9 +44,13 @@ func (p *Pool) onWake(m *nats.Msg) {
 const hintLag = 50 * time.Millisecond
 
 // retryRecent keeps a pair marked after an empty fetch that may have raced
-// its hint, and sweeps again shortly.
+// its hint, and sweeps again shortly: once per hint. Under a steady flow
+// there is always a hint younger than hintLag, and most empty fetches only
+// mean that another slot took the message first; retrying each of them would
+// keep the slots fetching in a loop.
 func (p *Pool) retryRecent(band, gi int) {
-	if time.Since(time.Unix(0, p.hinted[band][gi].Load())) < hintLag {
+	h := p.hinted[band][gi].Load()
+	if time.Since(time.Unix(0, h)) < hintLag && p.retried[band][gi].Swap(h) != h {
 		p.pending[band][gi].mark()
 		time.AfterFunc(time.Millisecond, p.signal)
 	}
