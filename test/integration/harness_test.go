@@ -110,13 +110,20 @@ func upstreamModel(group string) string { return group + "-upstream" }
 // writeConfig writes cfg as YAML into a fresh temporary directory and returns its path.
 func writeConfig(t *testing.T, cfg configFile) string {
 	t.Helper()
+	return writeYAMLConfig(t, cfg)
+}
+
+// writeYAMLConfig writes any config shape (each test file has its own) as
+// YAML into a fresh temporary directory and returns its path.
+func writeYAMLConfig(tb testing.TB, cfg any) string {
+	tb.Helper()
 	data, err := yaml.Marshal(cfg)
 	if err != nil {
-		t.Fatalf("marshal config: %v", err)
+		tb.Fatalf("marshal config: %v", err)
 	}
-	path := filepath.Join(t.TempDir(), "config.yaml")
+	path := filepath.Join(tb.TempDir(), "config.yaml")
 	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatalf("write config: %v", err)
+		tb.Fatalf("write config: %v", err)
 	}
 	return path
 }

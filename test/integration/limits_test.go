@@ -16,8 +16,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -28,7 +26,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"gopkg.in/yaml.v3"
 
 	"github.com/llmq/llmq/internal/app"
 	"github.com/llmq/llmq/internal/fakeupstream"
@@ -95,15 +92,7 @@ func limWriteConfig(t *testing.T, cfg limConfig) string {
 	if cfg.LLMQ.LimitsPeriod == 0 {
 		cfg.LLMQ.LimitsPeriod = limPeriod.Seconds()
 	}
-	data, err := yaml.Marshal(cfg)
-	if err != nil {
-		t.Fatalf("marshal config: %v", err)
-	}
-	path := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatalf("write config: %v", err)
-	}
-	return path
+	return writeYAMLConfig(t, cfg)
 }
 
 // ---------------------------------------------------------------------------

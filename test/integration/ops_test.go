@@ -31,7 +31,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"gopkg.in/yaml.v3"
 
 	"github.com/llmq/llmq/internal/app"
 	"github.com/llmq/llmq/internal/config"
@@ -64,15 +63,7 @@ type opsConfig struct {
 
 func writeOpsConfig(t *testing.T, cfg opsConfig) string {
 	t.Helper()
-	data, err := yaml.Marshal(cfg)
-	if err != nil {
-		t.Fatalf("marshal config: %v", err)
-	}
-	path := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatalf("write config: %v", err)
-	}
-	return path
+	return writeYAMLConfig(t, cfg)
 }
 
 // runWorkerEnv runs app.RunWorker with env until the test ends.

@@ -32,7 +32,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"gopkg.in/yaml.v3"
 
 	"github.com/llmq/llmq/internal/app"
 	"github.com/llmq/llmq/internal/config"
@@ -90,15 +89,7 @@ type relConfig struct {
 // relWriteConfig writes cfg into a fresh temporary directory and returns its path.
 func relWriteConfig(t *testing.T, cfg relConfig) string {
 	t.Helper()
-	data, err := yaml.Marshal(cfg)
-	if err != nil {
-		t.Fatalf("marshal config: %v", err)
-	}
-	path := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatalf("write config: %v", err)
-	}
-	return path
+	return writeYAMLConfig(t, cfg)
 }
 
 // relOneGroup is a config with one deployment (id "<group>-0") of group on

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -21,7 +20,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
-	"gopkg.in/yaml.v3"
 
 	"github.com/llmq/llmq/internal/app"
 	"github.com/llmq/llmq/internal/config"
@@ -57,15 +55,7 @@ func newStreamFake(tb testing.TB, opts fakeupstream.Options) *fakeupstream.Serve
 // writeStreamConfig is writeConfig for tests and benchmarks alike.
 func writeStreamConfig(tb testing.TB, cfg configFile) string {
 	tb.Helper()
-	data, err := yaml.Marshal(cfg)
-	if err != nil {
-		tb.Fatalf("marshal config: %v", err)
-	}
-	path := filepath.Join(tb.TempDir(), "config.yaml")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		tb.Fatalf("write config: %v", err)
-	}
-	return path
+	return writeYAMLConfig(tb, cfg)
 }
 
 // sseStream reads server-sent events from an HTTP answer, one "data:"
