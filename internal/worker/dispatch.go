@@ -43,17 +43,45 @@ func (p *Pool) onWake(m *nats.Msg) {
 // and a no-wait fetch in between answers "no messages".
 const hintLag = 50 * time.Millisecond
 
-// retryRecent keeps a pair marked after an empty fetch that may have raced
-// its hint, and sweeps again shortly: once per hint. Under a steady flow
+// retryRecent looks at a pair again after an empty fetch that may have
+// raced its hint: twice per hint at most, 1 ms later (the usual lag) and
+// once the hint is hintLag old (a slow one). Retrying after every empty fetch
+// instead would, under a steady flow, keep idle slots fetching in a loop:
 // there is always a hint younger than hintLag, and most empty fetches only
-// mean that another slot took the message first; retrying each of them would
-// keep the slots fetching in a loop.
+// mean that another slot took the message first.
 func (p *Pool) retryRecent(band, gi int) {
 	h := p.hinted[band][gi].Load()
-	if time.Since(time.Unix(0, h)) < hintLag && p.retried[band][gi].Swap(h) != h {
-		p.pending[band][gi].mark()
-		time.AfterFunc(time.Millisecond, p.signal)
+	age := time.Since(time.Unix(0, h))
+	if age >= hintLag {
+		return
 	}
+	rs := &p.retries[band][gi]
+	rs.mu.Lock()
+	if rs.hint != h {
+		rs.hint, rs.n = h, 0
+	}
+	n := rs.n
+	rs.n++
+	rs.mu.Unlock()
+	delay := time.Millisecond
+	switch n {
+	case 0:
+	case 1:
+		delay = max(hintLag-age, time.Millisecond)
+	default:
+		return
+	}
+	time.AfterFunc(delay, func() {
+		p.pending[band][gi].mark()
+		p.signal()
+	})
+}
+
+// retryState counts the retries of empty fetches for one pair's latest hint.
+type retryState struct {
+	mu   sync.Mutex
+	hint int64 // unix nanos of the hint the retries are for
+	n    int
 }
 
 func (p *Pool) markAll() {

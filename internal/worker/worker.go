@@ -113,7 +113,7 @@ type Pool struct {
 	pullers  [][]*puller      // [band][group]
 	pending  [][]pendingFlag  // [band][group]: may have messages
 	hinted   [][]atomic.Int64 // [band][group]: unix nanos of the last wake-up hint
-	retried  [][]atomic.Int64 // [band][group]: the hint an empty fetch was last retried for
+	retries  [][]retryState   // [band][group]: retries of empty fetches for the latest hint
 	groupIdx map[string]int
 	limited  []*limitedGroup // per group: nil unless some deployment has a shared limiter
 	wake     chan struct{}
@@ -187,11 +187,11 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 	}
 	p.pending = make([][]pendingFlag, opts.Bands)
 	p.hinted = make([][]atomic.Int64, opts.Bands)
-	p.retried = make([][]atomic.Int64, opts.Bands)
+	p.retries = make([][]retryState, opts.Bands)
 	for b := range p.pending {
 		p.pending[b] = make([]pendingFlag, len(opts.Groups))
 		p.hinted[b] = make([]atomic.Int64, len(opts.Groups))
-		p.retried[b] = make([]atomic.Int64, len(opts.Groups))
+		p.retries[b] = make([]retryState, len(opts.Groups))
 	}
 	opts.Router.SetOnRelease(func(string) { p.signal() })
 	return p, nil
