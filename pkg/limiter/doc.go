@@ -13,12 +13,19 @@
 //     t needs TAT <= t and sets TAT = max(TAT, t - τ) + c(n), with
 //     c(n) = ceil(n*T/L) and a tolerance τ = T/60. This spreads admissions
 //     evenly at L per T; up to τ of idle time or waiter lateness is banked.
-//   - Window log. The units admitted in the last period, summed into buckets of
-//     width w = T/120 on a fixed time grid. A bucket counts at time x while
-//     its end is after x - T; U(x) is the sum of the counting buckets. A
-//     reservation of n units at t also needs U(t) + n <= L.
+//   - Window log. The units admitted in the last period and a margin M,
+//     summed into buckets of width w = T/120 on a fixed time grid. A bucket
+//     counts at time x while its end is after x - T - M; U(x) is the sum of
+//     the counting buckets. A reservation of n units at t also needs
+//     U(t) + n <= L.
 //
 // A reservation of n > L is refused for good (ErrTooLarge).
+//
+// The margin (Options.Margin, 250 ms by default) is for the provider, which
+// counts arrivals, not admissions: a call arrives a variable moment after its
+// admission. Below, T stands for T + M: no window of T + M holds more than L
+// admissions, so no window of T at the provider holds more than L arrivals as
+// long as the delay from admission to arrival varies by less than M.
 //
 // Guarantee: no half-open window [s, s+T) ever holds more than L admitted
 // units. Proof: let k be the last admission of the window in the order the

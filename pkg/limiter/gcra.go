@@ -51,6 +51,7 @@ func (s gcraState) equal(o gcraState) bool {
 type GCRA struct {
 	limit  int64
 	period int64 // ns
+	margin int64 // ns the log's window is wider than period (see Options.Margin)
 	st     gcraState
 }
 
@@ -146,8 +147,8 @@ func (g *GCRA) tolerance() int64 { return g.period / 60 }
 func (g *GCRA) start(t int64) int64 { return max(g.st.tat, t-g.tolerance()) }
 
 // expiry is the first time at which bucket b no longer counts: units in b count
-// at time x while the bucket's end is inside the window (x-period, x].
-func (g *GCRA) expiry(b bucket) int64 { return (b.idx+1)*g.st.width + g.period }
+// at time x while the bucket's end is inside the window (x-period-margin, x].
+func (g *GCRA) expiry(b bucket) int64 { return (b.idx+1)*g.st.width + g.period + g.margin }
 
 // usedAt returns the units of log buckets that still count at time x.
 func (g *GCRA) usedAt(x int64) int64 {

@@ -168,7 +168,7 @@ func (l *Limiter) check(now time.Time, lim Limits, tokens int64) error {
 // gcras returns the rpm and tpm GCRAs over st. They share st's logs: clone st
 // before reserving or settling on them.
 func (l *Limiter) gcras(lim Limits, st rateState) (rpm, tpm *GCRA) {
-	rpm, tpm = &GCRA{}, &GCRA{}
+	rpm, tpm = &GCRA{margin: int64(l.set.opts.Margin)}, &GCRA{margin: int64(l.set.opts.Margin)}
 	rpm.init(lim.RPM, l.set.opts.Period, st.rpm)
 	tpm.init(lim.TPM, l.set.opts.Period, st.tpm)
 	return rpm, tpm

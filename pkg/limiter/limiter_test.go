@@ -519,9 +519,10 @@ func TestTPMSettle(t *testing.T) {
 	if u := lb.Usage(t0.Add(3400 * ms)); u.Tokens != 340 {
 		t.Errorf("usage tokens = %d, want 340", u.Tokens)
 	}
-	// Window: 340 used, so 700 tokens wait until the first bucket leaves.
+	// Window: 340 used, so 700 tokens wait until the first bucket leaves: one
+	// period and the margin (the default, 250 ms) after it ends.
 	w := int64(opts.Period / windowBuckets)
-	first := time.Unix(0, (t0.UnixNano()/w+1)*w).Add(opts.Period)
+	first := time.Unix(0, (t0.UnixNano()/w+1)*w).Add(opts.Period + DefaultMargin)
 	expectUntil(lb, t0.Add(3400*ms), 700, first)
 	r = reserve(lb, t0.Add(3400*ms), 660)
 	if err := r.Cancel(ctx); err != nil {

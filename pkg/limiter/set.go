@@ -52,7 +52,18 @@ type Options struct {
 	// DefaultPeriod (one minute). Tests use short periods. Every process must
 	// use the same period.
 	Period time.Duration
+	// Margin widens the window the admission log enforces to Period+Margin.
+	// The limiter admits calls; a provider counts their arrivals, which come
+	// a variable moment later (fetch, pickup check, HTTP, a busy machine). No
+	// window of Period at the provider holds more than the limit as long as
+	// that delay varies by less than Margin. It costs Margin/(Period+Margin)
+	// of the rate under saturation (0.4 % for 250 ms of a minute). Zero means
+	// DefaultMargin, at most Period/10. Every process must use the same.
+	Margin time.Duration
 }
+
+// DefaultMargin is the Margin of a one-minute period.
+const DefaultMargin = 250 * time.Millisecond
 
 // Validate reports every problem of o, joined.
 func (o Options) Validate() error {
@@ -68,6 +79,9 @@ func (o Options) Validate() error {
 	}
 	if o.Period < 0 || (o.Period > 0 && o.Period < time.Millisecond) {
 		errs = append(errs, fmt.Errorf("%w: period %v shorter than 1ms", ErrInvalidOptions, o.Period))
+	}
+	if o.Margin < 0 {
+		errs = append(errs, fmt.Errorf("%w: negative margin %v", ErrInvalidOptions, o.Margin))
 	}
 	return errors.Join(errs...)
 }
@@ -85,6 +99,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Period == 0 {
 		o.Period = DefaultPeriod
+	}
+	if o.Margin == 0 {
+		o.Margin = min(DefaultMargin, o.Period/10)
 	}
 	return o
 }
