@@ -59,7 +59,10 @@ func (p *Pool) handle(ctx context.Context, m *pulled, lease *router.Lease) {
 	// has room for it first, takes it. Holding it here instead would let a
 	// process whose guess fits the room sooner serve the requests behind it.
 	tokens := limiter.EstimateTokens(req.Body, p.opts.DefaultCompletionTokens)
-	if gi, ok := p.groupIdx[req.Group]; ok && p.limited[gi] != nil {
+	if gi, ok := p.groupIdx[req.Group]; ok && p.limited[gi] != nil && !p.opts.Router.TooLarge(req.Group, tokens) {
+		// (A request no deployment can take is refused below; as a guess it
+		// would keep every later admission of the group waiting for room
+		// that never comes.)
 		p.limited[gi].sawTokens(tokens)
 	}
 	if err := lease.Reserve(ctx, tokens); err != nil {

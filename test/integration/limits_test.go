@@ -902,15 +902,16 @@ func TestLimitsSaturatedGroupDoesNotDelayFreeGroup(t *testing.T) {
 // TestLimitsRequestAboveTPMIsRefused: a request whose token estimate is above
 // the tpm of every deployment of its group can never be served: it gets 400
 // (param max_tokens) at once, not a wait until its queue deadline, and the
-// upstream never sees it. The group keeps serving requests that fit.
+// upstream never sees it. The worker process that refused it keeps serving
+// the group's requests that fit (one process, so no other can stand in).
 func TestLimitsRequestAboveTPMIsRefused(t *testing.T) {
 	fake := newFake(t)
 	p := limStartPool(t, limConfig{ModelList: []limDeployment{
 		limDeploy("lim-big", "lim-big-0", fake, limParams{TPM: 1000}),
-	}}, 2, 2)
+	}}, 1, 2)
 	r := mustPost(t, p.chatURL, "", chatBody("lim-big", "too big", `"max_tokens":5000`, `"timeout":20`))
 	checkError(t, r, http.StatusBadRequest, "max_tokens")
-	checkServed(t, mustPost(t, p.chatURL, "", chatBody("lim-big", "fits", `"max_tokens":50`)))
+	checkServed(t, mustPost(t, p.chatURL, "", chatBody("lim-big", "fits", `"max_tokens":50`, `"timeout":20`)))
 	if got := contents(fake); !slices.Equal(got, []string{"fits"}) {
 		t.Errorf("the upstream saw %q, want only the request that fits", got)
 	}
