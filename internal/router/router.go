@@ -128,7 +128,7 @@ func (r *Router) AcquireTokens(ctx context.Context, group string, tokens int64) 
 		for _, d := range r.groups[group] {
 			paced = paced || d.Limiter != nil
 		}
-		if d := r.pick(r.groups[group], tokens); d != nil {
+		if d := r.pick(r.groups[group], tokens, false); d != nil {
 			d.inFlight++
 			r.mu.Unlock()
 			return &Lease{r: r, d: d}, nil
@@ -382,17 +382,20 @@ func (r *Router) HasHeadroom(group string) bool {
 // headroom, without blocking. ok is false when none has, or when a held
 // request of the group waits for capacity (see Acquire).
 func (r *Router) TryAcquire(group string) (l *Lease, ok bool) {
-	return r.TryAcquireTokens(group, 0)
+	return r.TryAcquireTokens(group, 0, false)
 }
 
 // TryAcquireTokens is TryAcquire for a request of tokens (see AcquireTokens).
-func (r *Router) TryAcquireTokens(group string, tokens int64) (l *Lease, ok bool) {
+// With settle, a deployment of a better order that is full only for an
+// admission younger than AdmissionSettle keeps the worse orders out (see
+// AdmissionSettle); a caller that knows of a backlog passes false.
+func (r *Router) TryAcquireTokens(group string, tokens int64, settle bool) (l *Lease, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.waiters[group] > 0 {
 		return nil, false
 	}
-	d := r.pick(r.groups[group], tokens)
+	d := r.pick(r.groups[group], tokens, settle)
 	if d == nil {
 		return nil, false
 	}
@@ -429,23 +432,25 @@ func (d *Deployment) weight() float64 {
 }
 
 // AdmissionSettle is how long a deployment that just admitted a call and is
-// now at its limit keeps deployments of a worse order out of the choice.
-// Workers reserve before they fetch, so such an admission is often given
-// back a moment later (another process fetched the message): the preferred
-// deployment then has capacity again, and a request meanwhile sent to the
-// worse one would have broken litellm_params.order.
+// now at its limit keeps deployments of a worse order out of the choice, when
+// the caller asks for it (no known backlog). Workers reserve before they
+// fetch, so when several processes race for one message, an admission is
+// often given back a moment later: the preferred deployment then has
+// capacity again, and the message meanwhile sent to the worse one would have
+// broken litellm_params.order. With a backlog the admissions are real and
+// the overflow goes to the worse order at once.
 const AdmissionSettle = 50 * time.Millisecond
 
 // pick chooses among the deployments with headroom of the lowest order.
-// It chooses none while a deployment of a lower order is full only for an
-// admission younger than AdmissionSettle. The caller holds r.mu.
-func (r *Router) pick(ds []*Deployment, tokens int64) *Deployment {
+// With settle, it chooses none while a deployment of a lower order is full
+// only for an admission younger than AdmissionSettle. The caller holds r.mu.
+func (r *Router) pick(ds []*Deployment, tokens int64, settle bool) *Deployment {
 	var cands []*Deployment
 	best, settling := 0, 0
 	now := r.now()
 	for _, d := range ds {
 		if !d.available(now, tokens) {
-			if d.Limiter != nil && d.free() != 0 && !now.Before(d.coolUntil) && d.Limiter.AdmittedWithin(now, AdmissionSettle) &&
+			if settle && d.Limiter != nil && d.free() != 0 && !now.Before(d.coolUntil) && d.Limiter.AdmittedWithin(now, AdmissionSettle) &&
 				(settling == 0 || d.order() < settling) {
 				settling = d.order()
 			}

@@ -279,6 +279,9 @@ type limitedGroup struct {
 	// being overtaken while it waits for room; the excess is given back as
 	// soon as the message is read.
 	tokens atomic.Int64
+	// backlog is how many messages the consumer held after the group's last
+	// fetch in this process (0 after an empty one).
+	backlog atomic.Uint64
 }
 
 // sawTokens folds one request's token estimate into the guess.
@@ -310,7 +313,9 @@ func (p *Pool) admit(ctx context.Context, gi int) (lease *router.Lease, unlock f
 	// Asking the mirror for room for the guess (not just for a call) keeps a
 	// refusal it can already tell from taking a lease: releasing one wakes
 	// the other idle slots, which would refuse and wake each other in turn.
-	if lease, ok = p.opts.Router.TryAcquireTokens(group, guess); !ok {
+	// With no backlog known, several processes may be racing for one
+	// message: let an order-1 admission that may be given back settle first.
+	if lease, ok = p.opts.Router.TryAcquireTokens(group, guess, lg.backlog.Load() == 0); !ok {
 		lg.fetchMu.Unlock()
 		return nil, nil, false
 	}
@@ -327,12 +332,19 @@ func (p *Pool) admit(ctx context.Context, gi int) (lease *router.Lease, unlock f
 
 func (p *Pool) fetch(band, gi int) (*pulled, bool, error) {
 	m, err := p.pullers[band][gi].fetch()
+	lg := p.limited[gi]
 	if m == nil || err != nil {
+		if lg != nil && err == nil {
+			lg.backlog.Store(0)
+		}
 		return nil, false, err
 	}
 	pending, err := m.pending()
 	if err != nil {
 		return m, true, nil
+	}
+	if lg != nil {
+		lg.backlog.Store(pending)
 	}
 	p.opts.Metrics.QueueDepth(metrics.Band(band), p.opts.Groups[gi], pending)
 	return m, pending > 0, nil
