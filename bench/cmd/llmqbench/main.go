@@ -25,8 +25,13 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	run := run
-	if len(os.Args) > 1 && os.Args[1] == holdCommand {
-		run = hold
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case holdCommand:
+			run = hold
+		case natsNodeCommand:
+			run = natsNode
+		}
 	}
 	if err := run(ctx, os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "llmqbench:", err)
@@ -54,4 +59,12 @@ func hold(ctx context.Context, args []string) error {
 		return err
 	}
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// natsNodeCommand is the hidden subcommand that runs one node of the 3-node
+// NATS cluster the -r3 measurements use, as its own process.
+const natsNodeCommand = "nats-node"
+
+func natsNode(ctx context.Context, args []string) error {
+	return system.RunNode(ctx, args[1:], os.Stdin, os.Stderr)
 }

@@ -27,11 +27,14 @@ type Config struct {
 	UpstreamURL string
 	// QueueTimeout is router_settings.timeout, the queue deadline.
 	QueueTimeout time.Duration
+	// Replicas is llmq_settings.replicas, the JetStream replicas of the
+	// streams and consumers; 0 leaves it out (llmq's default, 1).
+	Replicas int
 }
 
 // WriteConfig writes a LiteLLM-shaped config with one model group, Group,
-// served by one deployment at c.UpstreamURL with no concurrency limit, into
-// dir and returns its path.
+// served by one deployment at c.UpstreamURL with no concurrency limit, and
+// c.Replicas, into dir and returns its path.
 func WriteConfig(dir string, c Config) (string, error) {
 	type params struct {
 		Model   string  `yaml:"model"`
@@ -47,6 +50,7 @@ func WriteConfig(dir string, c Config) (string, error) {
 	doc := struct {
 		ModelList      []deployment   `yaml:"model_list"`
 		RouterSettings map[string]any `yaml:"router_settings"`
+		LLMQSettings   map[string]any `yaml:"llmq_settings,omitempty"`
 	}{
 		ModelList: []deployment{{
 			ModelName: Group,
@@ -54,6 +58,9 @@ func WriteConfig(dir string, c Config) (string, error) {
 			ModelInfo: map[string]string{"id": "fake-upstream"},
 		}},
 		RouterSettings: map[string]any{"timeout": c.QueueTimeout.Seconds(), "num_retries": 0},
+	}
+	if c.Replicas > 0 {
+		doc.LLMQSettings = map[string]any{"replicas": c.Replicas}
 	}
 	data, err := yaml.Marshal(doc)
 	if err != nil {

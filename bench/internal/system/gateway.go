@@ -2,6 +2,7 @@ package system
 
 import (
 	"context"
+	"errors"
 	"io"
 	"time"
 
@@ -14,11 +15,15 @@ type ProcessOptions struct {
 	Config  string    // config file path
 	DataDir string    // JetStream store of an embedded server
 	LogOut  io.Writer // where the process logs (errors only)
+	// NATSURL is an external NATS server or cluster (comma-separated
+	// URLs); empty = the gateway embeds the NATS server.
+	NATSURL string
 }
 
 func (o ProcessOptions) env() config.Env {
 	return config.Env{
 		Config:             o.Config,
+		NATSURL:            o.NATSURL,
 		Listen:             "127.0.0.1:0",
 		DataDir:            o.DataDir,
 		EmbeddedNATSListen: "127.0.0.1:0",
@@ -40,10 +45,15 @@ type Gateway struct {
 	NATSURL string
 	g       *app.Gateway
 	stop    context.CancelFunc
+	worker  *Worker // the worker slots when NATS is external
 }
 
-// StartGateway starts app.StartGateway with an embedded NATS server (TCP
-// listener on a free loopback port) and workers in-process worker slots.
+// StartGateway starts app.StartGateway and workers worker slots in this
+// process. With o.NATSURL empty the gateway embeds the NATS server (TCP
+// listener on a free loopback port) and runs the slots itself
+// (EmbeddedWorkers); otherwise it connects to o.NATSURL, and the slots are an
+// app.RunWorker beside it with its own connection (the gateway runs workers
+// only with an embedded server).
 func StartGateway(ctx context.Context, o ProcessOptions, workers int) (*Gateway, error) {
 	env := o.env()
 	env.EmbeddedWorkers = workers
@@ -53,13 +63,22 @@ func StartGateway(ctx context.Context, o ProcessOptions, workers int) (*Gateway,
 		stop()
 		return nil, err
 	}
-	return &Gateway{URL: "http://" + g.Addr().String() + "/v1", NATSURL: g.NATSURL(), g: g, stop: stop}, nil
+	gw := &Gateway{URL: "http://" + g.Addr().String() + "/v1", NATSURL: g.NATSURL(), g: g, stop: stop}
+	if o.NATSURL != "" && workers > 0 {
+		gw.worker = StartWorker(ctx, o, o.NATSURL, workers)
+	}
+	return gw, nil
 }
 
-// Close shuts the gateway down and waits for it.
+// Close stops the worker slots of an external-NATS gateway, shuts the
+// gateway down and waits for both.
 func (g *Gateway) Close() error {
+	var err error
+	if g.worker != nil {
+		err = g.worker.Close()
+	}
 	g.stop()
-	return g.g.Wait()
+	return errors.Join(err, g.g.Wait())
 }
 
 // Worker is an llmq worker (app.RunWorker) running in this process with its
