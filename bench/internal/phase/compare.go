@@ -23,7 +23,14 @@ const (
 	Hop         = "hop"            // a plain Go HTTP forwarding hop in front of it
 	LLMQ        = "llmq"           // the gateway in this process: embedded NATS and workers
 	LLMQProcess = "llmq-processes" // gateway (embedded NATS) and worker as two processes
+	LLMQR3      = "llmq-r3"        // gateway and worker processes on a 3-node NATS cluster, replicas 3
 )
+
+// llmqSystems are the systems that are llmq, in the order they are measured.
+var llmqSystems = []string{LLMQ, LLMQProcess, LLMQR3}
+
+// IsLLMQ reports whether system is one of llmq's (it has a queue wait).
+func IsLLMQ(system string) bool { return slices.Contains(llmqSystems, system) }
 
 // CompareConfig configures a comparison of the systems under one load.
 type CompareConfig struct {
@@ -39,6 +46,9 @@ type CompareConfig struct {
 	Workers int
 	// Processes adds LLMQProcess (needs Env.BinDir).
 	Processes bool
+	// R3 adds LLMQR3 (needs Env.BinDir and Env.NodeCmd): the same two
+	// processes on a fresh 3-node NATS cluster (three more processes).
+	R3 bool
 	// CPUProfile, when set, is where a CPU profile of this process during
 	// the first run of LLMQ is written.
 	CPUProfile string
@@ -55,7 +65,7 @@ type Measure struct {
 	// SelfCPU is this process's CPU time during the attack.
 	SelfCPU time.Duration
 	// ProcCPU is that of each of the system's own processes, by name
-	// (LLMQProcess only).
+	// (LLMQProcess and LLMQR3 only).
 	ProcCPU map[string]time.Duration
 }
 
@@ -81,9 +91,11 @@ type Figures struct {
 	// CPUPerRequest is the system's own CPU time per request. For Direct
 	// it is the load generator's and the fake upstream's; for the
 	// in-process systems it is this process's CPU per request minus
-	// Direct's; for LLMQProcess it is the gateway's and worker's processes.
+	// Direct's; for the systems with processes of their own (LLMQProcess,
+	// LLMQR3) it is those processes': gateway, worker and NATS nodes.
 	CPUPerRequest time.Duration
-	// ProcCPUPerRequest splits CPUPerRequest by process (LLMQProcess only).
+	// ProcCPUPerRequest splits CPUPerRequest by process (the systems with
+	// processes of their own only).
 	ProcCPUPerRequest map[string]time.Duration
 }
 
@@ -93,9 +105,9 @@ type CompareResult struct {
 	Runs   [][]Measure
 	// Figures are the medians over the runs of each figure, in system order.
 	Figures []Figures
-	// Ratio is the median over runs of LLMQ's AddedP50 / Hop's AddedP50;
-	// RatioProcesses the same for LLMQProcess.
-	Ratio, RatioProcesses float64
+	// Ratios are, per llmq system measured, the median over runs of its
+	// AddedP50 / Hop's AddedP50.
+	Ratios map[string]float64
 }
 
 // Figure returns the figures of system, or false.
@@ -122,14 +134,25 @@ func Compare(ctx context.Context, env Env, name string, cfg CompareConfig) (_ *C
 	if cfg.Runs < 1 {
 		return nil, errors.New("runs must be at least 1")
 	}
+	if (cfg.Processes || cfg.R3) && env.BinDir == "" {
+		return nil, errors.New("the gateway and worker binaries were not built")
+	}
+	// closers stop what was started, last first, whatever happens.
+	var closers []func() error
+	defer func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			err = errors.Join(err, closers[i]())
+		}
+	}()
 	fake := fakeupstream.New(fakeupstream.Options{Latency: cfg.UpstreamLatency})
 	defer fake.Close()
 	hop, err := system.StartHop(fake.URL)
 	if err != nil {
 		return nil, err
 	}
-	defer func() { err = errors.Join(err, hop.Close()) }()
-	po, err := env.processOptions(name, system.Config{UpstreamURL: fake.URL, QueueTimeout: 5 * time.Minute})
+	closers = append(closers, hop.Close)
+	sysCfg := system.Config{UpstreamURL: fake.URL, QueueTimeout: 5 * time.Minute}
+	po, err := env.processOptions(name, sysCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +160,7 @@ func Compare(ctx context.Context, env Env, name string, cfg CompareConfig) (_ *C
 	if err != nil {
 		return nil, fmt.Errorf("start the gateway: %w", err)
 	}
-	defer func() { err = errors.Join(err, gw.Close()) }()
+	closers = append(closers, gw.Close)
 
 	conns := 1024
 	if cfg.Shape.Rate <= 0 {
@@ -148,16 +171,27 @@ func Compare(ctx context.Context, env Env, name string, cfg CompareConfig) (_ *C
 	}
 	suts := []sut{newSUT(Direct, fake.URL, nil), newSUT(Hop, hop.URL, nil), newSUT(LLMQ, gw.URL, nil)}
 	if cfg.Processes {
-		if env.BinDir == "" {
-			return nil, errors.New("the gateway and worker binaries were not built")
-		}
+		po := po
 		po.DataDir += "-processes"
 		ext, err := system.StartExternal(ctx, env.BinDir, po, cfg.Workers)
 		if err != nil {
 			return nil, fmt.Errorf("start the gateway and worker processes: %w", err)
 		}
-		defer func() { err = errors.Join(err, ext.Close()) }()
+		closers = append(closers, ext.Close)
 		suts = append(suts, newSUT(LLMQProcess, ext.URL, ext.Procs()))
+	}
+	if cfg.R3 {
+		po, nodes, closeNATS, err := env.natsFor(ctx, name, true, sysCfg)
+		if err != nil {
+			return nil, err
+		}
+		closers = append(closers, closeNATS)
+		ext, err := system.StartExternal(ctx, env.BinDir, po, cfg.Workers)
+		if err != nil {
+			return nil, fmt.Errorf("start the gateway and worker processes on the 3-node cluster: %w", err)
+		}
+		closers = append(closers, ext.Close)
+		suts = append(suts, newSUT(LLMQR3, ext.URL, append(ext.Procs(), nodes...)))
 	}
 	for _, s := range suts {
 		defer s.client.CloseIdleConnections()
@@ -193,7 +227,7 @@ func Compare(ctx context.Context, env Env, name string, cfg CompareConfig) (_ *C
 		}
 		res.Runs = append(res.Runs, ms)
 	}
-	res.Figures, res.Ratio, res.RatioProcesses = medians(res.Runs)
+	res.Figures, res.Ratios = medians(res.Runs)
 	return res, nil
 }
 
@@ -279,8 +313,9 @@ func procTimes(procs []system.Proc) (map[string]time.Duration, error) {
 	return out, nil
 }
 
-// derive computes one run's figures.
-func derive(run []Measure) (fs []Figures, ratio, ratioProcesses float64) {
+// derive computes one run's figures, and each llmq system's added p50 over
+// Hop's (none when Hop added nothing).
+func derive(run []Measure) (fs []Figures, ratios map[string]float64) {
 	perReq := func(d time.Duration, n int) time.Duration {
 		if n == 0 {
 			return 0
@@ -299,10 +334,10 @@ func derive(run []Measure) (fs []Figures, ratio, ratioProcesses float64) {
 		if m.Wall > 0 {
 			f.Throughput = float64(m.Summary.Count-m.Summary.Errors) / m.Wall.Seconds()
 		}
-		switch m.System {
-		case Direct:
+		switch {
+		case m.System == Direct:
 			f.CPUPerRequest = directCPU
-		case LLMQProcess:
+		case m.ProcCPU != nil: // its own processes
 			f.CPUPerRequest = perReq(m.procCPU(), m.Summary.Count)
 			f.ProcCPUPerRequest = make(map[string]time.Duration, len(m.ProcCPU))
 			for name, d := range m.ProcCPU {
@@ -323,29 +358,30 @@ func derive(run []Measure) (fs []Figures, ratio, ratioProcesses float64) {
 			hop = f
 		}
 	}
+	ratios = make(map[string]float64)
 	for _, f := range fs {
-		if hop.AddedP50 <= 0 {
-			break
-		}
-		switch f.System {
-		case LLMQ:
-			ratio = float64(f.AddedP50) / float64(hop.AddedP50)
-		case LLMQProcess:
-			ratioProcesses = float64(f.AddedP50) / float64(hop.AddedP50)
+		if hop.AddedP50 > 0 && IsLLMQ(f.System) {
+			ratios[f.System] = float64(f.AddedP50) / float64(hop.AddedP50)
 		}
 	}
-	return fs, ratio, ratioProcesses
+	return fs, ratios
 }
 
 // medians derives every run's figures and returns, per system, the median of
-// each figure over the runs.
-func medians(runs [][]Measure) ([]Figures, float64, float64) {
+// each figure over the runs, and the median of each ratio.
+func medians(runs [][]Measure) ([]Figures, map[string]float64) {
 	var per [][]Figures
-	var ratios, ratiosP []float64
+	ratioRuns := make(map[string][]float64)
 	for _, run := range runs {
-		fs, r, rp := derive(run)
+		fs, ratios := derive(run)
 		per = append(per, fs)
-		ratios, ratiosP = append(ratios, r), append(ratiosP, rp)
+		for sys, r := range ratios {
+			ratioRuns[sys] = append(ratioRuns[sys], r)
+		}
+	}
+	ratios := make(map[string]float64, len(ratioRuns))
+	for sys, rs := range ratioRuns {
+		ratios[sys] = stats.Median(rs)
 	}
 	out := make([]Figures, len(per[0]))
 	for i := range out {
@@ -389,5 +425,5 @@ func medians(runs [][]Measure) ([]Figures, float64, float64) {
 			CPUPerRequest: col(func(f Figures) time.Duration { return f.CPUPerRequest }),
 		}
 	}
-	return out, stats.Median(ratios), stats.Median(ratiosP)
+	return out, ratios
 }

@@ -20,13 +20,22 @@ type IdleConfig struct {
 	Duration       time.Duration
 	// Settle is the time allowed to start up before measuring.
 	Settle time.Duration
+	// R3 keeps the queue in a fresh 3-node NATS cluster (replicas 3)
+	// instead of the gateway's embedded server.
+	R3 bool
 }
 
 // IdleResult is the idle phase's outcome.
 type IdleResult struct {
 	Config IdleConfig
 	Wall   time.Duration
-	CPU    time.Duration // this process: gateway, NATS and workers
+	// CPU is the total: this process (gateway, workers and, unless R3, the
+	// NATS server) and, with R3, the cluster's nodes.
+	CPU time.Duration
+	// SelfCPU is this process's share; NodeCPU that of each cluster node,
+	// by name (R3 only).
+	SelfCPU time.Duration
+	NodeCPU map[string]time.Duration
 	// Percent is CPU / Wall in percent of one core.
 	Percent float64
 }
@@ -35,10 +44,12 @@ type IdleResult struct {
 func Idle(ctx context.Context, env Env, cfg IdleConfig) (_ *IdleResult, err error) {
 	fake := fakeupstream.New(fakeupstream.Options{})
 	defer fake.Close()
-	po, err := env.processOptions("idle", system.Config{UpstreamURL: fake.URL, QueueTimeout: 10 * time.Minute})
+	po, nodes, closeNATS, err := env.natsFor(ctx, "idle", cfg.R3, system.Config{UpstreamURL: fake.URL, QueueTimeout: 10 * time.Minute})
 	if err != nil {
 		return nil, err
 	}
+	defer func() { err = errors.Join(err, closeNATS()) }()
+	name := phaseName("idle", cfg.R3)
 	gw, err := system.StartGateway(ctx, po, 0)
 	if err != nil {
 		return nil, fmt.Errorf("start the gateway: %w", err)
@@ -55,8 +66,12 @@ func Idle(ctx context.Context, env Env, cfg IdleConfig) (_ *IdleResult, err erro
 	// runtime's background scavenging of garbage left by start-up (or by
 	// earlier phases) does not count as idle CPU.
 	debug.FreeOSMemory()
-	env.logf("idle: gateway and %d workers × %d slots, nothing queued, measuring %s", cfg.Workers, cfg.Slots, cfg.Duration)
-	cpu0, err := cputime.Self()
+	env.logf("%s: gateway and %d workers × %d slots, nothing queued, measuring %s", name, cfg.Workers, cfg.Slots, cfg.Duration)
+	self0, err := cputime.Self()
+	if err != nil {
+		return nil, err
+	}
+	nodes0, err := procTimes(nodes)
 	if err != nil {
 		return nil, err
 	}
@@ -64,12 +79,24 @@ func Idle(ctx context.Context, env Env, cfg IdleConfig) (_ *IdleResult, err erro
 	if err := sleep(ctx, cfg.Duration); err != nil {
 		return nil, err
 	}
-	cpu1, err := cputime.Self()
+	self1, err := cputime.Self()
 	if err != nil {
 		return nil, err
 	}
-	res := &IdleResult{Config: cfg, Wall: time.Since(start), CPU: cpu1 - cpu0}
+	nodes1, err := procTimes(nodes)
+	if err != nil {
+		return nil, err
+	}
+	res := &IdleResult{Config: cfg, Wall: time.Since(start), SelfCPU: self1 - self0}
+	res.CPU = res.SelfCPU
+	if cfg.R3 {
+		res.NodeCPU = make(map[string]time.Duration, len(nodes))
+		for name, t := range nodes1 {
+			res.NodeCPU[name] = t - nodes0[name]
+			res.CPU += res.NodeCPU[name]
+		}
+	}
 	res.Percent = 100 * res.CPU.Seconds() / res.Wall.Seconds()
-	env.logf("idle: %s CPU in %s = %.2f %% of one core", res.CPU, res.Wall.Round(time.Millisecond), res.Percent)
+	env.logf("%s: %s CPU in %s = %.2f %% of one core (this process %s)", name, res.CPU, res.Wall.Round(time.Millisecond), res.Percent, res.SelfCPU)
 	return res, nil
 }

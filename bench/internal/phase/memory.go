@@ -33,6 +33,9 @@ type MemoryConfig struct {
 	// with the queue full and after it drained: <prefix>-waiting.pprof and
 	// <prefix>-drained.pprof.
 	HeapProfile string
+	// R3 keeps the queue in a fresh 3-node NATS cluster (replicas 3): the
+	// NATS servers and the stored messages are then not in this process.
+	R3 bool
 }
 
 // MemoryResult is the memory phase's outcome. Heap figures are this
@@ -58,10 +61,12 @@ func Memory(ctx context.Context, env Env, cfg MemoryConfig) (_ *MemoryResult, er
 	}
 	fake := fakeupstream.New(fakeupstream.Options{})
 	defer fake.Close()
-	po, err := env.processOptions("memory", system.Config{UpstreamURL: fake.URL, QueueTimeout: 24 * time.Hour})
+	po, _, closeNATS, err := env.natsFor(ctx, "memory", cfg.R3, system.Config{UpstreamURL: fake.URL, QueueTimeout: 24 * time.Hour})
 	if err != nil {
 		return nil, err
 	}
+	defer func() { err = errors.Join(err, closeNATS()) }()
+	name := phaseName("memory", cfg.R3)
 	gw, err := system.StartGateway(ctx, po, 0)
 	if err != nil {
 		return nil, fmt.Errorf("start the gateway: %w", err)
@@ -79,7 +84,7 @@ func Memory(ctx context.Context, env Env, cfg MemoryConfig) (_ *MemoryResult, er
 	}
 	res.Idle = heapInuse()
 	goroutines0 := numGoroutine()
-	env.logf("memory: idle heap %.1f MB; sending %d requests that wait (no workers)", MB(int64(res.Idle)), cfg.Requests)
+	env.logf("%s: idle heap %.1f MB; sending %d requests that wait (no workers)", name, MB(int64(res.Idle)), cfg.Requests)
 
 	cctx, cancel := context.WithTimeout(ctx, 3*cfg.Timeout)
 	defer cancel()
@@ -109,7 +114,7 @@ func Memory(ctx context.Context, env Env, cfg MemoryConfig) (_ *MemoryResult, er
 	if err := writeHeapProfile(cfg.HeapProfile, "waiting"); err != nil {
 		return nil, err
 	}
-	env.logf("memory: %d waiting, heap %.1f MB; starting %d worker slots to drain", n, MB(int64(res.Full)), cfg.DrainSlots)
+	env.logf("%s: %d waiting, heap %.1f MB; starting %d worker slots to drain", name, n, MB(int64(res.Full)), cfg.DrainSlots)
 
 	start = time.Now()
 	w := system.StartWorker(ctx, po, gw.NATSURL, cfg.DrainSlots)
@@ -139,8 +144,8 @@ func Memory(ctx context.Context, env Env, cfg MemoryConfig) (_ *MemoryResult, er
 	if err := writeHeapProfile(cfg.HeapProfile, "drained"); err != nil {
 		return nil, err
 	}
-	env.logf("memory: drained in %s (%d ok, %d failed), heap %.1f MB",
-		res.DrainTime.Round(time.Millisecond), res.Hold.OK, res.Hold.Failed, MB(int64(res.Drained)))
+	env.logf("%s: drained in %s (%d ok, %d failed), heap %.1f MB",
+		name, res.DrainTime.Round(time.Millisecond), res.Hold.OK, res.Hold.Failed, MB(int64(res.Drained)))
 	return res, nil
 }
 

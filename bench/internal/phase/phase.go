@@ -3,7 +3,9 @@
 // HTTP hop and through llmq), priority (separation of two bands under
 // overload), memory (what waiting requests cost the gateway) and idle (what
 // idle workers cost). Each phase starts what it needs on 127.0.0.1, in a
-// directory of its own, and stops it before it returns.
+// directory of its own, and stops it before it returns. llmq keeps its queue
+// in the gateway's embedded NATS server, or, in the R3 variants, in a fresh
+// 3-node NATS cluster started for the phase (nats.go).
 package phase
 
 import (
@@ -34,6 +36,9 @@ type Env struct {
 	// requests to url, rate per second, each waiting for its answer, and
 	// prints a load.HoldResult as JSON when all are answered.
 	HoldCmd func(ctx context.Context, url string, n, rate int) *exec.Cmd
+	// NodeCmd runs one node of the 3-node NATS cluster of the R3
+	// measurements (system.StartCluster).
+	NodeCmd system.NodeCommand
 }
 
 func (e Env) logf(format string, args ...any) {

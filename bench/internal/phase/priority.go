@@ -33,6 +33,9 @@ type PriorityConfig struct {
 	Tolerance time.Duration
 	// Dump, when set, is a CSV file that receives one line per request.
 	Dump string
+	// R3 keeps the queue in a fresh 3-node NATS cluster (replicas 3); the
+	// worker slots are then an app.RunWorker beside the gateway.
+	R3 bool
 }
 
 // maxPriorityInFlight bounds the requests in flight of the priority phase:
@@ -72,10 +75,12 @@ func Priority(ctx context.Context, env Env, cfg PriorityConfig) (_ *PriorityResu
 	}
 	fake := fakeupstream.New(fakeupstream.Options{Latency: cfg.UpstreamLatency})
 	defer fake.Close()
-	po, err := env.processOptions("priority", system.Config{UpstreamURL: fake.URL, QueueTimeout: 10 * time.Minute})
+	po, _, closeNATS, err := env.natsFor(ctx, "priority", cfg.R3, system.Config{UpstreamURL: fake.URL, QueueTimeout: 10 * time.Minute})
 	if err != nil {
 		return nil, err
 	}
+	defer func() { err = errors.Join(err, closeNATS()) }()
+	name := phaseName("priority", cfg.R3)
 	gw, err := system.StartGateway(ctx, po, cfg.Slots)
 	if err != nil {
 		return nil, fmt.Errorf("start the gateway: %w", err)
@@ -96,8 +101,8 @@ func Priority(ctx context.Context, env Env, cfg PriorityConfig) (_ *PriorityResu
 		{Tag: "9", URL: system.ChatURL(gw.URL) + "?band=9", Body: system.ChatBody(9)},
 	}
 	res := &PriorityResult{Config: cfg, Capacity: float64(cfg.Slots) / cfg.UpstreamLatency.Seconds()}
-	env.logf("priority: %d slots, upstream %s (capacity %.0f req/s), offering %d req/s for %s, bands 0 and 9 half each",
-		cfg.Slots, cfg.UpstreamLatency, res.Capacity, cfg.Rate, cfg.Duration)
+	env.logf("%s: %d slots, upstream %s (capacity %.0f req/s), offering %d req/s for %s, bands 0 and 9 half each",
+		name, cfg.Slots, cfg.UpstreamLatency, res.Capacity, cfg.Rate, cfg.Duration)
 	actx, cancel := context.WithTimeout(ctx, cfg.Duration+cfg.Grace)
 	defer cancel()
 	// Band 9 is meant to pile up: every request may still be waiting at the
@@ -145,8 +150,8 @@ func Priority(ctx context.Context, env Env, cfg PriorityConfig) (_ *PriorityResu
 	if last.After(first) {
 		res.ServedRate = float64(served) / last.Sub(first).Seconds()
 	}
-	env.logf("priority: band 0 served %d/%d, queue p50=%s p99=%s; band 9 served %d/%d (%d still queued), queue p50=%s p99=%s; inversions %d",
-		res.High.Served, res.High.Sent, res.High.QueueP50, res.High.QueueP99,
+	env.logf("%s: band 0 served %d/%d, queue p50=%s p99=%s; band 9 served %d/%d (%d still queued), queue p50=%s p99=%s; inversions %d",
+		name, res.High.Served, res.High.Sent, res.High.QueueP50, res.High.QueueP99,
 		res.Low.Served, res.Low.Sent, res.Low.Unserved, res.Low.QueueP50, res.Low.QueueP99, res.Inversions)
 	return res, nil
 }

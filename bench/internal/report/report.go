@@ -26,6 +26,11 @@ type Results struct {
 	Priority              *phase.PriorityResult
 	Memory                *phase.MemoryResult
 	Idle                  *phase.IdleResult
+	// The runs of the phases with the 3-node NATS cluster (-r3); the
+	// latency and closed phases hold it as one more system.
+	PriorityR3 *phase.PriorityResult
+	MemoryR3   *phase.MemoryResult
+	IdleR3     *phase.IdleResult
 }
 
 // Write prints r as markdown.
@@ -48,14 +53,20 @@ func Write(w io.Writer, r Results) error {
 	if r.Closed != nil {
 		compare(&b, "Maximum throughput (closed loop)", r.Closed)
 	}
-	if r.Priority != nil {
-		priority(&b, r.Priority)
+	for _, p := range []*phase.PriorityResult{r.Priority, r.PriorityR3} {
+		if p != nil {
+			priority(&b, p)
+		}
 	}
-	if r.Memory != nil {
-		memory(&b, r.Memory)
+	for _, m := range []*phase.MemoryResult{r.Memory, r.MemoryR3} {
+		if m != nil {
+			memory(&b, m)
+		}
 	}
-	if r.Idle != nil {
-		idle(&b, r.Idle)
+	for _, i := range []*phase.IdleResult{r.Idle, r.IdleR3} {
+		if i != nil {
+			idle(&b, i)
+		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -84,112 +95,192 @@ func atLeast(v, target float64, unit string) string {
 
 func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
+// rowFunc writes one row of the targets table.
+type rowFunc func(figure, target, measured, verdict string)
+
 func targets(b *strings.Builder, r Results) {
 	fmt.Fprintf(b, "### Targets (issue 7)\n\n| figure | target | measured | verdict |\n|---|---|---|---|\n")
 	row := func(figure, target, measured, verdict string) {
 		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", figure, target, measured, verdict)
 	}
-	if l := r.Latency; l != nil {
-		shape := fmt.Sprintf("%d req/s, upstream %s", l.Config.Shape.Rate, l.Config.UpstreamLatency)
-		hop, _ := l.Figure(phase.Hop)
-		for _, sys := range []string{phase.LLMQ, phase.LLMQProcess} {
-			f, ok := l.Figure(sys)
-			if !ok {
-				continue
-			}
-			ratio := l.Ratio
-			if sys == phase.LLMQProcess {
-				ratio = l.RatioProcesses
-			}
-			row(fmt.Sprintf("added p50 vs direct, %s, %s", shape, sys), "≤ 1.0 ms", ms(f.AddedP50), atMost(msf(f.AddedP50), 1, "ms"))
-			row(fmt.Sprintf("added p99 vs direct, %s, %s", shape, sys), "≤ 5 ms", ms(f.AddedP99), atMost(msf(f.AddedP99), 5, "ms"))
-			row(fmt.Sprintf("added p50 ÷ hop's added p50 (%s), %s", ms(hop.AddedP50), sys), "≤ 2.5×", fmt.Sprintf("%.2f×", ratio), atMost(ratio, 2.5, "×"))
-		}
-		for _, sys := range []string{phase.LLMQProcess, phase.LLMQ} {
-			if f, ok := l.Figure(sys); ok {
-				how := "gateway+NATS and worker processes, /proc utime+stime"
-				if sys == phase.LLMQ {
-					how = "in-process, getrusage minus the direct run's share"
-				}
-				row(fmt.Sprintf("CPU per request at %d req/s (%s)", l.Config.Shape.Rate, how), "≤ 0.8 ms", ms(f.CPUPerRequest), atMost(msf(f.CPUPerRequest), 0.8, "ms"))
-			}
+	if r.Latency != nil {
+		latencyRows(row, r.Latency)
+	}
+	if r.Closed != nil {
+		closedRows(row, r.Closed)
+	}
+	for _, p := range []*phase.PriorityResult{r.Priority, r.PriorityR3} {
+		if p != nil {
+			priorityRows(row, p)
 		}
 	}
-	if c := r.Closed; c != nil {
-		for _, sys := range []string{phase.LLMQ, phase.LLMQProcess} {
-			if f, ok := c.Figure(sys); ok {
-				row(fmt.Sprintf("throughput, upstream %s, closed loop %d clients, %s", c.Config.UpstreamLatency, c.Config.Shape.Clients, sys),
-					"≥ 5,000 req/s", fmt.Sprintf("%.0f req/s", f.Throughput), atLeast(f.Throughput, 5000, "req/s"))
-			}
+	for _, m := range []*phase.MemoryResult{r.Memory, r.MemoryR3} {
+		if m != nil {
+			memoryRows(row, m)
 		}
 	}
-	if p := r.Priority; p != nil {
-		row(fmt.Sprintf("band 0 p99 queue wait, %d slots, upstream %s, %d req/s offered, %s", p.Config.Slots, p.Config.UpstreamLatency, p.Config.Rate, p.Config.Duration),
-			"≤ 120 ms", ms(p.High.QueueP99), atMost(msf(p.High.QueueP99), 120, "ms"))
-		verdict := "met"
-		if p.High.Unserved+p.High.Failed > 0 {
-			verdict = "**missed**: band 0 requests were left queued or failed"
+	for _, i := range []*phase.IdleResult{r.Idle, r.IdleR3} {
+		if i != nil {
+			idleRows(row, i)
 		}
-		row("band 9 takes the whole backlog", "band 0 all served",
-			fmt.Sprintf("band 0: %d/%d served, %d queued at the end; band 9: %d/%d served, %d queued at the end",
-				p.High.Served, p.High.Sent, p.High.Unserved, p.Low.Served, p.Low.Sent, p.Low.Unserved), verdict)
-		row("priority inversions", "0", fmt.Sprint(p.Inversions), atMost(float64(p.Inversions), 0, "inversions"))
 	}
-	if m := r.Memory; m != nil {
-		above := phase.MB(int64(m.Full) - int64(m.Idle))
-		after := phase.MB(int64(m.Drained) - int64(m.Idle))
-		row(fmt.Sprintf("%d requests waiting: heap above idle", m.Waiting), "≤ 150 MB (for 10,000)", fmt.Sprintf("%.1f MB", above),
-			atMost(above*10000/float64(max(m.Waiting, 1)), 150, "MB (scaled to 10,000)"))
-		returned := "—"
-		if above > 0 {
-			returned = fmt.Sprintf("%.1f MB (%.0f %% of the peak)", after, 100*after/above)
-		}
-		row("after the queue drained: heap above idle", "all returned (≤ 5 % of the peak)", returned, atMost(after, above/20, "MB"))
+	if !r.r3Measured() {
+		row("external 3-node NATS cluster (R3)", "same table", "not measured in this run (-r3=false)", "—")
 	}
-	if i := r.Idle; i != nil {
-		row(fmt.Sprintf("idle, %d slots over %d worker processes, %s", i.Config.Workers*i.Config.Slots, i.Config.Workers, i.Config.Duration),
-			"< 1 % of one core", fmt.Sprintf("%.3f %%", i.Percent), atMost(i.Percent, 1, "%"))
-	}
-	row("external 3-node NATS cluster (R3)", "same table", "not measured by this harness", "—")
 	b.WriteString("\n")
+}
+
+// r3Measured reports whether any figure with the 3-node cluster is in r.
+func (r Results) r3Measured() bool {
+	for _, c := range []*phase.CompareResult{r.Latency, r.Closed} {
+		if c != nil {
+			if _, ok := c.Figure(phase.LLMQR3); ok {
+				return true
+			}
+		}
+	}
+	return r.IdleR3 != nil || r.MemoryR3 != nil || r.PriorityR3 != nil
+}
+
+// r3Label is what the figures of a phase's R3 run add to their name.
+func r3Label(r3 bool) string {
+	if r3 {
+		return ", 3-node NATS cluster (R3)"
+	}
+	return ""
+}
+
+// cpuHow says how a system's CPU per request is counted.
+func cpuHow(system string) string {
+	switch system {
+	case phase.LLMQProcess:
+		return "gateway+NATS and worker processes, /proc utime+stime"
+	case phase.LLMQR3:
+		return "gateway, worker and 3 NATS processes, /proc utime+stime"
+	default:
+		return "in-process, getrusage minus the direct run's share"
+	}
+}
+
+func latencyRows(row rowFunc, l *phase.CompareResult) {
+	shape := fmt.Sprintf("%d req/s, upstream %s", l.Config.Shape.Rate, l.Config.UpstreamLatency)
+	hop, _ := l.Figure(phase.Hop)
+	for _, f := range l.Figures {
+		if !phase.IsLLMQ(f.System) {
+			continue
+		}
+		sys := f.System
+		row(fmt.Sprintf("added p50 vs direct, %s, %s", shape, sys), "≤ 1.0 ms", ms(f.AddedP50), atMost(msf(f.AddedP50), 1, "ms"))
+		row(fmt.Sprintf("added p99 vs direct, %s, %s", shape, sys), "≤ 5 ms", ms(f.AddedP99), atMost(msf(f.AddedP99), 5, "ms"))
+		if ratio, ok := l.Ratios[sys]; ok {
+			row(fmt.Sprintf("added p50 ÷ hop's added p50 (%s), %s", ms(hop.AddedP50), sys), "≤ 2.5×", fmt.Sprintf("%.2f×", ratio), atMost(ratio, 2.5, "×"))
+		} else {
+			row(fmt.Sprintf("added p50 ÷ hop's added p50 (%s), %s", ms(hop.AddedP50), sys), "≤ 2.5×", "— (the hop added nothing)", "—")
+		}
+	}
+	for _, f := range l.Figures {
+		if phase.IsLLMQ(f.System) {
+			row(fmt.Sprintf("CPU per request at %d req/s, %s (%s)", l.Config.Shape.Rate, f.System, cpuHow(f.System)),
+				"≤ 0.8 ms", ms(f.CPUPerRequest), atMost(msf(f.CPUPerRequest), 0.8, "ms"))
+		}
+	}
+}
+
+func closedRows(row rowFunc, c *phase.CompareResult) {
+	for _, f := range c.Figures {
+		if phase.IsLLMQ(f.System) {
+			row(fmt.Sprintf("throughput, upstream %s, closed loop %d clients, %s", c.Config.UpstreamLatency, c.Config.Shape.Clients, f.System),
+				"≥ 5,000 req/s", fmt.Sprintf("%.0f req/s", f.Throughput), atLeast(f.Throughput, 5000, "req/s"))
+		}
+	}
+}
+
+func priorityRows(row rowFunc, p *phase.PriorityResult) {
+	label := r3Label(p.Config.R3)
+	row(fmt.Sprintf("band 0 p99 queue wait, %d slots, upstream %s, %d req/s offered, %s%s", p.Config.Slots, p.Config.UpstreamLatency, p.Config.Rate, p.Config.Duration, label),
+		"≤ 120 ms", ms(p.High.QueueP99), atMost(msf(p.High.QueueP99), 120, "ms"))
+	verdict := "met"
+	if p.High.Unserved+p.High.Failed > 0 {
+		verdict = "**missed**: band 0 requests were left queued or failed"
+	}
+	row("band 9 takes the whole backlog"+label, "band 0 all served",
+		fmt.Sprintf("band 0: %d/%d served, %d queued at the end; band 9: %d/%d served, %d queued at the end",
+			p.High.Served, p.High.Sent, p.High.Unserved, p.Low.Served, p.Low.Sent, p.Low.Unserved), verdict)
+	row("priority inversions"+label, "0", fmt.Sprint(p.Inversions), atMost(float64(p.Inversions), 0, "inversions"))
+}
+
+func memoryRows(row rowFunc, m *phase.MemoryResult) {
+	label := r3Label(m.Config.R3)
+	if m.Config.R3 {
+		label += ", gateway only"
+	}
+	above := phase.MB(int64(m.Full) - int64(m.Idle))
+	after := phase.MB(int64(m.Drained) - int64(m.Idle))
+	row(fmt.Sprintf("%d requests waiting: heap above idle%s", m.Waiting, label), "≤ 150 MB (for 10,000)", fmt.Sprintf("%.1f MB", above),
+		atMost(above*10000/float64(max(m.Waiting, 1)), 150, "MB (scaled to 10,000)"))
+	returned := "—"
+	if above > 0 {
+		returned = fmt.Sprintf("%.1f MB (%.0f %% of the peak)", after, 100*after/above)
+	}
+	row("after the queue drained: heap above idle"+label, "all returned (≤ 5 % of the peak)", returned, atMost(after, above/20, "MB"))
+}
+
+func idleRows(row rowFunc, i *phase.IdleResult) {
+	row(fmt.Sprintf("idle, %d slots over %d worker processes, %s%s", i.Config.Workers*i.Config.Slots, i.Config.Workers, i.Config.Duration, r3Label(i.Config.R3)),
+		"< 1 % of one core", fmt.Sprintf("%.3f %%", i.Percent), atMost(i.Percent, 1, "%"))
 }
 
 func compare(b *strings.Builder, title string, c *phase.CompareResult) {
 	cfg := c.Config
-	fmt.Fprintf(b, "### %s\n\n%s, upstream latency %s, %d llmq worker slots, median of %d run(s).\n\n",
+	fmt.Fprintf(b, "### %s\n\n%s, upstream latency %s, %d llmq worker slots, median of %d run(s).",
 		title, cfg.Shape, cfg.UpstreamLatency, cfg.Workers, cfg.Runs)
-	fmt.Fprintf(b, "| system | requests | errors | throughput | p50 | p90 | p99 | added p50 | added p99 | queue wait p50 / p99 | CPU per request |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	if _, ok := c.Figure(phase.LLMQR3); ok {
+		fmt.Fprintf(b, " %s: the gateway and worker processes on a 3-node NATS cluster (three nats-server processes on 127.0.0.1, replicas 3).", phase.LLMQR3)
+	}
+	fmt.Fprintf(b, "\n\n| system | requests | errors | throughput | p50 | p90 | p99 | added p50 | added p99 | queue wait p50 / p99 | CPU per request |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, f := range c.Figures {
 		added50, added99, queue := "—", "—", "—"
 		if f.System != phase.Direct {
 			added50, added99 = ms(f.AddedP50), ms(f.AddedP99)
 		}
-		if f.System == phase.LLMQ || f.System == phase.LLMQProcess {
+		if phase.IsLLMQ(f.System) {
 			queue = fmt.Sprintf("%d / %d ms", f.QueueP50.Milliseconds(), f.QueueP99.Milliseconds())
 		}
 		fmt.Fprintf(b, "| %s | %d | %d | %.0f req/s | %s | %s | %s | %s | %s | %s | %s |\n",
 			f.System, f.Summary.Count, f.Summary.Errors, f.Throughput, ms(f.Summary.P50), ms(f.Summary.P90), ms(f.Summary.P99),
 			added50, added99, queue, ms(f.CPUPerRequest))
 	}
-	fmt.Fprintf(b, "\nllmq added p50 ÷ hop added p50: %.2f× (in-process)", c.Ratio)
-	if f, ok := c.Figure(phase.LLMQProcess); ok {
-		fmt.Fprintf(b, ", %.2f× (processes). CPU per request of %s by process:", c.RatioProcesses, phase.LLMQProcess)
-		names := slices.Sorted(maps.Keys(f.ProcCPUPerRequest))
-		for i, name := range names {
-			sep := ","
-			if i == 0 {
-				sep = ""
+	var ratios, parts []string
+	for _, f := range c.Figures {
+		if r, ok := c.Ratios[f.System]; ok {
+			ratios = append(ratios, fmt.Sprintf("%.2f× (%s)", r, f.System))
+		}
+		if len(f.ProcCPUPerRequest) > 0 {
+			var byProc []string
+			for _, name := range slices.Sorted(maps.Keys(f.ProcCPUPerRequest)) {
+				byProc = append(byProc, name+" "+ms(f.ProcCPUPerRequest[name]))
 			}
-			fmt.Fprintf(b, "%s %s %s", sep, name, ms(f.ProcCPUPerRequest[name]))
+			parts = append(parts, f.System+": "+strings.Join(byProc, ", "))
 		}
 	}
-	b.WriteString(". CPU per request of direct is the load generator's and fake upstream's.\n\n")
+	b.WriteString("\n")
+	if len(ratios) > 0 {
+		fmt.Fprintf(b, "llmq added p50 ÷ hop added p50: %s. ", strings.Join(ratios, ", "))
+	}
+	if len(parts) > 0 {
+		fmt.Fprintf(b, "CPU per request by process: %s. ", strings.Join(parts, "; "))
+	}
+	b.WriteString("CPU per request of direct is the load generator's and fake upstream's.\n\n")
 }
 
 func priority(b *strings.Builder, p *phase.PriorityResult) {
 	cfg := p.Config
-	fmt.Fprintf(b, "### Priority separation\n\n%d worker slots, upstream %s (capacity %.0f req/s), %d req/s offered for %s (%.1f req/s sent), half priority 0 (band 0), half priority 9 (band 9); answers awaited %s after the last request, then the rest cancelled. Served %.1f req/s.\n\n",
-		cfg.Slots, cfg.UpstreamLatency, p.Capacity, cfg.Rate, cfg.Duration, p.Offered, cfg.Grace, p.ServedRate)
+	where := "Gateway with embedded NATS and its worker slots in this process"
+	if cfg.R3 {
+		where = "Gateway in this process on a 3-node NATS cluster (three nats-server processes, replicas 3), its worker slots an app.RunWorker beside it"
+	}
+	fmt.Fprintf(b, "### Priority separation%s\n\n%s; %d worker slots, upstream %s (capacity %.0f req/s), %d req/s offered for %s (%.1f req/s sent), half priority 0 (band 0), half priority 9 (band 9); answers awaited %s after the last request, then the rest cancelled. Served %.1f req/s.\n\n",
+		r3Label(cfg.R3), where, cfg.Slots, cfg.UpstreamLatency, p.Capacity, cfg.Rate, cfg.Duration, p.Offered, cfg.Grace, p.ServedRate)
 	fmt.Fprintf(b, "| band | sent | served | still queued at the end | failed | queue wait p50 | p99 | max | latency p50 | p99 |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range []phase.Band{p.High, p.Low} {
 		fmt.Fprintf(b, "| %d | %d | %d | %d | %d | %s | %s | %s | %s | %s |\n", x.Band, x.Sent, x.Served, x.Unserved, x.Failed,
@@ -199,8 +290,12 @@ func priority(b *strings.Builder, p *phase.PriorityResult) {
 }
 
 func memory(b *strings.Builder, m *phase.MemoryResult) {
-	fmt.Fprintf(b, "### Memory of waiting requests\n\nGateway with embedded NATS and no workers, in this process; %d requests from a child process (%d answered, %d failed), queue filled in %s, drained by %d worker slots in %s. HeapInuse after GC:\n\n",
-		m.Hold.Sent, m.Hold.OK, m.Hold.Failed, m.FillTime.Round(time.Millisecond), m.Config.DrainSlots, m.DrainTime.Round(time.Millisecond))
+	where := "Gateway with embedded NATS and no workers, in this process"
+	if m.Config.R3 {
+		where = "Gateway with no workers, in this process, on a 3-node NATS cluster (replicas 3: the NATS servers and the stored requests are in three other processes, not in this heap)"
+	}
+	fmt.Fprintf(b, "### Memory of waiting requests%s\n\n%s; %d requests from a child process (%d answered, %d failed), queue filled in %s, drained by %d worker slots in %s. HeapInuse after GC:\n\n",
+		r3Label(m.Config.R3), where, m.Hold.Sent, m.Hold.OK, m.Hold.Failed, m.FillTime.Round(time.Millisecond), m.Config.DrainSlots, m.DrainTime.Round(time.Millisecond))
 	fmt.Fprintf(b, "| state | heap | above idle | per waiting request |\n|---|---|---|---|\n")
 	per := func(v uint64) string {
 		if m.Waiting == 0 {
@@ -215,6 +310,15 @@ func memory(b *strings.Builder, m *phase.MemoryResult) {
 }
 
 func idle(b *strings.Builder, i *phase.IdleResult) {
-	fmt.Fprintf(b, "### Idle\n\nGateway (embedded NATS, no workers of its own) and %d worker processes (app.RunWorker, own NATS connection each) × %d slots, nothing queued: %s CPU in %s = %.3f %% of one core.\n\n",
-		i.Config.Workers, i.Config.Slots, i.CPU.Round(time.Millisecond), i.Wall.Round(time.Millisecond), i.Percent)
+	gateway, counted := "Gateway (embedded NATS, no workers of its own)", ""
+	if i.Config.R3 {
+		gateway = "Gateway on a 3-node NATS cluster (three nats-server processes, replicas 3)"
+		var nodes []string
+		for _, name := range slices.Sorted(maps.Keys(i.NodeCPU)) {
+			nodes = append(nodes, name+" "+i.NodeCPU[name].Round(time.Millisecond).String())
+		}
+		counted = fmt.Sprintf(", counting this process (%s) and the NATS processes (%s)", i.SelfCPU.Round(time.Millisecond), strings.Join(nodes, ", "))
+	}
+	fmt.Fprintf(b, "### Idle%s\n\n%s and %d worker processes (app.RunWorker, own NATS connection each) × %d slots, nothing queued: %s CPU in %s = %.3f %% of one core%s.\n\n",
+		r3Label(i.Config.R3), gateway, i.Config.Workers, i.Config.Slots, i.CPU.Round(time.Millisecond), i.Wall.Round(time.Millisecond), i.Percent, counted)
 }

@@ -1,0 +1,44 @@
+package report
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmq/llmq/bench/internal/phase"
+)
+
+// TestR3Rows checks that the R3 figures get rows of their own beside the
+// embedded ones, and that a run without them says so.
+func TestR3Rows(t *testing.T) {
+	idle := &phase.IdleResult{Config: phase.IdleConfig{Workers: 2, Slots: 8, Duration: time.Minute}, Percent: 0.5}
+	idleR3 := &phase.IdleResult{Config: phase.IdleConfig{Workers: 2, Slots: 8, Duration: time.Minute, R3: true}, Percent: 2,
+		NodeCPU: map[string]time.Duration{"nats-1": time.Second}}
+
+	var without strings.Builder
+	if err := Write(&without, Results{Idle: idle}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(without.String(), "not measured in this run (-r3=false)") {
+		t.Errorf("a run without R3 does not say so:\n%s", without.String())
+	}
+
+	var with strings.Builder
+	if err := Write(&with, Results{Idle: idle, IdleR3: idleR3}); err != nil {
+		t.Fatal(err)
+	}
+	out := with.String()
+	for _, want := range []string{
+		"| idle, 16 slots over 2 worker processes, 1m0s | < 1 % of one core | 0.500 % | met |",
+		"| idle, 16 slots over 2 worker processes, 1m0s, 3-node NATS cluster (R3) | < 1 % of one core | 2.000 % | **missed**",
+		"### Idle, 3-node NATS cluster (R3)",
+		"nats-1 1s",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "not measured") {
+		t.Errorf("R3 measured but reported as not measured:\n%s", out)
+	}
+}
