@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -23,6 +24,7 @@ type options struct {
 	short     bool
 	phases    []string
 	processes bool
+	r3        bool
 	verbose   bool
 	timeout   time.Duration
 	latency   phase.CompareConfig
@@ -53,6 +55,7 @@ func parseOptions(args []string) (*options, error) {
 	fs.StringVar(&phases, "phases", strings.Join(allPhases, ","), "comma-separated phases to run: "+strings.Join(allPhases, ", "))
 	fs.BoolVar(&closedOnly, "closed", false, "run only the closed-loop (maximum throughput) phase; same as -phases closed")
 	fs.BoolVar(&o.processes, "processes", true, "latency and closed phases: also measure llmq as separate gateway and worker processes (go build)")
+	fs.BoolVar(&o.r3, "r3", true, "also measure llmq on a 3-node NATS cluster (replicas 3) on 127.0.0.1: system llmq-r3 in the latency and closed phases, and the idle, memory and priority phases once more")
 	fs.BoolVar(&o.verbose, "v", false, "show llmq's own log on stderr: errors of the in-process parts, warnings and errors of the processes")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Minute, "bound on the whole run")
 
@@ -122,12 +125,14 @@ func parseOptions(args []string) (*options, error) {
 	}
 	o.latency.Shape = load.Shape{Rate: rate, Duration: duration}
 	o.latency.Processes = o.processes
+	o.latency.R3 = o.r3
 
 	o.closed.Shape = load.Shape{Clients: clients, Duration: closedDuration}
 	o.closed.UpstreamLatency = 0 // maximum throughput: the upstream answers at once
 	o.closed.Warmup = o.latency.Warmup
 	o.closed.Workers = o.latency.Workers
 	o.closed.Processes = o.processes
+	o.closed.R3 = o.r3
 
 	o.priority.Tolerance = time.Millisecond
 	o.memory.Timeout = max(time.Minute, time.Duration(o.memory.Requests/max(o.memory.Rate, 1))*3*time.Second)
@@ -136,6 +141,34 @@ func parseOptions(args []string) (*options, error) {
 		o.idle.Settle = time.Second
 	}
 	return o, nil
+}
+
+// The configs of the R3 runs of the phases that run twice; files they write
+// get "-r3" in their names.
+
+func (o *options) idleR3() phase.IdleConfig {
+	c := o.idle
+	c.R3 = true
+	return c
+}
+
+func (o *options) memoryR3() phase.MemoryConfig {
+	c := o.memory
+	c.R3 = true
+	if c.HeapProfile != "" {
+		c.HeapProfile += "-r3"
+	}
+	return c
+}
+
+func (o *options) priorityR3() phase.PriorityConfig {
+	c := o.priority
+	c.R3 = true
+	if c.Dump != "" {
+		ext := filepath.Ext(c.Dump)
+		c.Dump = strings.TrimSuffix(c.Dump, ext) + "-r3" + ext
+	}
+	return c
 }
 
 // machine describes this machine in one line.

@@ -41,13 +41,16 @@ func run(ctx context.Context, args []string) (err error) {
 		HoldCmd: func(ctx context.Context, url string, n, rate int) *exec.Cmd {
 			return exec.CommandContext(ctx, exe, holdCommand, "-url", url, "-n", strconv.Itoa(n), "-rate", strconv.Itoa(rate))
 		},
+		NodeCmd: func(args []string) *exec.Cmd {
+			return exec.Command(exe, append([]string{natsNodeCommand}, args...)...)
+		},
 	}
 	if !o.verbose {
 		env.LogOut = io.Discard
 	}
-	if o.processes && (o.has("latency") || o.has("closed")) {
+	if (o.processes || o.r3) && (o.has("latency") || o.has("closed")) {
 		env.BinDir = filepath.Join(dir, "bin")
-		fmt.Fprintln(env.Progress, "building cmd/gateway and cmd/worker for the separate-process measurement")
+		fmt.Fprintln(env.Progress, "building cmd/gateway and cmd/worker for the separate-process measurements")
 		if err := system.Build(ctx, env.BinDir); err != nil {
 			return err
 		}
@@ -60,30 +63,31 @@ func run(ctx context.Context, args []string) (err error) {
 			err = errors.Join(err, werr)
 		}
 	}()
+	// The steps in order; the R3 run of a phase follows its embedded run.
+	steps := []struct {
+		name string
+		on   bool
+		run  func() error
+	}{
+		{"idle", o.has("idle"), func() (err error) { res.Idle, err = phase.Idle(ctx, env, o.idle); return err }},
+		{"idle (R3)", o.has("idle") && o.r3, func() (err error) { res.IdleR3, err = phase.Idle(ctx, env, o.idleR3()); return err }},
+		{"memory", o.has("memory"), func() (err error) { res.Memory, err = phase.Memory(ctx, env, o.memory); return err }},
+		{"memory (R3)", o.has("memory") && o.r3, func() (err error) { res.MemoryR3, err = phase.Memory(ctx, env, o.memoryR3()); return err }},
+		{"latency", o.has("latency"), func() (err error) { res.Latency, err = phase.Compare(ctx, env, "latency", o.latency); return err }},
+		{"closed", o.has("closed"), func() (err error) { res.Closed, err = phase.Compare(ctx, env, "closed", o.closed); return err }},
+		{"priority", o.has("priority"), func() (err error) { res.Priority, err = phase.Priority(ctx, env, o.priority); return err }},
+		{"priority (R3)", o.has("priority") && o.r3, func() (err error) {
+			res.PriorityR3, err = phase.Priority(ctx, env, o.priorityR3())
+			return err
+		}},
+	}
 	start := time.Now()
-	if o.has("idle") {
-		if res.Idle, err = phase.Idle(ctx, env, o.idle); err != nil {
-			return fmt.Errorf("idle phase: %w", err)
+	for _, s := range steps {
+		if !s.on {
+			continue
 		}
-	}
-	if o.has("memory") {
-		if res.Memory, err = phase.Memory(ctx, env, o.memory); err != nil {
-			return fmt.Errorf("memory phase: %w", err)
-		}
-	}
-	if o.has("latency") {
-		if res.Latency, err = phase.Compare(ctx, env, "latency", o.latency); err != nil {
-			return fmt.Errorf("latency phase: %w", err)
-		}
-	}
-	if o.has("closed") {
-		if res.Closed, err = phase.Compare(ctx, env, "closed", o.closed); err != nil {
-			return fmt.Errorf("closed phase: %w", err)
-		}
-	}
-	if o.has("priority") {
-		if res.Priority, err = phase.Priority(ctx, env, o.priority); err != nil {
-			return fmt.Errorf("priority phase: %w", err)
+		if err := s.run(); err != nil {
+			return fmt.Errorf("%s phase: %w", s.name, err)
 		}
 	}
 	fmt.Fprintf(env.Progress, "done in %s\n", time.Since(start).Round(time.Second))
