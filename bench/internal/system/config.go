@@ -1,8 +1,10 @@
 // Package system starts the systems under test on 127.0.0.1: the llmq
 // gateway in this process (app.StartGateway with its embedded NATS server and
-// workers) or as separate gateway and worker processes, in-process workers
-// (app.RunWorker), and a plain HTTP forwarding hop as the baseline. The fake
-// upstream is internal/fakeupstream, used as is.
+// workers, or connected to an external NATS) or as separate gateway and
+// worker processes, in-process workers (app.RunWorker), a 3-node NATS
+// JetStream cluster of three processes (StartCluster, RunNode), and a plain
+// HTTP forwarding hop as the baseline. The fake upstream is
+// internal/fakeupstream, used as is.
 //
 // Every Start function returns a value whose Close stops what it started and
 // waits for it, within a bounded time.
