@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -77,5 +78,21 @@ func TestCluster(t *testing.T) {
 	}
 	if len(c.Procs()) != 3 {
 		t.Fatalf("%d processes", len(c.Procs()))
+	}
+}
+
+// TestClusterNodeFails checks that StartCluster reports a node that exits
+// before it is ready (here: refused arguments), and stops the others.
+func TestClusterNodeFails(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	bad := func(args []string) *exec.Cmd { return testNode(append(args, "unexpected")) }
+	c, err := StartCluster(ctx, bad, t.TempDir(), t.Output())
+	if err == nil {
+		_ = c.Close()
+		t.Fatal("StartCluster with failing nodes succeeded")
+	}
+	if !strings.Contains(err.Error(), "exited before it was ready") {
+		t.Errorf("error %q does not say the node exited", err)
 	}
 }

@@ -19,7 +19,7 @@ func Build(ctx context.Context, dir string) error {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go build the gateway and worker (run llmqbench from inside the llmq module, or pass -processes=false): %w\n%s", err, out.Bytes())
+		return fmt.Errorf("go build the gateway and worker (run llmqbench from inside the llmq module, or pass -processes=false -r3=false): %w\n%s", err, out.Bytes())
 	}
 	return nil
 }
