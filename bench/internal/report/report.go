@@ -82,6 +82,9 @@ func atMost(v, target float64, unit string) string {
 	if v <= target {
 		return "met"
 	}
+	if target <= 0 {
+		return fmt.Sprintf("**missed** by %.3g %s", v-target, unit)
+	}
 	return fmt.Sprintf("**missed** by %.3g %s (%.2f×)", v-target, unit, v/target)
 }
 

@@ -42,3 +42,10 @@ func TestR3Rows(t *testing.T) {
 		t.Errorf("R3 measured but reported as not measured:\n%s", out)
 	}
 }
+
+// TestAtMostZero checks the verdict of a figure whose target is 0: no ratio.
+func TestAtMostZero(t *testing.T) {
+	if got, want := atMost(2, 0, "inversions"), "**missed** by 2 inversions"; got != want {
+		t.Errorf("atMost(2, 0) = %q, want %q", got, want)
+	}
+}
