@@ -3,8 +3,11 @@
 //
 // A worker slot acquires a [Lease] before it fetches a message, so it never
 // holds a request it cannot start; the lease is released when the call ends.
-// Releasing capacity calls the router's OnRelease hook, which wakes the
-// dispatcher so that waiting requests of the group go out at once.
+// A release that can let a refused admission through (the deployment was at
+// max_parallel_requests, it has shared limits, or a held request waits for
+// the group) calls the router's OnRelease hook, which wakes the dispatcher
+// so that waiting requests of the group go out at once. Other releases wake
+// nobody: nothing was refused for want of what they free.
 //
 // Strategies (router_settings.routing_strategy): "simple-shuffle" picks at
 // random, weighted by weight, else by rpm, else by tpm, else evenly;
@@ -84,7 +87,9 @@ type Router struct {
 }
 
 // New returns a router over deployments. onRelease, if not nil, is called
-// (without locks held) whenever a lease is released.
+// (without locks held) whenever capacity may have freed for a refused
+// admission: a release from a full or limited deployment or while a held
+// request waits, a cooldown's end, [Router.Wake].
 func New(strategy Strategy, deployments []Deployment, onRelease func(group string)) *Router {
 	r := &Router{groups: make(map[string][]*Deployment), byID: make(map[string]*Deployment), strategy: strategy, onRelease: onRelease,
 		rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), changed: make(chan struct{}), waiters: make(map[string]int), now: time.Now}
@@ -338,9 +343,18 @@ func (l *Lease) end(settle func(ctx context.Context)) {
 			cancel()
 		}
 		l.r.mu.Lock()
+		// Only a release that can change an admission wakes anyone: a
+		// deployment that was at max_parallel_requests, a shared limit, or
+		// a held request waiting for the group. Waking idle slots for every
+		// release of an unlimited deployment would have each of them sweep
+		// and fetch for nothing.
+		freed := l.res != nil || l.d.Limiter != nil || l.r.waiters[l.d.Group] > 0 ||
+			(l.d.MaxParallel > 0 && l.d.inFlight >= l.d.MaxParallel)
 		l.d.inFlight--
 		l.r.mu.Unlock()
-		l.r.notify(l.d.Group)
+		if freed {
+			l.r.notify(l.d.Group)
+		}
 	})
 }
 

@@ -157,12 +157,40 @@ func TestReleaseCallsHookOnce(t *testing.T) {
 
 func TestSetOnRelease(t *testing.T) {
 	var h hook
-	r := router.New(router.SimpleShuffle, []router.Deployment{{ID: "a", Group: "g"}}, nil)
+	r := router.New(router.SimpleShuffle, []router.Deployment{{ID: "a", Group: "g", MaxParallel: 1}}, nil)
 	r.SetOnRelease(h.fn)
 	acquire(t, r, "g").Release()
 	if n := h.count("g"); n != 1 {
 		t.Errorf("hook set with SetOnRelease called %d times, want 1", n)
 	}
+}
+
+// A release that cannot let a refused admission through (the deployment
+// has no limit and nobody waits) wakes nobody: waking the dispatcher for it
+// would have idle slots sweep and fetch for nothing.
+func TestReleaseWithoutLimitWakesNobody(t *testing.T) {
+	var h hook
+	r := router.New(router.SimpleShuffle, []router.Deployment{{ID: "a", Group: "g"}, {ID: "b", Group: "g", MaxParallel: 2}}, h.fn)
+	for range 4 {
+		acquire(t, r, "g").Release()
+	}
+	// b below its limit: releasing frees nothing anyone was refused.
+	l1 := acquire(t, r, "g")
+	l1.Release()
+	if n := h.count("g"); n != 0 {
+		t.Errorf("hook called %d times for releases below every limit, want 0", n)
+	}
+	// A held request waiting for the group is woken by any release.
+	l2 := acquire(t, r, "g")
+	done := r.Waiting("g")
+	if n := h.count("g"); n != 0 {
+		t.Fatalf("hook called %d times by Waiting, want 0", n)
+	}
+	l2.Release()
+	if n := h.count("g"); n != 1 {
+		t.Errorf("hook called %d times for a release while a request waits, want 1", n)
+	}
+	done()
 }
 
 func TestOrder(t *testing.T) {

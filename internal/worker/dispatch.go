@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,62 +33,176 @@ func (p *Pool) onWake(m *nats.Msg) {
 	if !ok {
 		return
 	}
-	p.hinted[band][gi].Store(time.Now().UnixNano())
-	p.pending[band][gi].mark()
+	pr := &p.pairs[band][gi]
+	pr.hinted.Store(time.Now().UnixNano())
+	// The stream's own hint names the stored message's sequence; a hint a
+	// worker publishes for a request it hands back names none.
+	if seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64); err == nil {
+		maxStore(&pr.hintSeq, seq)
+		pr.hints.Add(1)
+		pr.flag.mark()
+	} else {
+		pr.markBlind()
+	}
 	p.signal()
 }
 
-// hintLag is how long after a wake-up hint an empty fetch is not believed:
-// JetStream publishes the hint when it stores the message, but the consumer
-// counts the message as pending a moment later (another server goroutine),
-// and a no-wait fetch in between answers "no messages".
-const hintLag = 50 * time.Millisecond
+// pair is what a pool knows about the messages of one band and group.
+type pair struct {
+	flag pendingFlag
+	// hinted is when the last wake-up hint arrived (unix nanos).
+	hinted atomic.Int64
+	// hintSeq is the highest stream sequence a hint named; fetchedSeq the
+	// highest a fetch of this pool returned. The consumer delivers in stream
+	// order, so hintSeq <= fetchedSeq means every hinted message was
+	// delivered here.
+	hintSeq, fetchedSeq atomic.Uint64
+	// left is the consumer's remaining count after the last fetch that
+	// answered (0 after an empty one).
+	left atomic.Uint64
+	// blind counts marks that no sequence explains (start, the safety-net
+	// poll, a request handed back) since the last fetch that answered.
+	blind atomic.Uint64
+	// hints counts the hints that named a sequence, taken the messages
+	// fetched here on their first delivery (never more than hints), and
+	// fetching the fetches in flight: hints - taken is how many hinted
+	// messages this pool has not fetched (an overcount when other
+	// processes take some).
+	hints, taken atomic.Uint64
+	fetching     atomic.Int64
+	retry        retryState
+}
+
+// startFetch counts a fetch in flight, unless the fetches already in flight
+// are enough for every message the pool knows of (those the last answer
+// said were left, and those hinted but not fetched here): another would
+// find nothing, or only what a fetch in flight will report with its
+// remaining count (which wakes a slot). Call endFetch after a started fetch
+// answers.
+func (pr *pair) startFetch() bool {
+	for {
+		f := pr.fetching.Load()
+		if f > 0 && pr.blind.Load() == 0 &&
+			uint64(f) >= max(pr.left.Load(), pr.hints.Load()-pr.taken.Load()) {
+			return false
+		}
+		if pr.fetching.CompareAndSwap(f, f+1) {
+			return true
+		}
+	}
+}
+
+func (pr *pair) endFetch() { pr.fetching.Add(-1) }
+
+// tookFirst counts a first delivery fetched here, up to the hints.
+func (pr *pair) tookFirst() {
+	for {
+		t := pr.taken.Load()
+		if t >= pr.hints.Load() || pr.taken.CompareAndSwap(t, t+1) {
+			return
+		}
+	}
+}
+
+// markBlind marks the pair for a reason the sequences cannot account for:
+// the next sweep fetches whatever the sequences say.
+func (pr *pair) markBlind() {
+	pr.blind.Add(1)
+	pr.flag.mark()
+}
+
+// explained reports that a fetch would find nothing this pool does not
+// know of: every hinted message was fetched here, the last fetch left none
+// behind, and no blind mark came since.
+func (pr *pair) explained() bool {
+	return pr.blind.Load() == 0 && pr.left.Load() == 0 && pr.hintSeq.Load() <= pr.fetchedSeq.Load()
+}
+
+// maxStore raises v to n if n is larger.
+func maxStore(v *atomic.Uint64, n uint64) {
+	for {
+		old := v.Load()
+		if n <= old || v.CompareAndSwap(old, n) {
+			return
+		}
+	}
+}
+
+// retryAt are the ages of a wake-up hint at which an empty fetch that the
+// sequences do not explain is tried again. JetStream publishes the hint when
+// the stream stores the message, but the consumer counts the message as
+// pending a moment later (another server goroutine; in a cluster, possibly
+// another server that applies the replicated message later), and a no-wait
+// fetch in between answers "no messages". The lag is usually well under a
+// millisecond; under load or with replicas it can be much longer, hence the
+// growing steps. After the last, the safety-net poll is left.
+var retryAt = [...]time.Duration{
+	time.Millisecond, 4 * time.Millisecond, 16 * time.Millisecond,
+	64 * time.Millisecond, 256 * time.Millisecond, time.Second,
+}
 
 // retryRecent looks at a pair again after an empty fetch that may have
-// raced its hint: twice per hint at most, 1 ms later (the usual lag) and
-// once the hint is hintLag old (a slow one). Retrying after every empty fetch
-// instead would, under a steady flow, keep idle slots fetching in a loop:
-// there is always a hint younger than hintLag, and most empty fetches only
-// mean that another slot took the message first.
+// raced its hint, at the next of the retryAt ages of the latest hint, with
+// one timer per pair. An empty fetch that the sequences explain (see
+// pair.explained) raced nothing but another slot, and is not retried: under
+// a steady flow most empty fetches are of that kind, and retrying each
+// would keep idle slots fetching in a loop. In a pool whose messages other
+// processes also take, an empty fetch is explained only once this pool
+// fetches a later message; until then each hint costs at most
+// len(retryAt) empty fetches.
 func (p *Pool) retryRecent(band, gi int) {
-	h := p.hinted[band][gi].Load()
-	age := time.Since(time.Unix(0, h))
-	if age >= hintLag {
+	pr := &p.pairs[band][gi]
+	if pr.explained() {
 		return
 	}
-	rs := &p.retries[band][gi]
+	h := pr.hinted.Load()
+	age := time.Since(time.Unix(0, h))
+	rs := &pr.retry
 	rs.mu.Lock()
+	defer rs.mu.Unlock()
 	if rs.hint != h {
 		rs.hint, rs.n = h, 0
 	}
-	n := rs.n
-	rs.n++
-	rs.mu.Unlock()
-	delay := time.Millisecond
-	switch n {
-	case 0:
-	case 1:
-		delay = max(hintLag-age, time.Millisecond)
-	default:
+	for rs.n < len(retryAt) && retryAt[rs.n] <= age {
+		rs.n++
+	}
+	if rs.n == len(retryAt) {
 		return
 	}
-	time.AfterFunc(delay, func() {
-		p.pending[band][gi].mark()
-		p.signal()
-	})
+	at := time.Unix(0, h).Add(retryAt[rs.n])
+	rs.n++
+	if rs.timer != nil && !rs.at.IsZero() && !at.Before(rs.at) {
+		return // an earlier retry is already set
+	}
+	rs.at = at
+	if rs.timer == nil {
+		rs.timer = time.AfterFunc(time.Until(at), func() {
+			rs.mu.Lock()
+			rs.at = time.Time{}
+			rs.mu.Unlock()
+			if !pr.explained() {
+				pr.flag.mark()
+				p.signal()
+			}
+		})
+		return
+	}
+	rs.timer.Reset(time.Until(at))
 }
 
-// retryState counts the retries of empty fetches for one pair's latest hint.
+// retryState is the retry schedule of one pair's latest hint.
 type retryState struct {
-	mu   sync.Mutex
-	hint int64 // unix nanos of the hint the retries are for
-	n    int
+	mu    sync.Mutex
+	hint  int64 // unix nanos of the hint the schedule is for
+	n     int   // the next step of retryAt
+	timer *time.Timer
+	at    time.Time // when the timer fires; zero when it is not set
 }
 
 func (p *Pool) markAll() {
-	for b := range p.pending {
-		for gi := range p.pending[b] {
-			p.pending[b][gi].mark()
+	for b := range p.pairs {
+		for gi := range p.pairs[b] {
+			p.pairs[b][gi].markBlind()
 		}
 	}
 	for range p.opts.Slots {
@@ -126,7 +241,7 @@ func (p *Pool) poll(ctx context.Context) {
 			case n == 0:
 			case err == nil && ok && band < p.opts.Bands:
 				depth[band][gi] = n
-				p.pending[band][gi].mark()
+				p.pairs[band][gi].markBlind()
 				found = true
 			default:
 				strays = append(strays, subj)
@@ -226,13 +341,29 @@ func (p *Pool) sweep(ctx context.Context) (m *pulled, lease *router.Lease, paced
 	for band := range p.opts.Bands {
 		for i := range n {
 			gi := (start + i) % n
-			flag := &p.pending[band][gi]
+			pr := &p.pairs[band][gi]
+			flag := &pr.flag
 			seen, ok := flag.load()
 			if !ok || (refused != nil && refused[gi]) {
 				continue
 			}
+			if pr.explained() {
+				// Marked by a hint for a message another slot of this
+				// pool has fetched meanwhile: nothing to fetch.
+				pr.taken.Store(pr.hints.Load())
+				flag.clearIf(seen)
+				continue
+			}
+			if !pr.startFetch() {
+				// Other slots are fetching every message hinted so far;
+				// their answers wake a slot if more are left. The flag
+				// stays for them.
+				continue
+			}
+			blind := pr.blind.Load()
 			lease, unlock, ok := p.admit(ctx, gi)
 			if !ok {
+				pr.endFetch()
 				paced = paced || p.limited[gi] != nil
 				if refused == nil {
 					refused = make([]bool, n)
@@ -246,6 +377,9 @@ func (p *Pool) sweep(ctx context.Context) (m *pulled, lease *router.Lease, paced
 			// in since it was read.
 			m, more, err := p.fetch(band, gi)
 			unlock()
+			if err == nil {
+				pr.blind.CompareAndSwap(blind, 0)
+			}
 			if err != nil && ctx.Err() == nil {
 				p.log.Warn("fetch failed", "band", band, "group", p.opts.Groups[gi], "error", err)
 			}
@@ -330,24 +464,36 @@ func (p *Pool) admit(ctx context.Context, gi int) (lease *router.Lease, unlock f
 	return lease, lg.fetchMu.Unlock, true
 }
 
+// fetch takes the next message of a pair whose startFetch returned true.
 func (p *Pool) fetch(band, gi int) (*pulled, bool, error) {
+	pr := &p.pairs[band][gi]
 	m, err := p.pullers[band][gi].fetch()
+	pr.endFetch()
 	lg := p.limited[gi]
+	if m == nil && err == nil {
+		pr.left.Store(0)
+	}
 	if m == nil || err != nil {
 		if lg != nil && err == nil {
 			lg.backlog.Store(0)
 		}
 		return nil, false, err
 	}
-	pending, err := m.pending()
+	md, err := m.msg.Metadata()
 	if err != nil {
+		pr.markBlind() // the remaining count is unknown
 		return m, true, nil
 	}
-	if lg != nil {
-		lg.backlog.Store(pending)
+	maxStore(&pr.fetchedSeq, md.Sequence.Stream)
+	if md.NumDelivered == 1 {
+		pr.tookFirst()
 	}
-	p.opts.Metrics.QueueDepth(metrics.Band(band), p.opts.Groups[gi], pending)
-	return m, pending > 0, nil
+	pr.left.Store(md.NumPending)
+	if lg != nil {
+		lg.backlog.Store(md.NumPending)
+	}
+	p.opts.Metrics.QueueDepth(metrics.Band(band), p.opts.Groups[gi], md.NumPending)
+	return m, md.NumPending > 0, nil
 }
 
 // maxStraysPerPoll bounds the work one poll spends on stray messages.

@@ -133,13 +133,3 @@ func (m *pulled) InProgress() error { return m.ack(ackProgress) }
 func (m *pulled) TermWithReason(reason string) error {
 	return m.ack(append([]byte("+TERM "), reason...))
 }
-
-// pending returns how many messages the consumer still held after this one
-// was delivered, from the ack subject.
-func (m *pulled) pending() (uint64, error) {
-	md, err := m.msg.Metadata()
-	if err != nil {
-		return 0, err
-	}
-	return md.NumPending, nil
-}
