@@ -135,10 +135,13 @@ func maxStore(v *atomic.Uint64, n uint64) {
 // another server that applies the replicated message later), and a no-wait
 // fetch in between answers "no messages". The lag is usually well under a
 // millisecond; under load or with replicas it can be much longer, hence the
-// growing steps. After the last, the safety-net poll is left.
+// doubling steps: a message that shows up after a lag L is fetched by 2L.
+// After the last, the safety-net poll is left.
 var retryAt = [...]time.Duration{
-	time.Millisecond, 4 * time.Millisecond, 16 * time.Millisecond,
-	64 * time.Millisecond, 256 * time.Millisecond, time.Second,
+	1 * time.Millisecond, 2 * time.Millisecond, 4 * time.Millisecond,
+	8 * time.Millisecond, 16 * time.Millisecond, 32 * time.Millisecond,
+	64 * time.Millisecond, 128 * time.Millisecond, 256 * time.Millisecond,
+	512 * time.Millisecond, 1024 * time.Millisecond,
 }
 
 // retryRecent looks at a pair again after an empty fetch that may have
