@@ -48,8 +48,7 @@ func (p *Pool) handle(ctx context.Context, m *pulled, lease *router.Lease) {
 		return
 	}
 	control := p.control + "." + req.ID
-	stop := p.keepAlive(m, req.ReplyTo, control)
-	defer func() { stop() }()
+	stop := p.keepAlive(m, req.ReplyTo, control) // start owns it
 
 	// Complete the global reservation: the sweep reserved a guess (recent
 	// request sizes) before the fetch; it is resized to this request's
@@ -70,21 +69,27 @@ func (p *Pool) handle(ctx context.Context, m *pulled, lease *router.Lease) {
 		lease = nil
 		if errors.Is(err, limiter.ErrLimited) {
 			log.Debug("no room yet for the request's tokens; it goes back to the head of its band", "tokens", tokens)
+			stop()
 			p.nakAndHint(m, req)
 			return
 		}
 		// ErrTooLarge, or the limiter is unavailable: start says so or waits.
 	}
-	p.start(ctx, log, m, req, lease, tokens, control)
+	p.start(ctx, log, m, req, lease, tokens, control, stop)
 	lease = nil // start owns it
 }
 
 // start serves req under lease, or, when lease is nil, under a lease it
-// waits for (until the queue deadline), and settles m.
-func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *messages.Request, lease *router.Lease, tokens int64, control string) {
+// waits for (until the queue deadline), and settles m. It calls stop (which
+// ends m's keep-alive) once m is settled.
+func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *messages.Request, lease *router.Lease, tokens int64, control string, stop func()) {
+	keep := true // stop is called on return unless the answer's delivery took it over
 	defer func() {
 		if lease != nil {
 			lease.Release()
+		}
+		if keep {
+			stop()
 		}
 	}()
 	if lease == nil {
@@ -152,25 +157,32 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 		rep.Outcome, rep.Status = messages.OutcomeServed, 200
 		log.Debug("served", "duration", time.Since(started), "prompt_tokens", usage.PromptTokens, "completion_tokens", usage.CompletionTokens)
 	}
-	switch p.deliver(req.ReplyTo, rep) {
-	case replyUnconfirmed:
-		log.Warn("the caller did not confirm the answer; the request goes back to the queue")
-		p.nakAndHint(m, req)
-		return
-	case replyNobody:
-		log.Info("the caller is gone; dropping the answer")
-		_ = m.Ack()
-		return
-	}
-	if err != nil {
-		// Failed for good (after the policy's retries and fallbacks): keep a
-		// copy with the reason; the caller already has the error.
-		p.deadLetter(m, "failed", rep.Outcome.String()+": "+string(rep.Body))
-		return
-	}
-	if err := m.Ack(); err != nil {
-		log.Warn("ack failed", "error", err)
-	}
+	// The slot is free once the answer is out; the caller's confirmation
+	// settles the message.
+	keep = false
+	failed := err != nil
+	p.deliver(req.ReplyTo, rep, func(o replyOutcome) {
+		defer stop()
+		switch o {
+		case replyUnconfirmed:
+			log.Warn("the caller did not confirm the answer; the request goes back to the queue")
+			p.nakAndHint(m, req)
+			return
+		case replyNobody:
+			log.Info("the caller is gone; dropping the answer")
+			_ = m.Ack()
+			return
+		}
+		if failed {
+			// Failed for good (after the policy's retries and fallbacks):
+			// keep a copy with the reason; the caller already has the error.
+			p.deadLetter(m, "failed", rep.Outcome.String()+": "+string(rep.Body))
+			return
+		}
+		if err := m.Ack(); err != nil {
+			log.Warn("ack failed", "error", err)
+		}
+	})
 }
 
 // deadLetter copies m with reason to the dead-letter stream and terminates
@@ -246,34 +258,6 @@ func (p *Pool) pickup(req *messages.Request, control, deployment string) pickupA
 		default:
 			return pickupUnsure
 		}
-	}
-}
-
-// replyOutcome is what became of a final answer.
-type replyOutcome int
-
-const (
-	replyConfirmed   replyOutcome = iota // the caller has it
-	replyNobody                          // nobody listens on the caller's inbox any more
-	replyUnconfirmed                     // unknown: the request must be served again
-)
-
-// deliver sends the final answer as a request that the caller confirms, so
-// an answer sent while the caller's gateway is briefly disconnected from
-// NATS is sent again rather than lost.
-func (p *Pool) deliver(inbox string, rep *messages.Reply) replyOutcome {
-	msg := messages.ReplyMsg(inbox, rep)
-	for try := 0; ; try++ {
-		_, err := p.nc.RequestMsg(msg, p.opts.PickupTimeout)
-		switch {
-		case err == nil:
-			return replyConfirmed
-		case errors.Is(err, nats.ErrNoResponders) && try >= noResponderRetries:
-			return replyNobody
-		case try >= 2*noResponderRetries:
-			return replyUnconfirmed
-		}
-		time.Sleep(retryGap)
 	}
 }
 

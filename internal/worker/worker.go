@@ -57,9 +57,11 @@
 // (a pickup request to the caller's inbox) whether it still waits; if not, it
 // terminates the message and no provider is called. During the call it sends
 // in-progress acks so JetStream does not redeliver. It publishes the answer to
-// the caller's inbox first and acks after, so a worker that dies in between
-// causes a redelivery, never a lost answer; the caller keeps only the first
-// answer it receives.
+// the caller's inbox first and acks once the caller confirmed it, so a worker
+// that dies in between causes a redelivery, never a lost answer; the caller
+// keeps only the first answer it receives. The slot does not wait for the
+// confirmation: it takes the next request while the answer's delivery
+// (deliver.go) settles the message.
 //
 // # Shutdown
 //
@@ -134,8 +136,9 @@ type Pool struct {
 	rotate   atomic.Uint32
 	inFlight sync.WaitGroup
 
-	control string   // prefix of this pool's control subjects
-	calls   sync.Map // request id -> context.CancelCauseFunc of its call
+	control   string   // prefix of this pool's control subjects
+	calls     sync.Map // request id -> context.CancelCauseFunc of its call
+	delivered deliveries
 }
 
 // Causes of a cancelled call.
@@ -189,6 +192,7 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 		wake:     make(chan struct{}, opts.Slots),
 		control:  nc.NewRespInbox(),
 	}
+	p.delivered.pending = make(map[string]*delivery)
 	p.limited = make([]*limitedGroup, len(opts.Groups))
 	for i, g := range opts.Groups {
 		p.groupIdx[g] = i
@@ -230,6 +234,11 @@ func (p *Pool) Run(ctx context.Context) error {
 		return fmt.Errorf("worker: subscribe control: %w", err)
 	}
 	defer ctl.Unsubscribe()
+	conf, err := p.nc.Subscribe(p.confirmSubject("*"), p.onConfirm)
+	if err != nil {
+		return fmt.Errorf("worker: subscribe confirmations: %w", err)
+	}
+	defer conf.Unsubscribe()
 
 	p.markAll() // requests queued before we started
 	var wg sync.WaitGroup
@@ -284,6 +293,7 @@ func (p *Pool) drain() {
 		cancel.(context.CancelCauseFunc)(errShutdown)
 		return true
 	})
+	p.abandonDeliveries()
 	<-done
 }
 

@@ -1,0 +1,147 @@
+package worker
+
+import (
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/llmq/llmq/pkg/messages"
+)
+
+// replyOutcome is what became of a final answer.
+type replyOutcome int
+
+const (
+	replyConfirmed   replyOutcome = iota // the caller has it
+	replyNobody                          // nobody listens on the caller's inbox any more
+	replyUnconfirmed                     // unknown: the request must be served again
+)
+
+// deliveries are the final answers sent and not yet confirmed by their
+// callers. The slot that served a request goes on to the next one as soon as
+// the answer is out; the caller's confirmation (or its absence) settles the
+// message later, on the pool's confirm subscription or a timer. In-flight
+// deliveries count in Pool.inFlight, so a drain waits for them.
+type deliveries struct {
+	mu      sync.Mutex
+	pending map[string]*delivery // by the token of its confirm subject
+}
+
+// delivery is one final answer waiting for its confirmation.
+type delivery struct {
+	msg    *nats.Msg // the answer; its reply subject is the confirm subject
+	tries  int
+	gen    int // raised when a timer is set or the delivery ends: older timers do nothing
+	timer  *time.Timer
+	settle func(replyOutcome)
+}
+
+// deliver sends the final answer to the caller's inbox as a request that
+// the caller confirms, and calls settle once with what became of it, from
+// another goroutine. An answer that finds nobody on the inbox is sent again
+// (the caller's gateway may be reconnecting to NATS) up to
+// noResponderRetries times, retryGap apart; one that is not confirmed within
+// PickupTimeout is sent again up to 2×noResponderRetries times.
+func (p *Pool) deliver(inbox string, rep *messages.Reply, settle func(replyOutcome)) {
+	token := nuid.Next()
+	msg := messages.ReplyMsg(inbox, rep)
+	msg.Reply = p.confirmSubject(token)
+	d := &delivery{msg: msg, settle: settle}
+	p.inFlight.Add(1)
+	p.delivered.mu.Lock()
+	p.delivered.pending[token] = d
+	p.delivered.mu.Unlock()
+	p.send(token)
+}
+
+func (p *Pool) confirmSubject(token string) string { return p.control + ".r." + token }
+
+// send publishes the delivery's answer and waits PickupTimeout for the
+// confirmation.
+func (p *Pool) send(token string) {
+	p.delivered.mu.Lock()
+	d := p.delivered.pending[token]
+	if d == nil {
+		p.delivered.mu.Unlock()
+		return
+	}
+	d.gen++
+	gen := d.gen
+	d.timer = time.AfterFunc(p.opts.PickupTimeout, func() { p.unconfirmed(token, gen, false) })
+	p.delivered.mu.Unlock()
+	_ = p.nc.PublishMsg(d.msg) // a failed publish shows as a missing confirmation
+}
+
+// onConfirm handles the caller's confirmation of an answer, or NATS's "no
+// responders" when nobody listens on the caller's inbox.
+func (p *Pool) onConfirm(m *nats.Msg) {
+	token := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+	if m.Header.Get("Status") == "503" {
+		p.unconfirmed(token, 0, true)
+		return
+	}
+	p.finish(token, replyConfirmed)
+}
+
+// unconfirmed sends the answer again after retryGap, or gives up. gen is the
+// generation of the timer that fired (0: a "no responders" answer, which is
+// always current).
+func (p *Pool) unconfirmed(token string, gen int, noResponders bool) {
+	p.delivered.mu.Lock()
+	d := p.delivered.pending[token]
+	if d == nil || (gen != 0 && gen != d.gen) {
+		p.delivered.mu.Unlock()
+		return
+	}
+	d.timer.Stop()
+	var outcome replyOutcome
+	switch {
+	case noResponders && d.tries >= noResponderRetries:
+		outcome = replyNobody
+	case d.tries >= 2*noResponderRetries:
+		outcome = replyUnconfirmed
+	default:
+		d.tries++
+		d.gen++
+		d.timer = time.AfterFunc(retryGap, func() { p.send(token) })
+		p.delivered.mu.Unlock()
+		return
+	}
+	p.delivered.mu.Unlock()
+	p.finish(token, outcome)
+}
+
+// finish ends a delivery with outcome, once.
+func (p *Pool) finish(token string, outcome replyOutcome) {
+	p.delivered.mu.Lock()
+	d := p.delivered.pending[token]
+	if d != nil {
+		delete(p.delivered.pending, token)
+		d.gen++
+		d.timer.Stop()
+	}
+	p.delivered.mu.Unlock()
+	if d == nil {
+		return
+	}
+	d.settle(outcome)
+	p.inFlight.Done()
+}
+
+// abandonDeliveries ends every delivery still waiting for its confirmation
+// as unconfirmed (the pool is shutting down): their requests go back to the
+// queue, and a caller that did get the answer refuses the next pickup.
+func (p *Pool) abandonDeliveries() {
+	p.delivered.mu.Lock()
+	tokens := make([]string, 0, len(p.delivered.pending))
+	for t := range p.delivered.pending {
+		tokens = append(tokens, t)
+	}
+	p.delivered.mu.Unlock()
+	for _, t := range tokens {
+		p.finish(t, replyUnconfirmed)
+	}
+}
