@@ -379,6 +379,11 @@ func FuzzParseBody(f *testing.F) {
 	})
 }
 
+// hasAny reports whether m has one of keys.
+func hasAny(m map[string]json.RawMessage, keys []string) bool {
+	return slices.ContainsFunc(keys, func(k string) bool { _, ok := m[k]; return ok })
+}
+
 func BenchmarkParseBody(b *testing.B) {
 	msgs := make([]map[string]string, 0, 8)
 	for i := range 8 {
