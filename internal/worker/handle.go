@@ -57,7 +57,10 @@ func (p *Pool) handle(ctx context.Context, m *pulled, lease *router.Lease) {
 	// guess has grown to its size: the next admission, in whichever process
 	// has room for it first, takes it. Holding it here instead would let a
 	// process whose guess fits the room sooner serve the requests behind it.
-	tokens := limiter.EstimateTokens(req.Body, p.opts.DefaultCompletionTokens)
+	var tokens int64 // only shared limits count tokens: no estimate without them
+	if p.limits {
+		tokens = limiter.EstimateTokens(req.Body, p.opts.DefaultCompletionTokens)
+	}
 	if gi, ok := p.groupIdx[req.Group]; ok && p.limited[gi] != nil && !p.opts.Router.TooLarge(req.Group, tokens) {
 		// (A request no deployment can take is refused below; as a guess it
 		// would keep every later admission of the group waiting for room

@@ -132,6 +132,7 @@ type Pool struct {
 	pairs    [][]pair    // [band][group]: what is known about its messages
 	groupIdx map[string]int
 	limited  []*limitedGroup // per group: nil unless some deployment has a shared limiter
+	limits   bool            // some deployment (of any group, fallbacks included) has a shared limiter
 	wake     chan struct{}
 	rotate   atomic.Uint32
 	inFlight sync.WaitGroup
@@ -198,6 +199,7 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 		p.groupIdx[g] = i
 	}
 	for _, d := range opts.Router.Deployments() {
+		p.limits = p.limits || d.Limiter != nil
 		if gi, ok := p.groupIdx[d.Group]; ok && d.Limiter != nil && p.limited[gi] == nil {
 			p.limited[gi] = &limitedGroup{}
 			p.limited[gi].tokens.Store(opts.DefaultCompletionTokens)
