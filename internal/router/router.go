@@ -348,7 +348,7 @@ func (l *Lease) end(settle func(ctx context.Context)) {
 		// a held request waiting for the group. Waking idle slots for every
 		// release of an unlimited deployment would have each of them sweep
 		// and fetch for nothing.
-		freed := l.res != nil || l.d.Limiter != nil || l.r.waiters[l.d.Group] > 0 ||
+		freed := l.d.Limiter != nil || l.r.waiters[l.d.Group] > 0 ||
 			(l.d.MaxParallel > 0 && l.d.inFlight >= l.d.MaxParallel)
 		l.d.inFlight--
 		l.r.mu.Unlock()

@@ -94,8 +94,14 @@ func (pr *pair) startFetch() bool {
 
 func (pr *pair) endFetch() { pr.fetching.Add(-1) }
 
-// tookFirst counts a first delivery fetched here, up to the hints.
-func (pr *pair) tookFirst() {
+// fetched records a message a fetch of this pool returned: its sequence,
+// and, on its first delivery, one more hinted message taken (never more than
+// the hints).
+func (pr *pair) fetched(md *nats.MsgMetadata) {
+	maxStore(&pr.fetchedSeq, md.Sequence.Stream)
+	if md.NumDelivered != 1 {
+		return
+	}
 	for {
 		t := pr.taken.Load()
 		if t >= pr.hints.Load() || pr.taken.CompareAndSwap(t, t+1) {
@@ -472,31 +478,25 @@ func (p *Pool) fetch(band, gi int) (*pulled, bool, error) {
 	pr := &p.pairs[band][gi]
 	m, err := p.pullers[band][gi].fetch()
 	pr.endFetch()
-	lg := p.limited[gi]
-	if m == nil && err == nil {
-		pr.left.Store(0)
-	}
-	if m == nil || err != nil {
-		if lg != nil && err == nil {
-			lg.backlog.Store(0)
-		}
+	if err != nil {
 		return nil, false, err
 	}
-	md, err := m.msg.Metadata()
-	if err != nil {
-		pr.markBlind() // the remaining count is unknown
-		return m, true, nil
+	var left uint64 // the consumer's remaining count; 0 after an empty fetch
+	if m != nil {
+		md, err := m.msg.Metadata()
+		if err != nil {
+			pr.markBlind() // the remaining count is unknown
+			return m, true, nil
+		}
+		pr.fetched(md)
+		left = md.NumPending
+		p.opts.Metrics.QueueDepth(metrics.Band(band), p.opts.Groups[gi], left)
 	}
-	maxStore(&pr.fetchedSeq, md.Sequence.Stream)
-	if md.NumDelivered == 1 {
-		pr.tookFirst()
+	pr.left.Store(left)
+	if lg := p.limited[gi]; lg != nil {
+		lg.backlog.Store(left)
 	}
-	pr.left.Store(md.NumPending)
-	if lg != nil {
-		lg.backlog.Store(md.NumPending)
-	}
-	p.opts.Metrics.QueueDepth(metrics.Band(band), p.opts.Groups[gi], md.NumPending)
-	return m, md.NumPending > 0, nil
+	return m, left > 0, nil
 }
 
 // maxStraysPerPoll bounds the work one poll spends on stray messages.

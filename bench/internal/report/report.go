@@ -53,20 +53,14 @@ func Write(w io.Writer, r Results) error {
 	if r.Closed != nil {
 		compare(&b, "Maximum throughput (closed loop)", r.Closed)
 	}
-	for _, p := range []*phase.PriorityResult{r.Priority, r.PriorityR3} {
-		if p != nil {
-			priority(&b, p)
-		}
+	for _, p := range measured(r.Priority, r.PriorityR3) {
+		priority(&b, p)
 	}
-	for _, m := range []*phase.MemoryResult{r.Memory, r.MemoryR3} {
-		if m != nil {
-			memory(&b, m)
-		}
+	for _, m := range measured(r.Memory, r.MemoryR3) {
+		memory(&b, m)
 	}
-	for _, i := range []*phase.IdleResult{r.Idle, r.IdleR3} {
-		if i != nil {
-			idle(&b, i)
-		}
+	for _, i := range measured(r.Idle, r.IdleR3) {
+		idle(&b, i)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -112,25 +106,25 @@ func targets(b *strings.Builder, r Results) {
 	if r.Closed != nil {
 		closedRows(row, r.Closed)
 	}
-	for _, p := range []*phase.PriorityResult{r.Priority, r.PriorityR3} {
-		if p != nil {
-			priorityRows(row, p)
-		}
+	for _, p := range measured(r.Priority, r.PriorityR3) {
+		priorityRows(row, p)
 	}
-	for _, m := range []*phase.MemoryResult{r.Memory, r.MemoryR3} {
-		if m != nil {
-			memoryRows(row, m)
-		}
+	for _, m := range measured(r.Memory, r.MemoryR3) {
+		memoryRows(row, m)
 	}
-	for _, i := range []*phase.IdleResult{r.Idle, r.IdleR3} {
-		if i != nil {
-			idleRows(row, i)
-		}
+	for _, i := range measured(r.Idle, r.IdleR3) {
+		idleRows(row, i)
 	}
 	if !r.r3Measured() {
 		row("external 3-node NATS cluster (R3)", "same table", "not measured in this run (-r3=false)", "—")
 	}
 	b.WriteString("\n")
+}
+
+// measured returns the results of the phase runs that ran (the embedded
+// one and the R3 one), leaving out those that did not (nil).
+func measured[T any](results ...*T) []*T {
+	return slices.DeleteFunc(results, func(r *T) bool { return r == nil })
 }
 
 // r3Measured reports whether any figure with the 3-node cluster is in r.
@@ -175,10 +169,11 @@ func latencyRows(row rowFunc, l *phase.CompareResult) {
 		sys := f.System
 		row(fmt.Sprintf("added p50 vs direct, %s, %s", shape, sys), "≤ 1.0 ms", ms(f.AddedP50), atMost(msf(f.AddedP50), 1, "ms"))
 		row(fmt.Sprintf("added p99 vs direct, %s, %s", shape, sys), "≤ 5 ms", ms(f.AddedP99), atMost(msf(f.AddedP99), 5, "ms"))
+		name := fmt.Sprintf("added p50 ÷ hop's added p50 (%s), %s", ms(hop.AddedP50), sys)
 		if ratio, ok := l.Ratios[sys]; ok {
-			row(fmt.Sprintf("added p50 ÷ hop's added p50 (%s), %s", ms(hop.AddedP50), sys), "≤ 2.5×", fmt.Sprintf("%.2f×", ratio), atMost(ratio, 2.5, "×"))
+			row(name, "≤ 2.5×", fmt.Sprintf("%.2f×", ratio), atMost(ratio, 2.5, "×"))
 		} else {
-			row(fmt.Sprintf("added p50 ÷ hop's added p50 (%s), %s", ms(hop.AddedP50), sys), "≤ 2.5×", "— (the hop added nothing)", "—")
+			row(name, "≤ 2.5×", "— (the hop added nothing)", "—")
 		}
 	}
 	for _, f := range l.Figures {
