@@ -210,32 +210,27 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 		queueTimeout = p.Timeout
 	}
 	now := time.Now()
-	req := &client.Request{Kind: kind, Group: p.Model, Priority: priority, Body: p.Body, Deadline: now.Add(queueTimeout)}
-	band := s.opts.Client.Bands().Band(priority)
-	l.band = metrics.Band(band)
+	req := &client.Request{ID: nuid.Next(), Kind: kind, Group: p.Model, Priority: priority, Body: p.Body, Deadline: now.Add(queueTimeout)}
+	if s.opts.AnswerTimeout > 0 {
+		req.AnswerDeadline = now.Add(queueTimeout + s.opts.AnswerTimeout)
+	}
+	ids := idHeaders{id: req.ID, priority: priority, band: s.opts.Client.Bands().Band(priority)}
+	l.band = metrics.Band(ids.band)
 	h := w.Header()
-	h.Set(HeaderPriority, strconv.FormatInt(priority, 10))
-	h.Set(HeaderBand, strconv.Itoa(band))
 
 	var sse *sseWriter
 	if p.Stream {
 		sse = newSSE(w)
-		req.OnStart = func(info client.Result) { s.picked(h, l, info) }
+		req.OnStart = func(info client.Result) { ids.set(h); s.picked(h, l, info) }
 		req.OnChunk = sse.event
 	}
 	ctx := r.Context()
-	if s.opts.AnswerTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, queueTimeout+s.opts.AnswerTimeout, messages.ErrProviderTimeout)
-		defer cancel()
-	}
-	req.ID = nuid.Next()
-	h.Set(HeaderRequestID, req.ID)
 	resp, info, err := s.opts.Client.Do(ctx, req)
 	if sse != nil && sse.started {
 		// Headers and some events are out: the end is told in the stream.
 		return sse.finish(err)
 	}
+	ids.set(h)
 	s.picked(h, l, info)
 	if err != nil {
 		e := errorOf(ctx, err)
@@ -253,6 +248,21 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(resp.Body)
 	return messages.OutcomeServed, http.StatusOK
+}
+
+// idHeaders are the headers every answer to a submitted request carries. They
+// go into the header map only when the answer is written, so a waiting
+// request holds no header entries.
+type idHeaders struct {
+	id       string
+	priority int64
+	band     int
+}
+
+func (v idHeaders) set(h http.Header) {
+	h.Set(HeaderRequestID, v.id)
+	h.Set(HeaderPriority, strconv.FormatInt(v.priority, 10))
+	h.Set(HeaderBand, strconv.Itoa(v.band))
 }
 
 // picked records what is known once a worker picked the request up.

@@ -135,6 +135,12 @@ type Request struct {
 	// Deadline bounds the time the request may wait in the queue. Zero means
 	// no deadline other than ctx's.
 	Deadline time.Time
+	// AnswerDeadline bounds the whole wait, queue and provider call; past
+	// it Do fails with messages.OutcomeProviderTimeout and tells the worker
+	// to stop. Zero means no bound other than ctx's. It costs nothing that
+	// a context deadline would not, and less: Do waits on one timer for
+	// both deadlines.
+	AnswerDeadline time.Time
 }
 
 // Response is a served request.
@@ -184,38 +190,58 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 	}
 	band := c.bands.Band(req.Priority)
 	info = Result{ID: req.ID, Band: band}
-	w := &waiter{stream: req.OnChunk != nil, reply: make(chan *nats.Msg, 1), abort: make(chan struct{})}
+	w := &waiter{stream: req.OnChunk != nil, reply: make(chan *nats.Msg, 1)}
 	if w.stream {
 		w.chunks = make(chan *nats.Msg, c.buffer)
+		w.abort = make(chan struct{})
 	}
+	// Only these are used once the request is published, so req, and with
+	// it the body, is garbage while the request waits: a waiting request
+	// holds its waiter, its timer and Do's stack, not its body (the stream
+	// holds that).
+	id, onChunk, onStart := req.ID, req.OnChunk, req.OnStart
+	queueDeadline, answerDeadline := req.Deadline, req.AnswerDeadline
 	c.mu.Lock()
-	if _, dup := c.waiters[req.ID]; dup {
+	if _, dup := c.waiters[id]; dup {
 		c.mu.Unlock()
-		return nil, info, messages.Errorf(messages.OutcomeInvalidRequest, "", "request id %q is already in use", req.ID)
+		return nil, info, messages.Errorf(messages.OutcomeInvalidRequest, "", "request id %q is already in use", id)
 	}
-	c.waiters[req.ID] = w
+	c.waiters[id] = w
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
-		delete(c.waiters, req.ID)
+		delete(c.waiters, id)
 		c.mu.Unlock()
 	}()
 
 	start := time.Now()
 	msg := c.subjects.Msg(&messages.Request{
-		ID: req.ID, Kind: req.Kind, Group: req.Group, Band: band, Priority: req.Priority,
-		ReplyTo: c.inbox + "." + req.ID, Deadline: req.Deadline, Stream: w.stream, Body: req.Body,
+		ID: id, Kind: req.Kind, Group: req.Group, Band: band, Priority: req.Priority,
+		ReplyTo: c.inbox + "." + id, Deadline: queueDeadline, Stream: w.stream, Body: req.Body,
 	}, start)
+	req = nil // see above
 	if err := c.publish(ctx, msg); err != nil {
 		w.state.Store(stateAbandoned)
 		return nil, info, err
 	}
 
-	var deadline <-chan time.Time
-	if !req.Deadline.IsZero() {
-		t := time.NewTimer(time.Until(req.Deadline))
-		defer t.Stop()
-		deadline = t.C
+	// One timer serves both deadlines: it fires at the queue deadline (or
+	// the answer deadline, whichever comes first) and, if the request was
+	// picked up by then, is set again for the answer deadline.
+	var (
+		timer    *time.Timer
+		deadline <-chan time.Time
+	)
+	if first := earliest(queueDeadline, answerDeadline); !first.IsZero() {
+		timer = time.NewTimer(time.Until(first))
+		defer timer.Stop()
+		deadline = timer.C
+	}
+	queueTimeout := func() error {
+		return messages.Errorf(messages.OutcomeQueueTimeout, "", "the request waited %s in the queue without reaching a worker", time.Since(start).Round(time.Millisecond))
+	}
+	answerTimeout := func() error {
+		return &messages.Error{Outcome: messages.OutcomeProviderTimeout, Message: "no answer in time"}
 	}
 	var silence <-chan time.Time
 	if w.stream {
@@ -248,11 +274,11 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 		next++
 		if next == 2 {
 			picked()
-			if req.OnStart != nil {
-				req.OnStart(info)
+			if onStart != nil {
+				onStart(info)
 			}
 		}
-		return req.OnChunk(m.Data)
+		return onChunk(m.Data)
 	}
 	for {
 		select {
@@ -282,7 +308,7 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 			if err := rep.Err(); err != nil {
 				return nil, info, err
 			}
-			return &Response{ID: req.ID, Band: band, Deployment: rep.Deployment, QueueWait: info.QueueWait, Body: rep.Body}, info, nil
+			return &Response{ID: id, Band: band, Deployment: rep.Deployment, QueueWait: info.QueueWait, Body: rep.Body}, info, nil
 		case <-w.abort:
 			return fail(fmt.Errorf("%w: more than %d events were waiting", ErrSlowReader, c.buffer))
 		case <-silence:
@@ -291,20 +317,36 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 			}
 		case <-deadline:
 			if w.state.CompareAndSwap(stateWaiting, stateAbandoned) {
-				return nil, info, messages.Errorf(messages.OutcomeQueueTimeout, "", "the request waited %s in the queue without reaching a worker", time.Since(start).Round(time.Millisecond))
+				return nil, info, queueTimeout()
 			}
-			deadline = nil // picked up just in time: wait for the answer
+			// Picked up: only the answer deadline is left.
+			switch left := time.Until(answerDeadline); {
+			case answerDeadline.IsZero():
+				deadline = nil
+			case left <= 0:
+				return fail(answerTimeout())
+			default:
+				timer.Reset(left)
+			}
 		case <-ctx.Done():
 			cause := context.Cause(ctx)
 			if errors.Is(cause, messages.ErrQueueTimeout) && w.state.Load() == stateWaiting {
-				return fail(messages.Errorf(messages.OutcomeQueueTimeout, "", "the request waited %s in the queue without reaching a worker", time.Since(start).Round(time.Millisecond)))
+				return fail(queueTimeout())
 			}
 			if errors.Is(cause, messages.ErrProviderTimeout) {
-				return fail(&messages.Error{Outcome: messages.OutcomeProviderTimeout, Message: "no answer in time"})
+				return fail(answerTimeout())
 			}
 			return fail(fmt.Errorf("%w: %w", messages.ErrCancelled, cause))
 		}
 	}
+}
+
+// earliest returns the earlier of two times, a zero time meaning none.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
 }
 
 // cancel tells the worker serving w to stop.
