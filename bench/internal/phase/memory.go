@@ -38,14 +38,15 @@ type MemoryConfig struct {
 	R3 bool
 }
 
-// MemoryResult is the memory phase's outcome. Heap figures are this
-// process's HeapInuse after two garbage collections; the process holds the
-// gateway and its embedded NATS server, while the waiting clients are a
-// child process.
+// MemoryResult is the memory phase's outcome. Memory figures are this
+// process's HeapInuse and StackInuse after two garbage collections (a
+// waiting request holds heap objects and goroutine stacks); the process
+// holds the gateway and its embedded NATS server, while the waiting clients
+// are a child process.
 type MemoryResult struct {
 	Config              MemoryConfig
 	Waiting             int // messages in the stream when the full heap was read
-	Idle, Full, Drained uint64
+	Idle, Full, Drained Mem
 	Hold                load.HoldResult
 	FillTime, DrainTime time.Duration
 	// Goroutines is how many more goroutines ran with the queue full than idle.
@@ -82,9 +83,9 @@ func Memory(ctx context.Context, env Env, cfg MemoryConfig) (_ *MemoryResult, er
 	if err := sleep(ctx, time.Second); err != nil {
 		return nil, err
 	}
-	res.Idle = heapInuse()
+	res.Idle = readMem()
 	goroutines0 := numGoroutine()
-	env.logf("%s: idle heap %.1f MB; sending %d requests that wait (no workers)", name, MB(int64(res.Idle)), cfg.Requests)
+	env.logf("%s: idle heap and stacks %.1f MB; sending %d requests that wait (no workers)", name, MB(int64(res.Idle.Total())), cfg.Requests)
 
 	cctx, cancel := context.WithTimeout(ctx, 3*cfg.Timeout)
 	defer cancel()
@@ -109,12 +110,12 @@ func Memory(ctx context.Context, env Env, cfg MemoryConfig) (_ *MemoryResult, er
 	}
 	n, _ := depth()
 	res.Waiting = int(n)
-	res.Full = heapInuse()
+	res.Full = readMem()
 	res.Goroutines = numGoroutine() - goroutines0
 	if err := writeHeapProfile(cfg.HeapProfile, "waiting"); err != nil {
 		return nil, err
 	}
-	env.logf("%s: %d waiting, heap %.1f MB; starting %d worker slots to drain", name, n, MB(int64(res.Full)), cfg.DrainSlots)
+	env.logf("%s: %d waiting, heap and stacks %.1f MB; starting %d worker slots to drain", name, n, MB(int64(res.Full.Total())), cfg.DrainSlots)
 
 	start = time.Now()
 	w := system.StartWorker(ctx, po, gw.NATSURL, cfg.DrainSlots)
@@ -140,12 +141,12 @@ func Memory(ctx context.Context, env Env, cfg MemoryConfig) (_ *MemoryResult, er
 	if err := sleep(ctx, time.Second); err != nil {
 		return nil, err
 	}
-	res.Drained = heapInuse()
+	res.Drained = readMem()
 	if err := writeHeapProfile(cfg.HeapProfile, "drained"); err != nil {
 		return nil, err
 	}
-	env.logf("%s: drained in %s (%d ok, %d failed), heap %.1f MB",
-		name, res.DrainTime.Round(time.Millisecond), res.Hold.OK, res.Hold.Failed, MB(int64(res.Drained)))
+	env.logf("%s: drained in %s (%d ok, %d failed), heap and stacks %.1f MB",
+		name, res.DrainTime.Round(time.Millisecond), res.Hold.OK, res.Hold.Failed, MB(int64(res.Drained.Total())))
 	return res, nil
 }
 

@@ -66,12 +66,28 @@ func (e Env) processOptions(name string, cfg system.Config) (system.ProcessOptio
 
 // heapInuse collects garbage twice (finalizers run between) and returns the
 // bytes in in-use heap spans.
-func heapInuse() uint64 {
+// Mem is what the process holds, read after two garbage collections.
+type Mem struct {
+	Heap   uint64 // HeapInuse: spans with heap objects
+	Stacks uint64 // StackInuse: goroutine stacks
+}
+
+// Total is heap plus stacks.
+func (m Mem) Total() uint64 { return m.Heap + m.Stacks }
+
+// Above returns m - base in MB, per part and in total.
+func (m Mem) Above(base Mem) (heap, stacks, total float64) {
+	heap = MB(int64(m.Heap) - int64(base.Heap))
+	stacks = MB(int64(m.Stacks) - int64(base.Stacks))
+	return heap, stacks, heap + stacks
+}
+
+func readMem() Mem {
 	runtime.GC()
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	return m.HeapInuse
+	return Mem{Heap: m.HeapInuse, Stacks: m.StackInuse}
 }
 
 // sleep waits d or until ctx ends.

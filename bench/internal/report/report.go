@@ -212,15 +212,16 @@ func memoryRows(row rowFunc, m *phase.MemoryResult) {
 	if m.Config.R3 {
 		label += ", gateway only"
 	}
-	above := phase.MB(int64(m.Full) - int64(m.Idle))
-	after := phase.MB(int64(m.Drained) - int64(m.Idle))
-	row(fmt.Sprintf("%d requests waiting: heap above idle%s", m.Waiting, label), "≤ 150 MB (for 10,000)", fmt.Sprintf("%.1f MB", above),
+	heap, stacks, above := m.Full.Above(m.Idle)
+	_, _, after := m.Drained.Above(m.Idle)
+	row(fmt.Sprintf("%d requests waiting: heap and stacks above idle%s", m.Waiting, label), "≤ 150 MB (for 10,000)",
+		fmt.Sprintf("%.1f MB (heap %.1f, stacks %.1f)", above, heap, stacks),
 		atMost(above*10000/float64(max(m.Waiting, 1)), 150, "MB (scaled to 10,000)"))
 	returned := "—"
 	if above > 0 {
 		returned = fmt.Sprintf("%.1f MB (%.0f %% of the peak)", after, 100*after/above)
 	}
-	row("after the queue drained: heap above idle"+label, "all returned (≤ 5 % of the peak)", returned, atMost(after, above/20, "MB"))
+	row("after the queue drained: heap and stacks above idle"+label, "all returned (≤ 5 % of the peak)", returned, atMost(after, above/20, "MB"))
 }
 
 func idleRows(row rowFunc, i *phase.IdleResult) {
@@ -292,18 +293,21 @@ func memory(b *strings.Builder, m *phase.MemoryResult) {
 	if m.Config.R3 {
 		where = "Gateway with no workers, in this process, on a 3-node NATS cluster (replicas 3: the NATS servers and the stored requests are in three other processes, not in this heap)"
 	}
-	fmt.Fprintf(b, "### Memory of waiting requests%s\n\n%s; %d requests from a child process (%d answered, %d failed), queue filled in %s, drained by %d worker slots in %s. HeapInuse after GC:\n\n",
+	fmt.Fprintf(b, "### Memory of waiting requests%s\n\n%s; %d requests from a child process (%d answered, %d failed), queue filled in %s, drained by %d worker slots in %s. HeapInuse and StackInuse after GC:\n\n",
 		r3Label(m.Config.R3), where, m.Hold.Sent, m.Hold.OK, m.Hold.Failed, m.FillTime.Round(time.Millisecond), m.Config.DrainSlots, m.DrainTime.Round(time.Millisecond))
-	fmt.Fprintf(b, "| state | heap | above idle | per waiting request |\n|---|---|---|---|\n")
-	per := func(v uint64) string {
-		if m.Waiting == 0 {
-			return "—"
+	fmt.Fprintf(b, "| state | heap | stacks | heap and stacks | above idle: heap | stacks | total | total per waiting request |\n|---|---|---|---|---|---|---|---|\n")
+	line := func(state string, v phase.Mem, per bool) {
+		h, st, tot := v.Above(m.Idle)
+		perReq := "—"
+		if per && m.Waiting > 0 {
+			perReq = fmt.Sprintf("%.1f KB", tot*1024/float64(m.Waiting))
 		}
-		return fmt.Sprintf("%.1f KB", float64(int64(v)-int64(m.Idle))/1024/float64(m.Waiting))
+		fmt.Fprintf(b, "| %s | %.1f MB | %.1f MB | %.1f MB | %.1f MB | %.1f MB | %.1f MB | %s |\n", state,
+			phase.MB(int64(v.Heap)), phase.MB(int64(v.Stacks)), phase.MB(int64(v.Total())), h, st, tot, perReq)
 	}
-	fmt.Fprintf(b, "| idle | %.1f MB | — | — |\n", phase.MB(int64(m.Idle)))
-	fmt.Fprintf(b, "| %d waiting | %.1f MB | %.1f MB | %s |\n", m.Waiting, phase.MB(int64(m.Full)), phase.MB(int64(m.Full)-int64(m.Idle)), per(m.Full))
-	fmt.Fprintf(b, "| drained | %.1f MB | %.1f MB | — |\n", phase.MB(int64(m.Drained)), phase.MB(int64(m.Drained)-int64(m.Idle)))
+	line("idle", m.Idle, false)
+	line(fmt.Sprintf("%d waiting", m.Waiting), m.Full, true)
+	line("drained", m.Drained, false)
 	fmt.Fprintf(b, "\n%d more goroutines while the requests waited.\n\n", m.Goroutines)
 }
 
