@@ -38,6 +38,10 @@ type IdleResult struct {
 	NodeCPU map[string]time.Duration
 	// Percent is CPU / Wall in percent of one core.
 	Percent float64
+	// BarePercent is, with R3, the baseline measured first on the same
+	// cluster for the same duration before llmq started: the three nodes'
+	// CPU with no client, stream or consumer, in percent of one core.
+	BarePercent float64
 }
 
 // Idle measures the CPU a gateway and idle workers use with nothing queued.
@@ -50,6 +54,12 @@ func Idle(ctx context.Context, env Env, cfg IdleConfig) (_ *IdleResult, err erro
 	}
 	defer func() { err = errors.Join(err, closeNATS()) }()
 	name := phaseName("idle", cfg.R3)
+	var bare float64
+	if cfg.R3 {
+		if bare, err = bareCluster(ctx, env, name, nodes, cfg); err != nil {
+			return nil, err
+		}
+	}
 	gw, err := system.StartGateway(ctx, po, 0)
 	if err != nil {
 		return nil, fmt.Errorf("start the gateway: %w", err)
@@ -87,7 +97,7 @@ func Idle(ctx context.Context, env Env, cfg IdleConfig) (_ *IdleResult, err erro
 	if err != nil {
 		return nil, err
 	}
-	res := &IdleResult{Config: cfg, Wall: time.Since(start), SelfCPU: self1 - self0}
+	res := &IdleResult{Config: cfg, Wall: time.Since(start), SelfCPU: self1 - self0, BarePercent: bare}
 	res.CPU = res.SelfCPU
 	if cfg.R3 {
 		res.NodeCPU = make(map[string]time.Duration, len(nodes))
@@ -99,4 +109,34 @@ func Idle(ctx context.Context, env Env, cfg IdleConfig) (_ *IdleResult, err erro
 	res.Percent = 100 * res.CPU.Seconds() / res.Wall.Seconds()
 	env.logf("%s: %s CPU in %s = %.2f %% of one core (this process %s)", name, res.CPU, res.Wall.Round(time.Millisecond), res.Percent, res.SelfCPU)
 	return res, nil
+}
+
+// bareCluster measures the CPU of the cluster's nodes, with nothing of llmq
+// started yet, over cfg.Settle plus cfg.Duration, and returns the part
+// after the settle in percent of one core: what the three servers cost on
+// their own.
+func bareCluster(ctx context.Context, env Env, name string, nodes []system.Proc, cfg IdleConfig) (float64, error) {
+	if err := sleep(ctx, cfg.Settle); err != nil {
+		return 0, err
+	}
+	env.logf("%s: the bare cluster (no llmq yet), measuring %s", name, cfg.Duration)
+	t0, err := procTimes(nodes)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	if err := sleep(ctx, cfg.Duration); err != nil {
+		return 0, err
+	}
+	t1, err := procTimes(nodes)
+	if err != nil {
+		return 0, err
+	}
+	var cpu time.Duration
+	for n, t := range t1 {
+		cpu += t - t0[n]
+	}
+	pct := 100 * cpu.Seconds() / time.Since(start).Seconds()
+	env.logf("%s: the bare cluster used %s CPU = %.2f %% of one core", name, cpu, pct)
+	return pct, nil
 }

@@ -225,8 +225,12 @@ func memoryRows(row rowFunc, m *phase.MemoryResult) {
 }
 
 func idleRows(row rowFunc, i *phase.IdleResult) {
+	measured := fmt.Sprintf("%.3f %%", i.Percent)
+	if i.Config.R3 {
+		measured += fmt.Sprintf(" (the bare cluster alone: %.3f %%)", i.BarePercent)
+	}
 	row(fmt.Sprintf("idle, %d slots over %d worker processes, %s%s", i.Config.Workers*i.Config.Slots, i.Config.Workers, i.Config.Duration, r3Label(i.Config.R3)),
-		"< 1 % of one core", fmt.Sprintf("%.3f %%", i.Percent), atMost(i.Percent, 1, "%"))
+		"< 1 % of one core", measured, atMost(i.Percent, 1, "%"))
 }
 
 func compare(b *strings.Builder, title string, c *phase.CompareResult) {
@@ -321,6 +325,11 @@ func idle(b *strings.Builder, i *phase.IdleResult) {
 		}
 		counted = fmt.Sprintf(", counting this process (%s) and the NATS processes (%s)", i.SelfCPU.Round(time.Millisecond), strings.Join(nodes, ", "))
 	}
-	fmt.Fprintf(b, "### Idle%s\n\n%s and %d worker processes (app.RunWorker, own NATS connection each) × %d slots, nothing queued: %s CPU in %s = %.3f %% of one core%s.\n\n",
+	fmt.Fprintf(b, "### Idle%s\n\n%s and %d worker processes (app.RunWorker, own NATS connection each) × %d slots, nothing queued: %s CPU in %s = %.3f %% of one core%s.",
 		r3Label(i.Config.R3), gateway, i.Config.Workers, i.Config.Slots, i.CPU.Round(time.Millisecond), i.Wall.Round(time.Millisecond), i.Percent, counted)
+	if i.Config.R3 {
+		fmt.Fprintf(b, " Baseline, measured first on the same three nodes for the same time before llmq started (no client, stream or consumer): %.3f %% of one core; with llmq %.3f %% more.",
+			i.BarePercent, i.Percent-i.BarePercent)
+	}
+	b.WriteString("\n\n")
 }

@@ -12,7 +12,7 @@ import (
 // embedded ones, and that a run without them says so.
 func TestR3Rows(t *testing.T) {
 	idle := &phase.IdleResult{Config: phase.IdleConfig{Workers: 2, Slots: 8, Duration: time.Minute}, Percent: 0.5}
-	idleR3 := &phase.IdleResult{Config: phase.IdleConfig{Workers: 2, Slots: 8, Duration: time.Minute, R3: true}, Percent: 2,
+	idleR3 := &phase.IdleResult{Config: phase.IdleConfig{Workers: 2, Slots: 8, Duration: time.Minute, R3: true}, Percent: 2, BarePercent: 1.25,
 		NodeCPU: map[string]time.Duration{"nats-1": time.Second}}
 
 	var without strings.Builder
@@ -30,7 +30,8 @@ func TestR3Rows(t *testing.T) {
 	out := with.String()
 	for _, want := range []string{
 		"| idle, 16 slots over 2 worker processes, 1m0s | < 1 % of one core | 0.500 % | met |",
-		"| idle, 16 slots over 2 worker processes, 1m0s, 3-node NATS cluster (R3) | < 1 % of one core | 2.000 % | **missed**",
+		"| idle, 16 slots over 2 worker processes, 1m0s, 3-node NATS cluster (R3) | < 1 % of one core | 2.000 % (the bare cluster alone: 1.250 %) | **missed**",
+		"no client, stream or consumer): 1.250 % of one core; with llmq 0.750 % more.",
 		"### Idle, 3-node NATS cluster (R3)",
 		"nats-1 1s",
 	} {
