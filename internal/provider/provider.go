@@ -130,12 +130,7 @@ func (p *OpenAI) Call(ctx context.Context, kind messages.Kind, body []byte) (*Re
 		return nil, classify(ctx, err)
 	}
 	r := &Result{Body: data}
-	var u struct {
-		Usage *Usage `json:"usage"`
-	}
-	if json.Unmarshal(data, &u) == nil && u.Usage != nil {
-		r.Usage = *u.Usage
-	}
+	r.Usage, _ = usageOf(data)
 	return r, nil
 }
 
@@ -159,8 +154,8 @@ func (p *OpenAI) Stream(ctx context.Context, kind messages.Kind, body []byte, em
 		if string(data) == "[DONE]" {
 			return usage, nil
 		}
-		if u := gjson.GetBytes(data, "usage"); u.IsObject() {
-			_ = json.Unmarshal([]byte(u.Raw), &usage)
+		if u, ok := usageOf(data); ok {
+			usage = u
 		}
 		if err := emit(bytes.Clone(data)); err != nil {
 			return usage, err
@@ -170,6 +165,17 @@ func (p *OpenAI) Stream(ctx context.Context, kind messages.Kind, body []byte, em
 		return usage, classify(ctx, err)
 	}
 	return usage, nil // the provider ended without [DONE]
+}
+
+// usageOf returns the "usage" object of a response body or a stream event,
+// if it has one. Only that object is decoded, not the whole answer.
+func usageOf(data []byte) (Usage, bool) {
+	var u Usage
+	r := gjson.GetBytes(data, "usage")
+	if !r.IsObject() || json.Unmarshal([]byte(r.Raw), &u) != nil {
+		return Usage{}, false
+	}
+	return u, true
 }
 
 // classify turns an openai-go or transport error into a *messages.Error.
