@@ -28,6 +28,33 @@ func (p *Pool) onControl(m *nats.Msg) {
 	}
 }
 
+// requestLog adds a request's id, band and group to every record, like
+// Logger.With, but formats them only for records that are written: With
+// formats them at once, for every request, most of which log nothing.
+type requestLog struct {
+	slog.Handler
+	req *messages.Request
+}
+
+func (h requestLog) attrs() []slog.Attr {
+	return []slog.Attr{slog.String("request_id", h.req.ID), slog.Int("band", h.req.Band), slog.String("group", h.req.Group)}
+}
+
+func (h requestLog) Handle(ctx context.Context, r slog.Record) error {
+	r.AddAttrs(h.attrs()...)
+	return h.Handler.Handle(ctx, r)
+}
+
+// WithAttrs and WithGroup format the request's attributes first, as With
+// would have, so they stay outside any group.
+func (h requestLog) WithAttrs(as []slog.Attr) slog.Handler {
+	return h.Handler.WithAttrs(append(h.attrs(), as...))
+}
+
+func (h requestLog) WithGroup(name string) slog.Handler {
+	return h.Handler.WithAttrs(h.attrs()).WithGroup(name)
+}
+
 // handle serves one message under lease and settles it.
 func (p *Pool) handle(ctx context.Context, m *pulled, lease *router.Lease) {
 	defer func() {
@@ -41,14 +68,14 @@ func (p *Pool) handle(ctx context.Context, m *pulled, lease *router.Lease) {
 		p.deadLetter(m, "undecodable", err.Error())
 		return
 	}
-	log := p.log.With("request_id", req.ID, "band", req.Band, "group", req.Group)
+	log := slog.New(requestLog{Handler: p.log.Handler(), req: req})
 	if !req.Deadline.IsZero() && time.Now().After(req.Deadline) {
 		log.Info("dropping request past its queue deadline")
 		_ = m.TermWithReason("queue deadline passed")
 		return
 	}
 	control := p.control + "." + req.ID
-	stop := p.keepAlive(m, req.ReplyTo, control) // start owns it
+	stop := p.keeper.hold(m, req.ReplyTo, control) // start owns it
 
 	// Complete the global reservation: the sweep reserved a guess (recent
 	// request sizes) before the fetch; it is resized to this request's
@@ -262,31 +289,4 @@ func (p *Pool) pickup(req *messages.Request, control, deployment string) pickupA
 			return pickupUnsure
 		}
 	}
-}
-
-// keepAlive keeps a request's message and its caller informed until stop: an
-// in-progress ack every third of the ack wait, so JetStream does not
-// redeliver, and a heartbeat to the caller every HeartbeatInterval, sent with
-// the control subject as reply so a vanished caller is noticed.
-func (p *Pool) keepAlive(m *pulled, inbox, control string) (stop func()) {
-	done := make(chan struct{})
-	go func() {
-		progress := time.NewTicker(p.opts.AckWait / 3)
-		defer progress.Stop()
-		beat := time.NewTicker(messages.HeartbeatInterval)
-		defer beat.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-progress.C:
-				_ = m.InProgress()
-			case <-beat.C:
-				msg := messages.EventMsg(inbox, messages.EventAlive, 0, nil)
-				msg.Reply = control
-				_ = p.nc.PublishMsg(msg)
-			}
-		}
-	}()
-	return func() { close(done) }
 }

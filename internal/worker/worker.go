@@ -140,6 +140,7 @@ type Pool struct {
 	control   string   // prefix of this pool's control subjects
 	calls     sync.Map // request id -> context.CancelCauseFunc of its call
 	delivered deliveries
+	keeper    *keeper
 }
 
 // Causes of a cancelled call.
@@ -192,6 +193,7 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 		groupIdx: make(map[string]int, len(opts.Groups)),
 		wake:     make(chan struct{}, opts.Slots),
 		control:  nc.NewRespInbox(),
+		keeper:   newKeeper(nc, opts.AckWait),
 	}
 	p.delivered.pending = make(map[string]*delivery)
 	p.limited = make([]*limitedGroup, len(opts.Groups))
@@ -241,6 +243,12 @@ func (p *Pool) Run(ctx context.Context) error {
 		return fmt.Errorf("worker: subscribe confirmations: %w", err)
 	}
 	defer conf.Unsubscribe()
+
+	// The keep-alives go on until Run returns: calls and deliveries outlive
+	// ctx by the drain.
+	kctx, stopKeeper := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopKeeper()
+	go p.keeper.run(kctx)
 
 	p.markAll() // requests queued before we started
 	var wg sync.WaitGroup

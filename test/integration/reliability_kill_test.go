@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/llmq/llmq/pkg/messages"
 )
 
 // relKillAckWait is the consumers' ack wait in the worker-kill tests: a
@@ -150,5 +152,39 @@ func TestReliabilityStreamWorkerLostBeforeFirstEvent(t *testing.T) {
 	checkError(t, a.r, http.StatusBadGateway, "")
 	if code := relErrorCode(a.r.Body); code != "worker_lost" {
 		t.Errorf("error code %q, want worker_lost", code)
+	}
+}
+
+// TestReliabilityLongCallOutlastsAckWait: a provider call three times as
+// long as the ack wait is kept alive by its worker's in-progress acks, so
+// JetStream never redelivers the request (the consumer delivered it once),
+// and the provider is called once.
+func TestReliabilityLongCallOutlastsAckWait(t *testing.T) {
+	fake := newFake(t)
+	const group = "long"
+	cfg := relOneGroup(t, group, fake, 0, map[string]any{"ack_wait": relKillAckWait.Seconds()})
+	g := startEmbeddedGateway(t, cfg, 2) // a second slot would take a redelivery
+	_, js := relJS(t, g.NATSURL())
+	fake.SetLatency(3 * relKillAckWait)
+
+	r := mustPost(t, g.URL+"/v1/chat/completions", "", chatBody(group, "long call", `"priority":0`))
+	checkServed(t, r)
+	if n := fake.Count(); n != 1 {
+		t.Errorf("the provider was called %d times, want once", n)
+	}
+	subjects, err := messages.NewSubjects("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := js.Consumer(waitCtx(t), subjects.RequestStream(), subjects.Consumer(bandOf(0), group))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(waitCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := info.Delivered.Consumer; d != 1 {
+		t.Errorf("the consumer delivered %d times, want once: the in-progress acks did not hold the request", d)
 	}
 }

@@ -1,0 +1,138 @@
+package worker
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/llmq/llmq/pkg/messages"
+)
+
+// keeper keeps the requests a pool holds alive: for each, an in-progress
+// ack every third of the ack wait, so JetStream does not redeliver it, and a
+// heartbeat to its caller every HeartbeatInterval, sent with the request's
+// control subject as reply so that a vanished caller is noticed. One
+// goroutine does it for all of them, ticking only while some request is
+// held: a request costs a map entry, not a goroutine and two tickers.
+type keeper struct {
+	nc       *nats.Conn
+	progress time.Duration // in-progress ack interval
+	tick     time.Duration // how late a keep-alive may be
+
+	mu   sync.Mutex
+	held map[*kept]struct{}
+	wake chan struct{} // the first request held starts the ticking
+	out  []keepAlive   // send's buffer (run's goroutine only)
+}
+
+// kept is one held request.
+type kept struct {
+	m              *pulled
+	inbox, control string
+	nextProgress   time.Time
+	nextBeat       time.Time
+}
+
+func newKeeper(nc *nats.Conn, ackWait time.Duration) *keeper {
+	progress := ackWait / 3
+	return &keeper{
+		nc:       nc,
+		progress: progress,
+		// A quarter of the shorter interval: a heartbeat goes out at most
+		// 1.25 HeartbeatInterval after the last sign of life, well within
+		// the 2 HeartbeatInterval after which a caller may serve a
+		// redelivered request again.
+		tick: min(messages.HeartbeatInterval, progress) / 4,
+		held: make(map[*kept]struct{}),
+		wake: make(chan struct{}, 1),
+	}
+}
+
+// hold keeps m alive until stop is called.
+func (k *keeper) hold(m *pulled, inbox, control string) (stop func()) {
+	now := time.Now()
+	e := &kept{m: m, inbox: inbox, control: control,
+		nextProgress: now.Add(k.progress), nextBeat: now.Add(messages.HeartbeatInterval)}
+	k.mu.Lock()
+	k.held[e] = struct{}{}
+	first := len(k.held) == 1
+	k.mu.Unlock()
+	if first {
+		select {
+		case k.wake <- struct{}{}:
+		default:
+		}
+	}
+	return func() {
+		k.mu.Lock()
+		delete(k.held, e)
+		k.mu.Unlock()
+	}
+}
+
+// run sends the keep-alives until ctx ends. It must outlive every call and
+// delivery of the pool (the drain included).
+func (k *keeper) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-k.wake:
+		}
+		t := time.NewTicker(k.tick)
+		for k.send(time.Now()) {
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		t.Stop()
+	}
+}
+
+// keepAlive is what one held request is due at a tick.
+type keepAlive struct {
+	e               *kept
+	progress, beats bool
+}
+
+// send sends what is due at now and reports whether any request is held.
+// The messages go out after the lock is released, so a slow connection
+// holds up no slot; one may thus follow a stop, which is harmless: a late
+// in-progress ack of a settled message and a heartbeat to a caller that has
+// its answer are ignored.
+func (k *keeper) send(now time.Time) bool {
+	k.mu.Lock()
+	held := len(k.held)
+	out := k.out[:0]
+	for e := range k.held {
+		a := keepAlive{e: e, progress: !now.Before(e.nextProgress), beats: !now.Before(e.nextBeat)}
+		if a.progress {
+			e.nextProgress = now.Add(k.progress)
+		}
+		if a.beats {
+			e.nextBeat = now.Add(messages.HeartbeatInterval)
+		}
+		if a.progress || a.beats {
+			out = append(out, a)
+		}
+	}
+	k.mu.Unlock()
+	for _, a := range out {
+		if a.progress {
+			_ = a.e.m.InProgress()
+		}
+		if a.beats {
+			msg := messages.EventMsg(a.e.inbox, messages.EventAlive, 0, nil)
+			msg.Reply = a.e.control
+			_ = k.nc.PublishMsg(msg)
+		}
+	}
+	clear(out) // hold no finished request
+	k.out = out[:0]
+	return held > 0
+}
