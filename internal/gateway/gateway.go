@@ -161,8 +161,10 @@ func (s *Server) completion(kind messages.Kind) http.Handler {
 		l := labels{band: noBand, group: unknownGroup}
 		outcome, status := s.serve(w, r, kind, &l)
 		s.opts.Metrics.Request(l.band, l.group, outcome.String())
-		s.log.Debug("request", "path", r.URL.Path, "outcome", outcome, "status", status,
-			"band", l.band, "group", l.group, "request_id", w.Header().Get(HeaderRequestID), "duration", time.Since(start))
+		if s.log.Enabled(r.Context(), slog.LevelDebug) { // spares the arguments' allocations
+			s.log.Debug("request", "path", r.URL.Path, "outcome", outcome, "status", status,
+				"band", l.band, "group", l.group, "request_id", w.Header().Get(HeaderRequestID), "duration", time.Since(start))
+		}
 	})
 }
 
