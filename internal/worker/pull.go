@@ -20,13 +20,27 @@ import (
 // told apart by the subscription it arrives on: each fetch in flight has an
 // inbox of its own, taken from a free list that grows to the number of
 // concurrent fetches.
+//
+// An inbox delivers into a channel of its own with room for two messages
+// (a fetch gets one answer). nats.go's SubscribeSync would allocate a
+// channel of SubChanLen (65,536) message pointers per inbox, 512 KB that
+// the garbage collector scans in every cycle: with a free list per band and
+// group and up to one inbox per slot in each, that was most of a busy
+// worker's GC work.
 type puller struct {
 	nc      *nats.Conn
 	next    string        // the consumer's MSG.NEXT API subject
 	timeout time.Duration // how long a fetch waits for the server's answer
 
 	mu   sync.Mutex
-	free []*nats.Subscription
+	free []*inbox
+}
+
+// inbox is one fetch's reply subscription, with its channel and timer.
+type inbox struct {
+	sub   *nats.Subscription
+	ch    chan *nats.Msg
+	timer *time.Timer // stopped while the inbox is free
 }
 
 // noWaitOne asks for at most one message, answered at once.
@@ -38,23 +52,27 @@ func newPuller(nc *nats.Conn, stream, consumer string, timeout time.Duration) *p
 
 // fetch returns the consumer's next message, or nil when it has none.
 func (pl *puller) fetch() (*pulled, error) {
-	sub, err := pl.inbox()
+	in, err := pl.inbox()
 	if err != nil {
 		return nil, err
 	}
-	if err := pl.nc.PublishRequest(pl.next, sub.Subject, noWaitOne); err != nil {
-		pl.put(sub)
+	if err := pl.nc.PublishRequest(pl.next, in.sub.Subject, noWaitOne); err != nil {
+		pl.put(in)
 		return nil, err
 	}
-	m, err := sub.NextMsg(pl.timeout)
-	if err != nil {
+	in.timer.Reset(pl.timeout)
+	var m *nats.Msg
+	select {
+	case m = <-in.ch:
+		in.timer.Stop()
+	case <-in.timer.C:
 		// The answer may still come: this inbox is not used again, so it
 		// cannot be mistaken for the answer to a later fetch. A message it
 		// carried is redelivered after the ack wait.
-		_ = sub.Unsubscribe()
-		return nil, fmt.Errorf("pull %s: %w", pl.next, err)
+		_ = in.sub.Unsubscribe()
+		return nil, fmt.Errorf("pull %s: %w", pl.next, nats.ErrTimeout)
 	}
-	pl.put(sub)
+	pl.put(in)
 	switch status := m.Header.Get("Status"); {
 	case status == "":
 		return &pulled{msg: m, nc: pl.nc}, nil
@@ -65,21 +83,27 @@ func (pl *puller) fetch() (*pulled, error) {
 	}
 }
 
-func (pl *puller) inbox() (*nats.Subscription, error) {
+func (pl *puller) inbox() (*inbox, error) {
 	pl.mu.Lock()
 	if n := len(pl.free); n > 0 {
-		sub := pl.free[n-1]
+		in := pl.free[n-1]
 		pl.free = pl.free[:n-1]
 		pl.mu.Unlock()
-		return sub, nil
+		return in, nil
 	}
 	pl.mu.Unlock()
-	return pl.nc.SubscribeSync(pl.nc.NewInbox())
+	in := &inbox{ch: make(chan *nats.Msg, 2), timer: time.NewTimer(time.Hour)}
+	in.timer.Stop()
+	var err error
+	if in.sub, err = pl.nc.ChanSubscribe(pl.nc.NewInbox(), in.ch); err != nil {
+		return nil, err
+	}
+	return in, nil
 }
 
-func (pl *puller) put(sub *nats.Subscription) {
+func (pl *puller) put(in *inbox) {
 	pl.mu.Lock()
-	pl.free = append(pl.free, sub)
+	pl.free = append(pl.free, in)
 	pl.mu.Unlock()
 }
 
@@ -87,8 +111,8 @@ func (pl *puller) put(sub *nats.Subscription) {
 func (pl *puller) close() {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	for _, sub := range pl.free {
-		_ = sub.Unsubscribe()
+	for _, in := range pl.free {
+		_ = in.sub.Unsubscribe()
 	}
 	pl.free = nil
 }
