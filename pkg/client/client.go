@@ -67,6 +67,24 @@ type Client struct {
 
 	mu      sync.Mutex
 	waiters map[string]*waiter
+
+	// epoch ends when the connection leaves CONNECTED and is replaced when
+	// it is back, so that a publish waiting for its acknowledgement when
+	// the broker goes away fails at once instead of after PublishTimeout.
+	epoch     atomic.Pointer[epoch]
+	status    chan nats.Status
+	watchDone chan struct{}
+}
+
+// epoch is one span of the connection being up.
+type epoch struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func newEpoch() *epoch {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &epoch{ctx: ctx, cancel: cancel}
 }
 
 // New subscribes the client's inbox on nc. Close releases it; nc stays open.
@@ -107,13 +125,42 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 		return nil, fmt.Errorf("subscribe inbox: %w", err)
 	}
 	if err := c.sub.SetPendingLimits(-1, -1); err != nil {
+		_ = c.sub.Unsubscribe()
 		return nil, err
+	}
+	c.epoch.Store(newEpoch())
+	c.status = nc.StatusChanged(nats.CONNECTED, nats.RECONNECTING, nats.DISCONNECTED, nats.CLOSED)
+	c.watchDone = make(chan struct{})
+	go c.watch()
+	if !nc.IsConnected() { // it may have gone before the listener was there
+		c.epoch.Load().cancel()
 	}
 	return c, nil
 }
 
 // Close unsubscribes the inbox. Pending Do calls end by their own contexts.
-func (c *Client) Close() error { return c.sub.Unsubscribe() }
+func (c *Client) Close() error {
+	c.stopWatch()
+	return c.sub.Unsubscribe()
+}
+
+// watch follows the connection's status until stopWatch.
+func (c *Client) watch() {
+	defer close(c.watchDone)
+	for st := range c.status {
+		if st != nats.CONNECTED {
+			c.epoch.Load().cancel()
+		} else if c.epoch.Load().ctx.Err() != nil {
+			c.epoch.Store(newEpoch())
+		}
+	}
+}
+
+func (c *Client) stopWatch() {
+	c.nc.RemoveStatusListener(c.status)
+	<-c.watchDone
+	c.epoch.Load().cancel()
+}
 
 // Bands returns the client's band table.
 func (c *Client) Bands() messages.Bands { return c.bands }
@@ -357,11 +404,13 @@ func (c *Client) cancel(w *waiter) {
 }
 
 func (c *Client) publish(ctx context.Context, msg *nats.Msg) error {
-	if !c.nc.IsConnected() {
+	ep := c.epoch.Load()
+	if !c.nc.IsConnected() || ep.ctx.Err() != nil {
 		return &messages.Error{Outcome: messages.OutcomeBrokerUnavailable, Message: "the message broker is not connected", RetryAfter: "1"}
 	}
 	pctx, cancel := context.WithTimeout(ctx, c.pubWait)
 	defer cancel()
+	defer context.AfterFunc(ep.ctx, cancel)()
 	_, err := c.js.PublishMsg(pctx, msg)
 	switch {
 	case err == nil:
@@ -370,6 +419,8 @@ func (c *Client) publish(ctx context.Context, msg *nats.Msg) error {
 		return &messages.Error{Outcome: messages.OutcomeQueueFull, Message: "the queue for this priority band and model group is full", RetryAfter: "1"}
 	case ctx.Err() != nil:
 		return fmt.Errorf("%w: %w", messages.ErrCancelled, context.Cause(ctx))
+	case ep.ctx.Err() != nil:
+		return &messages.Error{Outcome: messages.OutcomeBrokerUnavailable, Message: "the connection to the message broker was lost before it acknowledged the request", RetryAfter: "1"}
 	default:
 		return &messages.Error{Outcome: messages.OutcomeBrokerUnavailable, Message: "the message broker did not accept the request: " + err.Error(), RetryAfter: "1"}
 	}
