@@ -50,6 +50,7 @@ type Deployment struct {
 	Limiter *limiter.Limiter
 
 	inFlight  int
+	admitted  time.Time   // this process's last admission
 	coolUntil time.Time   // no calls before this time
 	fails     []time.Time // recent failures, for allowed_fails
 }
@@ -134,7 +135,7 @@ func (r *Router) AcquireTokens(ctx context.Context, group string, tokens int64) 
 			paced = paced || d.Limiter != nil
 		}
 		if d := r.pick(r.groups[group], tokens, false); d != nil {
-			d.inFlight++
+			d.admit(r.now())
 			r.mu.Unlock()
 			return &Lease{r: r, d: d}, nil
 		}
@@ -413,8 +414,28 @@ func (r *Router) TryAcquireTokens(group string, tokens int64, settle bool) (l *L
 	if d == nil {
 		return nil, false
 	}
-	d.inFlight++
+	d.admit(r.now())
 	return &Lease{r: r, d: d}, true
+}
+
+func (d *Deployment) admit(now time.Time) {
+	d.inFlight++
+	d.admitted = now
+}
+
+// settling reports that d is unavailable only for an admission younger
+// than AdmissionSettle, which may be given back: a shared limit whose
+// latest admission (in any process) is that young, or this process's
+// max_parallel_requests reached by an admission that young.
+func (d *Deployment) settling(now time.Time) bool {
+	switch {
+	case now.Before(d.coolUntil):
+		return false
+	case d.free() == 0:
+		return now.Sub(d.admitted) < AdmissionSettle
+	default:
+		return d.Limiter != nil && d.Limiter.AdmittedWithin(now, AdmissionSettle)
+	}
 }
 
 // available reports whether d may take a call now, as far as this process
@@ -448,11 +469,13 @@ func (d *Deployment) weight() float64 {
 // AdmissionSettle is how long a deployment that just admitted a call and is
 // now at its limit keeps deployments of a worse order out of the choice, when
 // the caller asks for it (no known backlog). Workers reserve before they
-// fetch, so when several processes race for one message, an admission is
-// often given back a moment later: the preferred deployment then has
-// capacity again, and the message meanwhile sent to the worse one would have
-// broken litellm_params.order. With a backlog the admissions are real and
-// the overflow goes to the worse order at once.
+// fetch, so when several processes (or several slots of one process) race
+// for one message, an admission is often given back a moment later: the
+// preferred deployment then has capacity again, and the message meanwhile
+// sent to the worse one would have broken litellm_params.order. This holds
+// for a shared limit and for this process's max_parallel_requests alike.
+// With a backlog the admissions are real and the overflow goes to the worse
+// order at once.
 const AdmissionSettle = 50 * time.Millisecond
 
 // pick chooses among the deployments with headroom of the lowest order.
@@ -464,8 +487,7 @@ func (r *Router) pick(ds []*Deployment, tokens int64, settle bool) *Deployment {
 	now := r.now()
 	for _, d := range ds {
 		if !d.available(now, tokens) {
-			if settle && d.Limiter != nil && d.free() != 0 && !now.Before(d.coolUntil) && d.Limiter.AdmittedWithin(now, AdmissionSettle) &&
-				(settling == 0 || d.order() < settling) {
+			if settle && d.settling(now) && (settling == 0 || d.order() < settling) {
 				settling = d.order()
 			}
 			continue

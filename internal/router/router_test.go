@@ -573,3 +573,40 @@ func TestConcurrentUseNeverExceedsMaxParallel(t *testing.T) {
 	}
 	acquire(t, r, "g") // everything was released
 }
+
+// TestOrderSettlesForYoungLocalAdmissions: with settle, a deployment of a
+// better order that is at its max_parallel_requests only through an
+// admission younger than AdmissionSettle keeps the worse order out (slots
+// racing for one message give such admissions back a moment later);
+// without settle (a backlog is known), or once the admission is older, the
+// overflow goes to the worse order.
+func TestOrderSettlesForYoungLocalAdmissions(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := router.New(router.SimpleShuffle, []router.Deployment{
+			{ID: "second", Group: "g", Order: 2},
+			{ID: "first", Group: "g", Order: 1, MaxParallel: 1},
+		}, nil)
+		held, ok := r.TryAcquireTokens("g", 0, true)
+		if !ok || held.Deployment().ID != "first" {
+			t.Fatalf("first admission: %v, want the order-1 deployment", held)
+		}
+		if l, ok := r.TryAcquireTokens("g", 0, true); ok {
+			t.Fatalf("with settle, a young admission of the order-1 deployment let %s in", l.Deployment().ID)
+		}
+		l, ok := r.TryAcquireTokens("g", 0, false)
+		if !ok || l.Deployment().ID != "second" {
+			t.Fatalf("without settle: %v, want the order-2 deployment", l)
+		}
+		l.Release()
+		time.Sleep(router.AdmissionSettle)
+		l, ok = r.TryAcquireTokens("g", 0, true)
+		if !ok || l.Deployment().ID != "second" {
+			t.Fatalf("with settle after %s: %v, want the order-2 deployment", router.AdmissionSettle, l)
+		}
+		l.Release()
+		held.Release()
+		if l, ok := r.TryAcquireTokens("g", 0, true); !ok || l.Deployment().ID != "first" {
+			t.Fatalf("after the release: %v, want the order-1 deployment", l)
+		}
+	})
+}

@@ -370,10 +370,15 @@ func (p *Pool) sweep(ctx context.Context) (m *pulled, lease *router.Lease, paced
 				continue
 			}
 			blind := pr.blind.Load()
-			lease, unlock, ok := p.admit(ctx, gi)
+			// With no backlog known for the pair, slots may be racing for
+			// one message: a worse order waits for a better one's young
+			// admissions to settle (router.AdmissionSettle), and the slot
+			// looks again shortly, as for a shared limit.
+			settle := pr.left.Load() == 0
+			lease, unlock, ok := p.admit(ctx, gi, settle)
 			if !ok {
 				pr.endFetch()
-				paced = paced || p.limited[gi] != nil
+				paced = paced || p.limited[gi] != nil || settle
 				if refused == nil {
 					refused = make([]bool, n)
 				}
@@ -443,12 +448,14 @@ func (lg *limitedGroup) sawTokens(n int64) {
 // limiter admits fetch, so the message each fetches is the head of the
 // queue at that moment and the limit releases requests in priority order
 // across every process. The returned unlock ends the group's fetch lock
-// (call it once the fetch answered).
-func (p *Pool) admit(ctx context.Context, gi int) (lease *router.Lease, unlock func(), ok bool) {
+// (call it once the fetch answered). settle is passed to the router for a
+// group without shared limits (no backlog known for the pair); a group with
+// them settles by the backlog its last fetch saw, in any band.
+func (p *Pool) admit(ctx context.Context, gi int, settle bool) (lease *router.Lease, unlock func(), ok bool) {
 	group := p.opts.Groups[gi]
 	lg := p.limited[gi]
 	if lg == nil {
-		lease, ok = p.opts.Router.TryAcquire(group)
+		lease, ok = p.opts.Router.TryAcquireTokens(group, 0, settle)
 		return lease, func() {}, ok
 	}
 	lg.fetchMu.Lock()
