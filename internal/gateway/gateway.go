@@ -37,8 +37,10 @@ const (
 	HeaderDeployment = "x-llmq-deployment"
 )
 
-// errorOf turns any error from the client into a *messages.Error.
-func errorOf(ctx context.Context, err error) *messages.Error {
+// errorOf turns any error from the client into a *messages.Error. A
+// timeout of the whole wait comes from the client as such an error
+// (client.Request.AnswerDeadline).
+func errorOf(err error) *messages.Error {
 	var e *messages.Error
 	if errors.As(err, &e) {
 		return e
@@ -49,11 +51,7 @@ func errorOf(ctx context.Context, err error) *messages.Error {
 	case errors.Is(err, client.ErrWorkerLost):
 		return &messages.Error{Outcome: messages.OutcomeProviderError, Message: err.Error(), Code: "worker_lost"}
 	}
-	o := messages.OutcomeOf(err)
-	if errors.Is(context.Cause(ctx), messages.ErrProviderTimeout) {
-		o = messages.OutcomeProviderTimeout
-	}
-	return &messages.Error{Outcome: o, Message: err.Error()}
+	return &messages.Error{Outcome: messages.OutcomeOf(err), Message: err.Error()}
 }
 
 // Submitter is what the gateway needs from pkg/client.
@@ -226,8 +224,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 		req.OnStart = func(info client.Result) { ids.set(h); s.picked(h, l, info) }
 		req.OnChunk = sse.event
 	}
-	ctx := r.Context()
-	resp, info, err := s.opts.Client.Do(ctx, req)
+	resp, info, err := s.opts.Client.Do(r.Context(), req)
 	if sse != nil && sse.started {
 		// Headers and some events are out: the end is told in the stream.
 		return sse.finish(err)
@@ -235,7 +232,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	ids.set(h)
 	s.picked(h, l, info)
 	if err != nil {
-		e := errorOf(ctx, err)
+		e := errorOf(err)
 		if e.Outcome == messages.OutcomeCancelled {
 			// The client is gone; nobody reads the answer.
 			return e.Outcome, e.HTTPStatus()

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"context"
 	"net/http"
 	"time"
 
@@ -49,7 +48,7 @@ func (s *sseWriter) finish(err error) (messages.Outcome, int) {
 		_ = s.event([]byte("[DONE]"))
 		return messages.OutcomeServed, http.StatusOK
 	}
-	e := errorOf(context.Background(), err)
+	e := errorOf(err)
 	_ = s.event(messages.ErrorBody(e))
 	return e.Outcome, e.HTTPStatus()
 }

@@ -24,7 +24,7 @@ type keeper struct {
 	mu   sync.Mutex
 	held map[*kept]struct{}
 	wake chan struct{} // the first request held starts the ticking
-	out  []keepAlive   // send's buffer (run's goroutine only)
+	out  []due         // send's buffer (run's goroutine only)
 }
 
 // kept is one held request.
@@ -94,8 +94,8 @@ func (k *keeper) run(ctx context.Context) {
 	}
 }
 
-// keepAlive is what one held request is due at a tick.
-type keepAlive struct {
+// due is what one held request is due at a tick.
+type due struct {
 	e               *kept
 	progress, beats bool
 }
@@ -110,7 +110,7 @@ func (k *keeper) send(now time.Time) bool {
 	held := len(k.held)
 	out := k.out[:0]
 	for e := range k.held {
-		a := keepAlive{e: e, progress: !now.Before(e.nextProgress), beats: !now.Before(e.nextBeat)}
+		a := due{e: e, progress: !now.Before(e.nextProgress), beats: !now.Before(e.nextBeat)}
 		if a.progress {
 			e.nextProgress = now.Add(k.progress)
 		}

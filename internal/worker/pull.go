@@ -33,11 +33,11 @@ type puller struct {
 	timeout time.Duration // how long a fetch waits for the server's answer
 
 	mu   sync.Mutex
-	free []*inbox
+	free []*fetchInbox
 }
 
-// inbox is one fetch's reply subscription, with its channel and timer.
-type inbox struct {
+// fetchInbox is one fetch's reply subscription, with its channel and timer.
+type fetchInbox struct {
 	sub   *nats.Subscription
 	ch    chan *nats.Msg
 	timer *time.Timer // stopped while the inbox is free
@@ -83,7 +83,7 @@ func (pl *puller) fetch() (*pulled, error) {
 	}
 }
 
-func (pl *puller) inbox() (*inbox, error) {
+func (pl *puller) inbox() (*fetchInbox, error) {
 	pl.mu.Lock()
 	if n := len(pl.free); n > 0 {
 		in := pl.free[n-1]
@@ -92,7 +92,7 @@ func (pl *puller) inbox() (*inbox, error) {
 		return in, nil
 	}
 	pl.mu.Unlock()
-	in := &inbox{ch: make(chan *nats.Msg, 2), timer: time.NewTimer(time.Hour)}
+	in := &fetchInbox{ch: make(chan *nats.Msg, 2), timer: time.NewTimer(time.Hour)}
 	in.timer.Stop()
 	var err error
 	if in.sub, err = pl.nc.ChanSubscribe(pl.nc.NewInbox(), in.ch); err != nil {
@@ -101,7 +101,7 @@ func (pl *puller) inbox() (*inbox, error) {
 	return in, nil
 }
 
-func (pl *puller) put(in *inbox) {
+func (pl *puller) put(in *fetchInbox) {
 	pl.mu.Lock()
 	pl.free = append(pl.free, in)
 	pl.mu.Unlock()

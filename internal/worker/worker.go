@@ -246,7 +246,7 @@ func (p *Pool) Run(ctx context.Context) error {
 
 	// The keep-alives go on until Run returns: calls and deliveries outlive
 	// ctx by the drain.
-	kctx, stopKeeper := context.WithCancel(context.WithoutCancel(ctx))
+	kctx, stopKeeper := context.WithCancel(context.Background())
 	defer stopKeeper()
 	go p.keeper.run(kctx)
 

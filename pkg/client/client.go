@@ -138,7 +138,8 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 	return c, nil
 }
 
-// Close unsubscribes the inbox. Pending Do calls end by their own contexts.
+// Close unsubscribes the inbox and stops following the connection's status.
+// Pending Do calls end by their own contexts.
 func (c *Client) Close() error {
 	c.stopWatch()
 	return c.sub.Unsubscribe()
@@ -184,9 +185,8 @@ type Request struct {
 	Deadline time.Time
 	// AnswerDeadline bounds the whole wait, queue and provider call; past
 	// it Do fails with messages.OutcomeProviderTimeout and tells the worker
-	// to stop. Zero means no bound other than ctx's. It costs nothing that
-	// a context deadline would not, and less: Do waits on one timer for
-	// both deadlines.
+	// to stop. Zero means no bound other than ctx's. Do waits on one timer
+	// for both deadlines, where a context deadline would add a second.
 	AnswerDeadline time.Time
 }
 

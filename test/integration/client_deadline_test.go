@@ -19,12 +19,7 @@ func TestClientAnswerDeadline(t *testing.T) {
 	fake := newFake(t)
 	const group = "prompt"
 	g := startEmbeddedGateway(t, relOneGroup(t, group, fake, 0, nil), 1)
-	nc, _ := relJS(t, g.NATSURL())
-	cl, err := client.New(nc, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := relClient(t, g.NATSURL())
 	ctx, cancel := context.WithTimeout(t.Context(), relWait)
 	defer cancel()
 

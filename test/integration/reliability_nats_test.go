@@ -113,12 +113,7 @@ func TestReliabilityEmbeddedNATSRestart(t *testing.T) {
 	env.EmbeddedNATSListen = natsURL[len("nats://"):] // the same port after the restart
 
 	relStartWorker(t, relEnv(cfg, natsURL))
-	nc, _ := relJS(t, natsURL)
-	cl, err := client.New(nc, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := relClient(t, natsURL)
 
 	fake.Hold()
 	type done struct {

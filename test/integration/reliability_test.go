@@ -40,6 +40,7 @@ import (
 	"github.com/llmq/llmq/internal/provider"
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/internal/worker"
+	"github.com/llmq/llmq/pkg/client"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -169,6 +170,19 @@ func (n *relNATS) Start() {
 
 // relJS connects to url for the test's own observations and returns the
 // connection and its JetStream context.
+// relClient is a pkg/client Client on its own connection to url, as an
+// internal service has it; it is closed when the test ends.
+func relClient(t *testing.T, url string) *client.Client {
+	t.Helper()
+	nc, _ := relJS(t, url)
+	cl, err := client.New(nc, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Close() })
+	return cl
+}
+
 func relJS(t *testing.T, url string) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
 	nc, err := nats.Connect(url, nats.Name("llmq-reliability-test"), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))

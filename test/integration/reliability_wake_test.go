@@ -28,12 +28,7 @@ func TestReliabilityIdleWorkersTakeEveryRequestAtOnce(t *testing.T) {
 	const group = "prompt"
 	cfg := relOneGroup(t, group, fake, 0, nil)
 	g := startEmbeddedGateway(t, cfg, 2)
-	nc, _ := relJS(t, g.NATSURL())
-	cl, err := client.New(nc, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := relClient(t, g.NATSURL())
 
 	const n, bound = 2000, 10 * time.Second
 	deadline := time.Now().Add(bound)

@@ -268,10 +268,7 @@ func measure(ctx context.Context, s sut, shape load.Shape, fake *fakeupstream.Se
 		return m, err
 	}
 	if len(s.procs) > 0 {
-		m.ProcCPU = make(map[string]time.Duration, len(s.procs))
-		for name, t := range proc1 {
-			m.ProcCPU[name] = t - proc0[name]
-		}
+		m.ProcCPU, _ = cpuSince(proc0, proc1)
 	}
 	fake.Reset() // forget the recorded requests: memory stays flat
 	var ok, queue []time.Duration
@@ -298,6 +295,17 @@ func measure(ctx context.Context, s sut, shape load.Shape, fake *fakeupstream.Se
 	}
 	m.Wall = last.Sub(first)
 	return m, nil
+}
+
+// cpuSince returns each process's CPU time from t0 to t1 (procTimes
+// readings), by name, and their sum.
+func cpuSince(t0, t1 map[string]time.Duration) (byName map[string]time.Duration, total time.Duration) {
+	byName = make(map[string]time.Duration, len(t1))
+	for name, t := range t1 {
+		byName[name] = t - t0[name]
+		total += byName[name]
+	}
+	return byName, total
 }
 
 // procTimes reads the CPU time of each process so far, by name.

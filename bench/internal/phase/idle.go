@@ -100,11 +100,9 @@ func Idle(ctx context.Context, env Env, cfg IdleConfig) (_ *IdleResult, err erro
 	res := &IdleResult{Config: cfg, Wall: time.Since(start), SelfCPU: self1 - self0, BarePercent: bare}
 	res.CPU = res.SelfCPU
 	if cfg.R3 {
-		res.NodeCPU = make(map[string]time.Duration, len(nodes))
-		for name, t := range nodes1 {
-			res.NodeCPU[name] = t - nodes0[name]
-			res.CPU += res.NodeCPU[name]
-		}
+		var nodeCPU time.Duration
+		res.NodeCPU, nodeCPU = cpuSince(nodes0, nodes1)
+		res.CPU += nodeCPU
 	}
 	res.Percent = 100 * res.CPU.Seconds() / res.Wall.Seconds()
 	env.logf("%s: %s CPU in %s = %.2f %% of one core (this process %s)", name, res.CPU, res.Wall.Round(time.Millisecond), res.Percent, res.SelfCPU)
@@ -132,10 +130,7 @@ func bareCluster(ctx context.Context, env Env, name string, nodes []system.Proc,
 	if err != nil {
 		return 0, err
 	}
-	var cpu time.Duration
-	for n, t := range t1 {
-		cpu += t - t0[n]
-	}
+	_, cpu := cpuSince(t0, t1)
 	pct := 100 * cpu.Seconds() / time.Since(start).Seconds()
 	env.logf("%s: the bare cluster used %s CPU = %.2f %% of one core", name, cpu, pct)
 	return pct, nil

@@ -64,8 +64,6 @@ func (e Env) processOptions(name string, cfg system.Config) (system.ProcessOptio
 	return system.ProcessOptions{Config: path, DataDir: filepath.Join(dir, "data"), LogOut: e.LogOut}, nil
 }
 
-// heapInuse collects garbage twice (finalizers run between) and returns the
-// bytes in in-use heap spans.
 // Mem is what the process holds, read after two garbage collections.
 type Mem struct {
 	Heap   uint64 // HeapInuse: spans with heap objects
@@ -82,6 +80,8 @@ func (m Mem) Above(base Mem) (heap, stacks, total float64) {
 	return heap, stacks, heap + stacks
 }
 
+// readMem collects garbage twice (finalizers run between) and returns the
+// bytes in in-use heap spans and in goroutine stacks.
 func readMem() Mem {
 	runtime.GC()
 	runtime.GC()
