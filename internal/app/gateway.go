@@ -128,6 +128,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		QueueTimeout:    s.cfg.RouterSettings.Timeout.D(),
 		AnswerTimeout:   s.maxCallTimeout() + s.spec.AckWait + 30*time.Second,
 		MaxBodyBytes:    env.MaxBodyBytes,
+		ParkAfter:       env.ParkAfter,
 		Logger:          log,
 		QueueStatus: func(ctx context.Context) (any, error) {
 			st, err := queuestatus.Read(ctx, js, s.subjects, time.Now())
@@ -191,10 +192,13 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), env.ShutdownTimeout)
 		defer cancel()
 		log.Info("shutting down: draining HTTP requests", "timeout", env.ShutdownTimeout)
-		if err := httpSrv.Shutdown(sctx); err != nil {
+		// Handlers may park their requests while the server drains, so the
+		// parked ones are waited for after it.
+		if err := errors.Join(httpSrv.Shutdown(sctx), srv.Shutdown(sctx)); err != nil {
 			// Drain timed out: cut the remaining connections rather than
 			// leave their callers waiting on a closed NATS connection.
 			log.Warn("drain timeout: closing the remaining connections", "timeout", env.ShutdownTimeout)
+			srv.Close()
 			return httpSrv.Close()
 		}
 		return nil

@@ -33,6 +33,7 @@ type Env struct {
 	MaxBodyBytes       int64         `envconfig:"MAX_BODY_BYTES" default:"786432" desc:"largest accepted request body; must fit NATS's max payload (1 MiB by default)"`
 	MetricsListen      string        `envconfig:"METRICS_LISTEN" desc:"worker process: address of its /metrics listener (e.g. :9091); empty = none. The gateway serves /metrics on its own port"`
 	ShutdownTimeout    time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"30s" desc:"how long SIGTERM waits for in-flight work"`
+	ParkAfter          time.Duration `envconfig:"PARK_AFTER" default:"1s" desc:"gateway: a request (not a stream) that waited this long in the queue gives its HTTP/1.x connection's goroutine and buffers back and is answered with Connection: close; 0 = never"`
 }
 
 // NATSSecurity returns the NATS connection security settings.
@@ -93,6 +94,9 @@ func (e Env) Validate() error {
 	}
 	if e.ShutdownTimeout <= 0 {
 		add("SHUTDOWN_TIMEOUT", "must be positive")
+	}
+	if e.ParkAfter < 0 {
+		add("PARK_AFTER", "must not be negative")
 	}
 	return errors.Join(errs...)
 }

@@ -72,6 +72,11 @@ type Options struct {
 	QueueTimeout    time.Duration // router_settings.timeout
 	// AnswerTimeout bounds the whole wait for an answer (queue plus call).
 	AnswerTimeout time.Duration
+	// ParkAfter, when positive, parks a request that is not a stream once
+	// it waited this long without a pickup: its HTTP/1.x connection is
+	// taken over from net/http and answered, with "Connection: close",
+	// when the answer comes. Call Shutdown after http.Server.Shutdown.
+	ParkAfter time.Duration
 	MaxBodyBytes  int64 // 0 = no limit
 	Logger        *slog.Logger
 	// Ready reports readiness (NATS connected, stream and consumers exist).
@@ -90,6 +95,7 @@ type Server struct {
 	groups map[string]bool
 	keys   *keyring // nil: no authentication
 	log    *slog.Logger
+	parked parkedSet
 }
 
 // Metric label values for requests whose band or group is not known.
@@ -101,6 +107,7 @@ const (
 // New returns a Server.
 func New(opts Options) *Server {
 	s := &Server{opts: opts, groups: make(map[string]bool, len(opts.Groups)), keys: newKeyring(opts.MasterKey, opts.Keys), log: opts.Logger}
+	s.parked.all = make(map[*parked]struct{})
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -155,21 +162,30 @@ func methodNotAllowed(allow string) http.HandlerFunc {
 
 func (s *Server) completion(kind messages.Kind) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		l := labels{band: noBand, group: unknownGroup}
+		l := labels{band: noBand, group: unknownGroup, start: time.Now()}
 		outcome, status := s.serve(w, r, kind, &l)
-		s.opts.Metrics.Request(l.band, l.group, outcome.String())
-		if s.log.Enabled(r.Context(), slog.LevelDebug) { // spares the arguments' allocations
-			s.log.Debug("request", "path", r.URL.Path, "outcome", outcome, "status", status,
-				"band", l.band, "group", l.group, "request_id", w.Header().Get(HeaderRequestID), "duration", time.Since(start))
+		if !l.parked {
+			s.record(r.Context(), &l, r.URL.Path, w.Header().Get(HeaderRequestID), outcome, status)
 		}
 	})
 }
 
-// labels are a request's metric labels, filled in as they become known.
+// record counts a request that ended and logs it at debug level.
+func (s *Server) record(ctx context.Context, l *labels, path, id string, outcome messages.Outcome, status int) {
+	s.opts.Metrics.Request(l.band, l.group, outcome.String())
+	if s.log.Enabled(ctx, slog.LevelDebug) { // spares the arguments' allocations
+		s.log.Debug("request", "path", path, "outcome", outcome, "status", status,
+			"band", l.band, "group", l.group, "request_id", id, "duration", time.Since(l.start))
+	}
+}
+
+// labels are a request's metric labels, filled in as they become known,
+// and what its end is recorded with.
 type labels struct {
 	band, group string
 	picked      bool // the pickup was recorded
+	parked      bool // parked: its end is recorded by parked.Done
+	start       time.Time
 }
 
 // serve handles one completion request and returns how it ended.
@@ -219,28 +235,42 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	h := w.Header()
 
 	var sse *sseWriter
-	if p.Stream {
+	switch {
+	case p.Stream:
 		sse = newSSE(w)
 		req.OnStart = func(info client.Result) { ids.set(h); s.picked(h, l, info) }
 		req.OnChunk = sse.event
+	case s.opts.ParkAfter > 0:
+		req.ParkAfter = s.opts.ParkAfter
+		req.Parker = &parked{s: s, w: w, ids: ids, l: *l, path: r.URL.Path, major: r.ProtoMajor, minor: r.ProtoMinor}
 	}
 	resp, info, err := s.opts.Client.Do(r.Context(), req)
-	if sse != nil && sse.started {
+	switch {
+	case errors.Is(err, client.ErrParked):
+		l.parked = true
+		return 0, 0
+	case sse != nil && sse.started:
 		// Headers and some events are out: the end is told in the stream.
 		return sse.finish(err)
+	case sse != nil && err == nil: // served with no event at all
+		ids.set(h)
+		s.picked(h, l, info)
+		return sse.finish(nil)
 	}
+	return s.answer(w, ids, l, resp, info, err)
+}
+
+// answer writes the answer to a submitted request (not a stream's).
+func (s *Server) answer(w http.ResponseWriter, ids idHeaders, l *labels, resp *client.Response, info client.Result, err error) (messages.Outcome, int) {
+	h := w.Header()
 	ids.set(h)
 	s.picked(h, l, info)
 	if err != nil {
 		e := errorOf(err)
-		if e.Outcome == messages.OutcomeCancelled {
-			// The client is gone; nobody reads the answer.
-			return e.Outcome, e.HTTPStatus()
+		if e.Outcome != messages.OutcomeCancelled { // else the client is gone; nobody reads the answer
+			writeError(w, e)
 		}
-		return fail(e)
-	}
-	if sse != nil { // served with no event at all
-		return sse.finish(nil)
+		return e.Outcome, e.HTTPStatus()
 	}
 	h.Set(HeaderDeployment, resp.Deployment) // after fallbacks, not the one picked first
 	h.Set("Content-Type", "application/json")

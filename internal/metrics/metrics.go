@@ -36,6 +36,7 @@ type Metrics struct {
 	coolingDown  *prometheus.GaugeVec
 	limiterUse   *prometheus.GaugeVec
 	deadLetters  *prometheus.CounterVec
+	parked       prometheus.Gauge
 }
 
 // New creates the collectors and registers them on reg.
@@ -83,9 +84,13 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "llmq_dead_letters_total",
 			Help: "Requests moved to the dead-letter stream, by reason (undecodable, failed or unserved).",
 		}, []string{"reason"}),
+		parked: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "llmq_gateway_parked_requests",
+			Help: "Requests waiting with their HTTP connection taken over from net/http (LLMQ_PARK_AFTER).",
+		}),
 	}
 	reg.MustRegister(m.requests, m.queueWait, m.queueDepth, m.inFlight, m.providerTime, m.tokens,
-		m.cooldowns, m.coolingDown, m.limiterUse, m.deadLetters)
+		m.cooldowns, m.coolingDown, m.limiterUse, m.deadLetters, m.parked)
 	return m
 }
 
@@ -96,6 +101,9 @@ func Band(b int) string { return strconv.Itoa(b) }
 func (m *Metrics) Request(band, group, outcome string) {
 	m.requests.WithLabelValues(band, group, outcome).Inc()
 }
+
+// Parked adds delta to the requests parked in this gateway.
+func (m *Metrics) Parked(delta int) { m.parked.Add(float64(delta)) }
 
 // QueueWait observes the time a request waited for a worker.
 func (m *Metrics) QueueWait(band, group string, d time.Duration) {

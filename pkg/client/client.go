@@ -54,6 +54,37 @@ var ErrSlowReader = errors.New("the client read the stream too slowly")
 // ErrWorkerLost ends a stream whose worker stopped sending (it died).
 var ErrWorkerLost = errors.New("the worker serving the stream stopped responding")
 
+// ErrParked is what Do returns once it handed a waiting request over to its
+// [Parker]: the outcome goes to Parker.Done.
+var ErrParked = errors.New("the request was parked")
+
+// A Parker lets Do return while a request still waits in the queue, so that
+// the caller holds no goroutine for it: after waiting Request.ParkAfter
+// without a pickup, Do calls Park; if Park takes the request over, Do
+// returns ErrParked, from then on the client's own timer and subscription
+// carry the request, and Done gets its outcome. A context no longer ends a
+// parked request: its deadlines, Alive and the cancel function given to
+// Started do. The gateway parks requests that wait long: it takes their
+// HTTP connection over from net/http and answers it from Done, so a waiting
+// request holds neither a goroutine nor net/http's buffers.
+//
+// Streams are never parked. Only Done may block.
+type Parker interface {
+	// Park is called at most once, in Do's goroutine. True hands the
+	// request over; false keeps Do waiting as if there were no Parker.
+	Park() bool
+	// Alive is asked, on the client's subscription goroutine, when a worker
+	// wants to start the parked request. False refuses the pickup (no
+	// provider is called) and ends the request as cancelled.
+	Alive() bool
+	// Started is called once a worker started the parked request, with a
+	// function that abandons the request and tells the worker to stop.
+	Started(cancel func())
+	// Done gets the outcome of a parked request, exactly once, in a
+	// goroutine of its own.
+	Done(*Response, Result, error)
+}
+
 // Client submits requests over one NATS connection.
 type Client struct {
 	nc       *nats.Conn
@@ -188,6 +219,10 @@ type Request struct {
 	// to stop. Zero means no bound other than ctx's. Do waits on one timer
 	// for both deadlines, where a context deadline would add a second.
 	AnswerDeadline time.Time
+	// Parker, when set on a request that is not a stream, lets Do hand
+	// the request over after it waited ParkAfter in the queue (see Parker).
+	Parker    Parker
+	ParkAfter time.Duration
 }
 
 // Response is a served request.
@@ -215,7 +250,12 @@ const (
 )
 
 type waiter struct {
-	stream   bool
+	id                            string
+	band                          int
+	start                         time.Time // of the publish
+	queueDeadline, answerDeadline time.Time
+	stream                        bool
+
 	state    atomic.Int32
 	pickedAt atomic.Int64 // unix nanos
 	lastSeen atomic.Int64 // unix nanos of the last message from the worker
@@ -225,19 +265,66 @@ type waiter struct {
 	chunks   chan *nats.Msg // streams only
 	abort    chan struct{}  // closed when the chunk buffer overflowed
 	once     sync.Once
+
+	// A parked request (see Parker): parked is set once, after timer.
+	parker  Parker
+	parked  atomic.Bool
+	timer   *time.Timer // the parked request's deadline
+	started atomic.Bool // Parker.Started was called
+	ended   atomic.Bool // Parker.Done was called
+}
+
+// result is what is known about w's request now.
+func (w *waiter) result() Result {
+	info := Result{ID: w.id, Band: w.band}
+	if at := w.pickedAt.Load(); at != 0 {
+		info.Picked = true
+		info.QueueWait = time.Unix(0, at).Sub(w.start)
+		if d := w.deploy.Load(); d != nil {
+			info.Deployment = *d
+		}
+	}
+	return info
+}
+
+// answer turns the worker's reply into Do's results; next is the sequence
+// number a stream's reply must carry.
+func (w *waiter) answer(m *nats.Msg, next int) (*Response, Result, error) {
+	info := w.result()
+	rep, err := messages.DecodeReply(m.Header, m.Data)
+	if err != nil {
+		return nil, info, err
+	}
+	if w.stream && rep.Seq != next {
+		return nil, info, fmt.Errorf("%w: stream ended after event %d, but %d were sent", messages.ErrInternal, next-1, rep.Seq-1)
+	}
+	if err := rep.Err(); err != nil {
+		return nil, info, err
+	}
+	return &Response{ID: w.id, Band: w.band, Deployment: rep.Deployment, QueueWait: info.QueueWait, Body: rep.Body}, info, nil
+}
+
+func (w *waiter) queueTimeout() error {
+	return messages.Errorf(messages.OutcomeQueueTimeout, "", "the request waited %s in the queue without reaching a worker", time.Since(w.start).Round(time.Millisecond))
+}
+
+func answerTimeout() error {
+	return &messages.Error{Outcome: messages.OutcomeProviderTimeout, Message: "no answer in time"}
 }
 
 // Do submits req and waits for its answer. A request that fails returns an
 // error matching one of pkg/messages' classes with errors.Is (a *messages.Error
 // for answers from a worker); info is filled in either way. For a stream,
-// Response.Body is empty: the events went to req.OnChunk.
+// Response.Body is empty: the events went to req.OnChunk. A request handed
+// over to its Parker returns ErrParked.
 func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Result, err error) {
 	if req.ID == "" {
 		req.ID = nuid.Next()
 	}
-	band := c.bands.Band(req.Priority)
-	info = Result{ID: req.ID, Band: band}
-	w := &waiter{stream: req.OnChunk != nil, reply: make(chan *nats.Msg, 1)}
+	w := &waiter{
+		id: req.ID, band: c.bands.Band(req.Priority), stream: req.OnChunk != nil, reply: make(chan *nats.Msg, 1),
+		queueDeadline: req.Deadline, answerDeadline: req.AnswerDeadline,
+	}
 	if w.stream {
 		w.chunks = make(chan *nats.Msg, c.buffer)
 		w.abort = make(chan struct{})
@@ -246,30 +333,33 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 	// it the body, is garbage while the request waits: a waiting request
 	// holds its waiter, its timer and Do's stack, not its body (the stream
 	// holds that).
-	id, onChunk, onStart := req.ID, req.OnChunk, req.OnStart
-	queueDeadline, answerDeadline := req.Deadline, req.AnswerDeadline
-	c.mu.Lock()
-	if _, dup := c.waiters[id]; dup {
-		c.mu.Unlock()
-		return nil, info, messages.Errorf(messages.OutcomeInvalidRequest, "", "request id %q is already in use", id)
+	onChunk, onStart, parkAfter := req.OnChunk, req.OnStart, req.ParkAfter
+	if !w.stream {
+		w.parker = req.Parker
 	}
-	c.waiters[id] = w
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		delete(c.waiters, id)
+	c.mu.Lock()
+	if _, dup := c.waiters[w.id]; dup {
 		c.mu.Unlock()
+		return nil, w.result(), messages.Errorf(messages.OutcomeInvalidRequest, "", "request id %q is already in use", w.id)
+	}
+	c.waiters[w.id] = w
+	c.mu.Unlock()
+	parked := false
+	defer func() {
+		if !parked {
+			c.forget(w)
+		}
 	}()
 
-	start := time.Now()
+	w.start = time.Now()
 	msg := c.subjects.Msg(&messages.Request{
-		ID: id, Kind: req.Kind, Group: req.Group, Band: band, Priority: req.Priority,
-		ReplyTo: c.inbox + "." + id, Deadline: queueDeadline, Stream: w.stream, Body: req.Body,
-	}, start)
+		ID: w.id, Kind: req.Kind, Group: req.Group, Band: w.band, Priority: req.Priority,
+		ReplyTo: c.inbox + "." + w.id, Deadline: w.queueDeadline, Stream: w.stream, Body: req.Body,
+	}, w.start)
 	req = nil // see above
 	if err := c.publish(ctx, msg); err != nil {
 		w.state.Store(stateAbandoned)
-		return nil, info, err
+		return nil, w.result(), err
 	}
 
 	// One timer serves both deadlines: it fires at the queue deadline (or
@@ -279,16 +369,16 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 		timer    *time.Timer
 		deadline <-chan time.Time
 	)
-	if first := earliest(queueDeadline, answerDeadline); !first.IsZero() {
+	if first := earliest(w.queueDeadline, w.answerDeadline); !first.IsZero() {
 		timer = time.NewTimer(time.Until(first))
 		defer timer.Stop()
 		deadline = timer.C
 	}
-	queueTimeout := func() error {
-		return messages.Errorf(messages.OutcomeQueueTimeout, "", "the request waited %s in the queue without reaching a worker", time.Since(start).Round(time.Millisecond))
-	}
-	answerTimeout := func() error {
-		return &messages.Error{Outcome: messages.OutcomeProviderTimeout, Message: "no answer in time"}
+	var park <-chan time.Time
+	if w.parker != nil {
+		t := time.NewTimer(parkAfter)
+		defer t.Stop()
+		park = t.C
 	}
 	var silence <-chan time.Time
 	if w.stream {
@@ -296,22 +386,12 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 		defer t.Stop()
 		silence = t.C
 	}
-	picked := func() {
-		if at := w.pickedAt.Load(); at != 0 {
-			info.Picked = true
-			info.QueueWait = time.Unix(0, at).Sub(start)
-			if d := w.deploy.Load(); d != nil {
-				info.Deployment = *d
-			}
-		}
-	}
 	// fail abandons the request and tells its worker, if any, to stop.
 	fail := func(err error) (*Response, Result, error) {
 		if w.state.Swap(stateAbandoned) == statePicked {
-			picked()
 			c.cancel(w)
 		}
-		return nil, info, err
+		return nil, w.result(), err
 	}
 	next := 1 // the sequence number the next stream event must carry
 	chunk := func(m *nats.Msg) error {
@@ -319,11 +399,8 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 			return fmt.Errorf("%w: stream event %d arrived where %d was expected", messages.ErrInternal, seq, next)
 		}
 		next++
-		if next == 2 {
-			picked()
-			if onStart != nil {
-				onStart(info)
-			}
+		if next == 2 && onStart != nil {
+			onStart(w.result())
 		}
 		return onChunk(m.Data)
 	}
@@ -334,7 +411,6 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 				return fail(err)
 			}
 		case m := <-w.reply:
-			picked()
 			for drained := false; !drained; { // chunks sent before the reply are already queued
 				select {
 				case cm := <-w.chunks:
@@ -345,30 +421,27 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 					drained = true
 				}
 			}
-			rep, err := messages.DecodeReply(m.Header, m.Data)
-			if err != nil {
-				return nil, info, err
-			}
-			if w.stream && rep.Seq != next {
-				return nil, info, fmt.Errorf("%w: stream ended after event %d, but %d were sent", messages.ErrInternal, next-1, rep.Seq-1)
-			}
-			if err := rep.Err(); err != nil {
-				return nil, info, err
-			}
-			return &Response{ID: id, Band: band, Deployment: rep.Deployment, QueueWait: info.QueueWait, Body: rep.Body}, info, nil
+			return w.answer(m, next)
 		case <-w.abort:
 			return fail(fmt.Errorf("%w: more than %d events were waiting", ErrSlowReader, c.buffer))
 		case <-silence:
 			if seen := w.lastSeen.Load(); w.state.Load() == statePicked && time.Since(time.Unix(0, seen)) > messages.StreamSilence {
 				return fail(fmt.Errorf("%w: nothing for %s", ErrWorkerLost, messages.StreamSilence))
 			}
+		case <-park:
+			park = nil
+			if w.state.Load() == stateWaiting && w.parker.Park() {
+				parked = true
+				c.hand(w)
+				return nil, w.result(), ErrParked
+			}
 		case <-deadline:
 			if w.state.CompareAndSwap(stateWaiting, stateAbandoned) {
-				return nil, info, queueTimeout()
+				return nil, w.result(), w.queueTimeout()
 			}
 			// Picked up: only the answer deadline is left.
-			switch left := time.Until(answerDeadline); {
-			case answerDeadline.IsZero():
+			switch left := time.Until(w.answerDeadline); {
+			case w.answerDeadline.IsZero():
 				deadline = nil
 			case left <= 0:
 				return fail(answerTimeout())
@@ -378,7 +451,7 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 		case <-ctx.Done():
 			cause := context.Cause(ctx)
 			if errors.Is(cause, messages.ErrQueueTimeout) && w.state.Load() == stateWaiting {
-				return fail(queueTimeout())
+				return fail(w.queueTimeout())
 			}
 			if errors.Is(cause, messages.ErrProviderTimeout) {
 				return fail(answerTimeout())
@@ -386,6 +459,81 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 			return fail(fmt.Errorf("%w: %w", messages.ErrCancelled, cause))
 		}
 	}
+}
+
+// forget removes w from the waiters; later messages for it are refused.
+func (c *Client) forget(w *waiter) {
+	c.mu.Lock()
+	if c.waiters[w.id] == w {
+		delete(c.waiters, w.id)
+	}
+	c.mu.Unlock()
+}
+
+// hand takes a waiting request over from Do: from here its deadlines are a
+// timer's, its answer and pickups the subscription's (see onInbox, pickup).
+func (c *Client) hand(w *waiter) {
+	if first := earliest(w.queueDeadline, w.answerDeadline); !first.IsZero() {
+		// Set before it can fire: the callback uses w.timer.
+		w.timer = time.AfterFunc(time.Hour, func() { c.parkedDeadline(w) })
+		w.timer.Reset(time.Until(first))
+	}
+	w.parked.Store(true)
+	// An answer that came before the store is in the channel; one that
+	// comes after it is taken by onInbox. Both may look: one gets it.
+	select {
+	case m := <-w.reply:
+		c.endParked(w, func() (*Response, Result, error) { return w.answer(m, 0) })
+	default:
+	}
+	c.startParked(w) // in case a pickup was accepted before the store
+}
+
+// parkedDeadline is Do's deadline case for a parked request.
+func (c *Client) parkedDeadline(w *waiter) {
+	if w.state.CompareAndSwap(stateWaiting, stateAbandoned) {
+		c.endParked(w, failed(w, w.queueTimeout()))
+		return
+	}
+	switch left := time.Until(w.answerDeadline); {
+	case w.answerDeadline.IsZero():
+	case left <= 0:
+		c.failParked(w, answerTimeout())
+	default:
+		w.timer.Reset(left)
+	}
+}
+
+// failParked is Do's fail for a parked request.
+func (c *Client) failParked(w *waiter, err error) {
+	if w.state.Swap(stateAbandoned) == statePicked {
+		c.cancel(w)
+	}
+	c.endParked(w, failed(w, err))
+}
+
+// startParked calls Parker.Started once the parked request was picked up.
+func (c *Client) startParked(w *waiter) {
+	if w.parked.Load() && w.state.Load() == statePicked && w.started.CompareAndSwap(false, true) {
+		w.parker.Started(func() { c.failParked(w, fmt.Errorf("%w: the caller went away", messages.ErrCancelled)) })
+	}
+}
+
+// endParked ends a parked request once: outcome runs, and Parker.Done
+// gets its results, in a goroutine of their own.
+func (c *Client) endParked(w *waiter, outcome func() (*Response, Result, error)) {
+	if !w.ended.CompareAndSwap(false, true) {
+		return
+	}
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	c.forget(w)
+	go func() { w.parker.Done(outcome()) }()
+}
+
+func failed(w *waiter, err error) func() (*Response, Result, error) {
+	return func() (*Response, Result, error) { return nil, w.result(), err }
 }
 
 // earliest returns the earlier of two times, a zero time meaning none.
@@ -474,6 +622,14 @@ func (c *Client) onInbox(m *nats.Msg) {
 		select {
 		case w.reply <- m: // the first answer wins; a duplicate is dropped
 		default:
+			return
+		}
+		if w.parked.Load() { // see hand
+			select {
+			case m := <-w.reply:
+				c.endParked(w, func() (*Response, Result, error) { return w.answer(m, 0) })
+			default:
+			}
 		}
 	}
 }
@@ -481,6 +637,12 @@ func (c *Client) onInbox(m *nats.Msg) {
 // pickup decides whether a worker may start w's request.
 func (c *Client) pickup(w *waiter, h nats.Header) string {
 	if w == nil {
+		return messages.PickupReject
+	}
+	if w.parked.Load() && w.state.Load() == stateWaiting && !w.parker.Alive() {
+		if w.state.CompareAndSwap(stateWaiting, stateAbandoned) {
+			c.endParked(w, failed(w, fmt.Errorf("%w: the caller went away while the request waited", messages.ErrCancelled)))
+		}
 		return messages.PickupReject
 	}
 	// A redelivery after a worker died finds the state already picked. A
@@ -502,5 +664,6 @@ func (c *Client) pickup(w *waiter, h nats.Header) string {
 	if first {
 		w.pickedAt.Store(now)
 	}
+	c.startParked(w)
 	return messages.PickupAccept
 }

@@ -173,6 +173,7 @@ func baseEnv(cfgPath string) config.Env {
 		LogFormat:       "text",
 		MaxBodyBytes:    786432,
 		ShutdownTimeout: 5 * time.Second,
+		ParkAfter:       time.Second, // LLMQ_PARK_AFTER's default
 	}
 }
 

@@ -1,0 +1,230 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+)
+
+// Parked requests (LLMQ_PARK_AFTER): a request that waits in the queue
+// longer than ParkAfter gives its HTTP connection back from net/http and is
+// answered from the reply. These tests check what its caller and an
+// operator see: the same answer and headers as an unparked request, with
+// "Connection: close"; the parked gauge; a caller that leaves is never sent
+// upstream, and a call in progress is cancelled.
+
+const parkAfter = 100 * time.Millisecond
+
+// startParkingGateway starts an embedded gateway without workers that parks
+// requests after parkAfter.
+func startParkingGateway(t *testing.T, cfgPath string) *gateway {
+	t.Helper()
+	env := baseEnv(cfgPath)
+	env.DataDir = t.TempDir()
+	env.EmbeddedNATSListen = "127.0.0.1:-1"
+	env.ParkAfter = parkAfter
+	return startGateway(t, env)
+}
+
+// metricValue reads one series of the gateway's /metrics; series is the
+// name with its labels as exposed, e.g. `llmq_requests_total{band="0",…}`.
+// A series that is not exposed reads 0.
+func metricValue(t *testing.T, g *gateway, series string) float64 {
+	t.Helper()
+	r := mustGet(t, g.URL+"/metrics", "")
+	sc := bufio.NewScanner(bytes.NewReader(r.Body))
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		if ok && name == series {
+			v, err := strconv.ParseFloat(value, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", series, err)
+			}
+			return v
+		}
+	}
+	return 0
+}
+
+// waitMetric waits until series reads want.
+func waitMetric(t *testing.T, g *gateway, series string, want float64) {
+	t.Helper()
+	ctx := waitCtx(t)
+	for {
+		got := metricValue(t, g, series)
+		if got == want {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s is %v, want %v", series, got, want)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+const parkedGauge = "llmq_gateway_parked_requests"
+
+// TestParkedRequestIsServed: a request that waited past ParkAfter is parked
+// and, once a worker starts, gets the same answer through openai-go as any
+// other, with llmq's headers and "Connection: close".
+func TestParkedRequestIsServed(t *testing.T) {
+	fake := newFake(t)
+	cfg := writeConfig(t, configFile{ModelList: []deployment{fakeDeployment("park", "park-0", fake, 0)}})
+	g := startParkingGateway(t, cfg)
+	oc := openai.NewClient(option.WithBaseURL(g.URL+"/v1/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
+
+	type answer struct {
+		c    *openai.ChatCompletion
+		resp *http.Response
+		err  error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		var a answer
+		a.c, a.err = oc.Chat.Completions.New(waitCtx(t), openai.ChatCompletionNewParams{
+			Model:    "park",
+			Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("parked")},
+		}, option.WithJSONSet("priority", 2), option.WithResponseInto(&a.resp))
+		done <- a
+	}()
+	waitMetric(t, g, parkedGauge, 1)
+	startWorker(t, cfg, g.NATSURL(), 2)
+
+	var a answer
+	select {
+	case a = <-done:
+	case <-time.After(waitLimit):
+		t.Fatal("no answer to the parked request")
+	}
+	if a.err != nil {
+		t.Fatalf("chat completion: %v", a.err)
+	}
+	if len(a.c.Choices) == 0 || a.c.Choices[0].Message.Content != fakeReply {
+		t.Fatalf("choices %+v, want the fake's reply", a.c.Choices)
+	}
+	h := a.resp.Header
+	if got := h.Get("x-llmq-deployment"); got != "park-0" {
+		t.Errorf("x-llmq-deployment %q, want park-0", got)
+	}
+	if got := h.Get("x-llmq-priority"); got != "2" {
+		t.Errorf("x-llmq-priority %q, want 2", got)
+	}
+	if got := h.Get("x-llmq-band"); got != strconv.Itoa(bandOf(2)) {
+		t.Errorf("x-llmq-band %q, want %d", got, bandOf(2))
+	}
+	if h.Get("x-llmq-request-id") == "" {
+		t.Error("no x-llmq-request-id")
+	}
+	if ms, err := strconv.ParseInt(h.Get("x-llmq-queue-ms"), 10, 64); err != nil || ms < parkAfter.Milliseconds() {
+		t.Errorf("x-llmq-queue-ms %q, want at least %d", h.Get("x-llmq-queue-ms"), parkAfter.Milliseconds())
+	}
+	if got := h.Get("Content-Type"); got != "application/json" {
+		t.Errorf("Content-Type %q, want application/json", got)
+	}
+	if !a.resp.Close {
+		t.Error("the parked answer does not close the connection")
+	}
+	waitMetric(t, g, parkedGauge, 0)
+	waitMetric(t, g, `llmq_requests_total{band="`+strconv.Itoa(bandOf(2))+`",group="park",outcome="served"}`, 1)
+
+	// A request answered before ParkAfter keeps its connection.
+	r := mustPost(t, g.URL+"/v1/chat/completions", "", chatBody("park", "quick"))
+	checkServed(t, r)
+	if r.Header.Get("Connection") == "close" {
+		t.Error("a request answered at once closes its connection")
+	}
+}
+
+// TestParkedCallerLeavesBeforePickup: a parked request whose caller hung up
+// is refused when a worker finds it; the provider never sees it.
+func TestParkedCallerLeavesBeforePickup(t *testing.T) {
+	fake := newFake(t)
+	cfg := writeConfig(t, configFile{ModelList: []deployment{fakeDeployment("park", "park-0", fake, 0)}})
+	g := startParkingGateway(t, cfg)
+	q := observeQueue(t, g.NATSURL())
+
+	ctx, hangUp := context.WithCancel(waitCtx(t))
+	done := make(chan error, 1)
+	go func() {
+		_, err := post(ctx, g.URL+"/v1/chat/completions", "", chatBody("park", "gone before pickup"))
+		done <- err
+	}()
+	waitMetric(t, g, parkedGauge, 1)
+	hangUp()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the caller's request ended with %v, want it cancelled", err)
+	}
+	startWorker(t, cfg, g.NATSURL(), 2)
+	q.waitDrained(t)
+	waitMetric(t, g, `llmq_requests_total{band="`+strconv.Itoa(bandOf(5))+`",group="park",outcome="cancelled"}`, 1)
+	waitMetric(t, g, parkedGauge, 0)
+	if n := fake.Count(); n != 0 {
+		t.Fatalf("the provider received %d requests for a caller that left; want 0", n)
+	}
+}
+
+// TestParkedCallerLeavesDuringCall: when the caller of a parked request
+// hangs up while the provider works on it, the provider call is cancelled.
+func TestParkedCallerLeavesDuringCall(t *testing.T) {
+	fake := newFake(t)
+	fake.Hold()
+	cfg := writeConfig(t, configFile{ModelList: []deployment{fakeDeployment("park", "park-0", fake, 0)}})
+	g := startParkingGateway(t, cfg)
+
+	ctx, hangUp := context.WithCancel(waitCtx(t))
+	done := make(chan error, 1)
+	go func() {
+		_, err := post(ctx, g.URL+"/v1/chat/completions", "", chatBody("park", "gone during the call"))
+		done <- err
+	}()
+	waitMetric(t, g, parkedGauge, 1)
+	startWorker(t, cfg, g.NATSURL(), 2)
+	waitUpstream(t, fake, 1)
+	hangUp()
+	<-done
+	waitIdle(t, fake) // the held call ended without Release: cancelled
+	if recs := fake.Requests(); len(recs) != 1 || !recs[0].Cancelled {
+		t.Fatalf("upstream requests %+v, want one, cancelled", recs)
+	}
+	waitMetric(t, g, `llmq_requests_total{band="`+strconv.Itoa(bandOf(5))+`",group="park",outcome="cancelled"}`, 1)
+	waitMetric(t, g, parkedGauge, 0)
+}
+
+// TestParkedQueueTimeout: a parked request whose queue deadline passes gets
+// the same 408 as any other, through openai-go.
+func TestParkedQueueTimeout(t *testing.T) {
+	fake := newFake(t)
+	cfg := writeConfig(t, configFile{ModelList: []deployment{fakeDeployment("park", "park-0", fake, 0)}})
+	g := startParkingGateway(t, cfg)
+	oc := openai.NewClient(option.WithBaseURL(g.URL+"/v1/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
+
+	start := time.Now()
+	_, err := oc.Chat.Completions.New(waitCtx(t), openai.ChatCompletionNewParams{
+		Model:    "park",
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("nobody serves this")},
+	}, option.WithJSONSet("timeout", 0.5))
+	var apiErr *openai.Error
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusRequestTimeout {
+		t.Fatalf("error %v, want a 408 from the API", err)
+	}
+	if waited := time.Since(start); waited < 500*time.Millisecond {
+		t.Errorf("the 408 came after %s, before the 0.5 s timeout", waited)
+	}
+	if !strings.Contains(apiErr.Message, "queue") {
+		t.Errorf("error message %q does not say the queue timed out", apiErr.Message)
+	}
+	waitMetric(t, g, parkedGauge, 0)
+	if n := fake.Count(); n != 0 {
+		t.Fatalf("the provider received %d requests; want 0", n)
+	}
+}
