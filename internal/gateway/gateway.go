@@ -76,9 +76,9 @@ type Options struct {
 	// it waited this long without a pickup: its HTTP/1.x connection is
 	// taken over from net/http and answered, with "Connection: close",
 	// when the answer comes. Call Shutdown after http.Server.Shutdown.
-	ParkAfter time.Duration
-	MaxBodyBytes  int64 // 0 = no limit
-	Logger        *slog.Logger
+	ParkAfter    time.Duration
+	MaxBodyBytes int64 // 0 = no limit
+	Logger       *slog.Logger
 	// Ready reports readiness (NATS connected, stream and consumers exist).
 	Ready func(ctx context.Context) error
 	// Metrics records requests; default: a private registry.
