@@ -107,7 +107,6 @@ const (
 // New returns a Server.
 func New(opts Options) *Server {
 	s := &Server{opts: opts, groups: make(map[string]bool, len(opts.Groups)), keys: newKeyring(opts.MasterKey, opts.Keys), log: opts.Logger}
-	s.parked.all = make(map[*parked]struct{})
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

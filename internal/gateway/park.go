@@ -42,6 +42,8 @@ type parked struct {
 	minor int
 
 	answered atomic.Bool
+
+	prev, next *parked // in the server's parkedSet
 }
 
 var _ client.Parker = (*parked)(nil)
@@ -94,11 +96,40 @@ func (p *parked) Done(resp *client.Response, info client.Result, err error) {
 	p.s.record(context.Background(), &p.l, p.path, p.ids.id, outcome, status)
 }
 
-// parkedSet is the server's parked requests, for Shutdown.
+// parkedSet is the server's parked requests, for Shutdown: a list through
+// the requests themselves (a map would keep the size of its largest crowd).
 type parkedSet struct {
 	mu     sync.Mutex
-	all    map[*parked]struct{}
+	head   *parked
+	n      int
 	closed bool
+}
+
+func (ps *parkedSet) add(p *parked) {
+	p.next = ps.head
+	if ps.head != nil {
+		ps.head.prev = p
+	}
+	ps.head = p
+	ps.n++
+}
+
+// remove takes p out of the set and reports whether it was in it.
+func (ps *parkedSet) remove(p *parked) bool {
+	if p.prev == nil && ps.head != p {
+		return false
+	}
+	if p.prev != nil {
+		p.prev.next = p.next
+	} else {
+		ps.head = p.next
+	}
+	if p.next != nil {
+		p.next.prev = p.prev
+	}
+	p.prev, p.next = nil, nil
+	ps.n--
+	return true
 }
 
 func (s *Server) parkable() bool {
@@ -109,15 +140,14 @@ func (s *Server) parkable() bool {
 
 func (s *Server) track(p *parked) {
 	s.parked.mu.Lock()
-	s.parked.all[p] = struct{}{}
+	s.parked.add(p)
 	s.parked.mu.Unlock()
 	s.opts.Metrics.Parked(1)
 }
 
 func (s *Server) untrack(p *parked) {
 	s.parked.mu.Lock()
-	_, ok := s.parked.all[p]
-	delete(s.parked.all, p)
+	ok := s.parked.remove(p)
 	s.parked.mu.Unlock()
 	if ok {
 		s.opts.Metrics.Parked(-1)
@@ -151,12 +181,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) waitingCallers() int {
 	s.parked.mu.Lock()
 	var gone []*parked
-	for p := range s.parked.all {
+	for p := s.parked.head; p != nil; p = p.next {
 		if peerGone(p.conn) {
 			gone = append(gone, p)
 		}
 	}
-	n := len(s.parked.all) - len(gone)
+	n := s.parked.n - len(gone)
 	s.parked.mu.Unlock()
 	for _, p := range gone {
 		_ = p.conn.Close()
@@ -172,8 +202,8 @@ func (s *Server) waitingCallers() int {
 func (s *Server) Close() {
 	s.parked.mu.Lock()
 	s.parked.closed = true
-	conns := make([]net.Conn, 0, len(s.parked.all))
-	for p := range s.parked.all {
+	conns := make([]net.Conn, 0, s.parked.n)
+	for p := s.parked.head; p != nil; p = p.next {
 		conns = append(conns, p.conn)
 	}
 	s.parked.mu.Unlock()

@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -98,6 +99,7 @@ type Client struct {
 
 	mu      sync.Mutex
 	waiters map[string]*waiter
+	peak    int // most waiters since the map was made (see forget)
 
 	// epoch ends when the connection leaves CONNECTED and is replaced when
 	// it is back, so that a publish waiting for its acknowledgement when
@@ -343,6 +345,7 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 		return nil, w.result(), messages.Errorf(messages.OutcomeInvalidRequest, "", "request id %q is already in use", w.id)
 	}
 	c.waiters[w.id] = w
+	c.peak = max(c.peak, len(c.waiters))
 	c.mu.Unlock()
 	parked := false
 	defer func() {
@@ -464,11 +467,23 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 // forget removes w from the waiters; later messages for it are refused.
 func (c *Client) forget(w *waiter) {
 	c.mu.Lock()
-	if c.waiters[w.id] == w {
-		delete(c.waiters, w.id)
+	defer c.mu.Unlock()
+	if c.waiters[w.id] != w {
+		return
 	}
-	c.mu.Unlock()
+	delete(c.waiters, w.id)
+	// A Go map never shrinks: once a crowd of waiters has gone, the rest
+	// move to a map of their size, so the crowd's memory is returned.
+	if n := len(c.waiters); c.peak >= shrinkFrom && n < c.peak/4 {
+		m := make(map[string]*waiter, n)
+		maps.Copy(m, c.waiters)
+		c.waiters, c.peak = m, n
+	}
 }
+
+// shrinkFrom is the smallest peak of waiters after which forget shrinks
+// the map.
+const shrinkFrom = 1024
 
 // hand takes a waiting request over from Do: from here its deadlines are a
 // timer's, its answer and pickups the subscription's (see onInbox, pickup).

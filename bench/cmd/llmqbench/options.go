@@ -27,6 +27,7 @@ type options struct {
 	r3        bool
 	verbose   bool
 	timeout   time.Duration
+	parkAfter time.Duration
 	latency   phase.CompareConfig
 	closed    phase.CompareConfig
 	priority  phase.PriorityConfig
@@ -58,6 +59,7 @@ func parseOptions(args []string) (*options, error) {
 	fs.BoolVar(&o.r3, "r3", true, "also measure llmq on a 3-node NATS cluster (replicas 3) on 127.0.0.1: system llmq-r3 in the latency and closed phases, and the idle, memory and priority phases once more")
 	fs.BoolVar(&o.verbose, "v", false, "show llmq's own log on stderr: errors of the in-process parts, warnings and errors of the processes")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Minute, "bound on the whole run")
+	fs.DurationVar(&o.parkAfter, "park-after", time.Second, "every llmq gateway's LLMQ_PARK_AFTER (its default is 1s; 0 = never park)")
 
 	fs.IntVar(&rate, "rate", 1000, "latency: open-loop requests per second")
 	fs.DurationVar(&duration, "duration", 10*time.Second, "latency: duration of one measurement")

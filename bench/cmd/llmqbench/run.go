@@ -35,9 +35,10 @@ func run(ctx context.Context, args []string) (err error) {
 		return err
 	}
 	env := phase.Env{
-		Dir:      dir,
-		LogOut:   os.Stderr,
-		Progress: os.Stderr,
+		Dir:       dir,
+		LogOut:    os.Stderr,
+		Progress:  os.Stderr,
+		ParkAfter: o.parkAfter,
 		HoldCmd: func(ctx context.Context, url string, n, rate int) *exec.Cmd {
 			return exec.CommandContext(ctx, exe, holdCommand, "-url", url, "-n", strconv.Itoa(n), "-rate", strconv.Itoa(rate))
 		},

@@ -39,6 +39,8 @@ type Env struct {
 	// NodeCmd runs one node of the 3-node NATS cluster of the R3
 	// measurements (system.StartCluster).
 	NodeCmd system.NodeCommand
+	// ParkAfter is every llmq gateway's LLMQ_PARK_AFTER.
+	ParkAfter time.Duration
 }
 
 func (e Env) logf(format string, args ...any) {
@@ -61,7 +63,7 @@ func (e Env) processOptions(name string, cfg system.Config) (system.ProcessOptio
 	if err != nil {
 		return system.ProcessOptions{}, err
 	}
-	return system.ProcessOptions{Config: path, DataDir: filepath.Join(dir, "data"), LogOut: e.LogOut}, nil
+	return system.ProcessOptions{Config: path, DataDir: filepath.Join(dir, "data"), LogOut: e.LogOut, ParkAfter: e.ParkAfter}, nil
 }
 
 // Mem is what the process holds, read after two garbage collections.

@@ -47,7 +47,7 @@ func StartExternal(ctx context.Context, binDir string, o ProcessOptions, slots i
 	}
 	gw, err := startProc(ctx, "gateway", command(filepath.Join(binDir, "gateway"), append(common,
 		"LLMQ_LISTEN=127.0.0.1:0", "LLMQ_DATA_DIR="+o.DataDir,
-		"LLMQ_EMBEDDED_NATS_LISTEN=127.0.0.1:0", "LLMQ_EMBEDDED_WORKERS=0")), "gateway listening", o.LogOut)
+		"LLMQ_EMBEDDED_NATS_LISTEN=127.0.0.1:0", "LLMQ_EMBEDDED_WORKERS=0", "LLMQ_PARK_AFTER="+o.ParkAfter.String())), "gateway listening", o.LogOut)
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,8 @@ type ProcessOptions struct {
 	// NATSURL is an external NATS server or cluster (comma-separated
 	// URLs); empty = the gateway embeds the NATS server.
 	NATSURL string
+	// ParkAfter is the gateway's LLMQ_PARK_AFTER.
+	ParkAfter time.Duration
 }
 
 func (o ProcessOptions) env() config.Env {
@@ -32,6 +34,7 @@ func (o ProcessOptions) env() config.Env {
 		LogFormat:          "text",
 		MaxBodyBytes:       786432,
 		ShutdownTimeout:    5 * time.Second,
+		ParkAfter:          o.ParkAfter,
 	}
 }
 
