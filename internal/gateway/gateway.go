@@ -6,6 +6,17 @@
 // Every way a request ends is one messages.Outcome with one HTTP status; error
 // bodies have OpenAI's shape. Nothing is queued for a request that fails
 // authentication or validation.
+//
+// A request that is not a stream and has waited Options.ParkAfter is parked
+// (park.go): its HTTP/1.x connection is hijacked from net/http, the handler
+// returns, and the answer is written from pkg/client's callback with
+// "Connection: close". A request waiting in a handler costs about 27 KB
+// (net/http's connection goroutine and its 8 KB stack, the background
+// reader, 4 KB read and write buffers and a 2 KB response buffer); parked, it
+// costs about 5 KB. Why not always: a parked connection cannot go back to
+// net/http, so its client reconnects for its next request, which a request
+// answered within a second should not pay; and net/http offers no way to
+// give a waiting handler's buffers back short of hijacking.
 package gateway
 
 import (

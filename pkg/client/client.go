@@ -13,7 +13,8 @@
 // Ownership: Do owns a request from publish to answer. When its context ends
 // or the queue deadline passes before a worker picked the request up, Do
 // returns at once and the request is abandoned; the worker that later finds
-// it drops it without a provider call.
+// it drops it without a provider call. A request with a [Parker] may be
+// handed over while it waits: the client then owns it until Parker.Done.
 package client
 
 import (
