@@ -135,7 +135,7 @@ type Pool struct {
 	limits   bool            // some deployment (of any group, fallbacks included) has a shared limiter
 	wake     chan struct{}
 	rotate   atomic.Uint32
-	inFlight sync.WaitGroup
+	inFlight workCount
 
 	control   string   // prefix of this pool's control subjects
 	calls     sync.Map // request id -> context.CancelCauseFunc of its call
@@ -286,11 +286,7 @@ func (p *Pool) Run(ctx context.Context) error {
 // drain waits for the calls in progress, at most DrainTimeout; then it
 // cancels the rest, whose requests go back to JetStream.
 func (p *Pool) drain() {
-	done := make(chan struct{})
-	go func() {
-		p.inFlight.Wait()
-		close(done)
-	}()
+	done := p.inFlight.idle()
 	t := time.NewTimer(p.opts.DrainTimeout)
 	defer t.Stop()
 	select {
@@ -305,6 +301,40 @@ func (p *Pool) drain() {
 	})
 	p.abandonDeliveries()
 	<-done
+}
+
+// workCount counts the calls and deliveries in progress. Unlike a
+// sync.WaitGroup's, its count may leave zero while a drain waits (a slot
+// that fetched a message just as the pool was stopped starts its call).
+type workCount struct {
+	mu   sync.Mutex
+	n    int
+	zero chan struct{} // closed while n is zero; nil before the first add
+}
+
+func (w *workCount) Add(delta int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.n == 0 {
+		w.zero = make(chan struct{})
+	}
+	w.n += delta
+	if w.n == 0 {
+		close(w.zero)
+	}
+}
+
+func (w *workCount) Done() { w.Add(-1) }
+
+// idle returns a channel closed once the count is zero.
+func (w *workCount) idle() <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.zero == nil {
+		w.zero = make(chan struct{})
+		close(w.zero)
+	}
+	return w.zero
 }
 
 // pullTimeout bounds the wait for the server's answer to one fetch.
