@@ -42,6 +42,7 @@ type parked struct {
 	minor int
 
 	answered atomic.Bool
+	watched  atomic.Bool // Started: a goroutine reads the connection
 
 	prev, next *parked // in the server's parkedSet
 }
@@ -68,6 +69,7 @@ func (p *parked) Alive() bool { return !peerGone(p.conn) }
 
 // Started watches the connection while a worker calls the provider.
 func (p *parked) Started(cancel func()) {
+	p.watched.Store(true)
 	go func() {
 		var buf [64]byte
 		for { // until the caller closes, or Done closes the connection
@@ -138,8 +140,16 @@ func (s *Server) parkable() bool {
 	return !s.parked.closed
 }
 
+// track adds p to the parked requests; after Close it closes p's
+// connection instead (its caller sees it cut, its request is refused at
+// pickup).
 func (s *Server) track(p *parked) {
 	s.parked.mu.Lock()
+	if s.parked.closed {
+		s.parked.mu.Unlock()
+		_ = p.conn.Close()
+		return
+	}
 	s.parked.add(p)
 	s.parked.mu.Unlock()
 	s.opts.Metrics.Parked(1)
@@ -180,15 +190,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // many callers still wait.
 func (s *Server) waitingCallers() int {
 	s.parked.mu.Lock()
-	var gone []*parked
+	all := make([]*parked, 0, s.parked.n)
 	for p := s.parked.head; p != nil; p = p.next {
-		if peerGone(p.conn) {
-			gone = append(gone, p)
-		}
+		all = append(all, p)
 	}
-	n := s.parked.n - len(gone)
 	s.parked.mu.Unlock()
-	for _, p := range gone {
+	n := 0
+	for _, p := range all {
+		// A request being served has a goroutine reading its connection
+		// (which would block the peek); that read notices a departure.
+		if p.watched.Load() || !peerGone(p.conn) {
+			n++
+			continue
+		}
 		_ = p.conn.Close()
 		s.untrack(p)
 	}

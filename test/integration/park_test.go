@@ -13,6 +13,8 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+
+	"github.com/llmq/llmq/internal/app"
 )
 
 // Parked requests (LLMQ_PARK_AFTER): a request that waits in the queue
@@ -226,5 +228,55 @@ func TestParkedQueueTimeout(t *testing.T) {
 	waitMetric(t, g, parkedGauge, 0)
 	if n := fake.Count(); n != 0 {
 		t.Fatalf("the provider received %d requests; want 0", n)
+	}
+}
+
+// TestParkedAnsweredDuringShutdown: a gateway told to stop still answers
+// the parked requests it holds while workers serve them (within
+// LLMQ_SHUTDOWN_TIMEOUT), then stops.
+func TestParkedAnsweredDuringShutdown(t *testing.T) {
+	fake := newFake(t)
+	cfg := writeConfig(t, configFile{ModelList: []deployment{fakeDeployment("park", "park-0", fake, 0)}})
+	env := baseEnv(cfg)
+	env.DataDir = t.TempDir()
+	env.EmbeddedNATSListen = "127.0.0.1:-1"
+	env.ParkAfter = parkAfter
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	gw, err := app.StartGateway(ctx, env, noEnv, newTestLog(t))
+	if err != nil {
+		t.Fatalf("start gateway: %v", err)
+	}
+	g := &gateway{Gateway: gw, URL: "http://" + gw.Addr().String()}
+
+	done := make(chan *result, 1)
+	go func() {
+		r, err := post(waitCtx(t), g.URL+"/v1/chat/completions", "", chatBody("park", "answered while stopping"))
+		if err != nil {
+			t.Errorf("POST: %v", err)
+		}
+		done <- r
+	}()
+	waitMetric(t, g, parkedGauge, 1)
+	stop()
+	time.Sleep(200 * time.Millisecond) // the HTTP server has stopped accepting
+	startWorker(t, cfg, g.NATSURL(), 1)
+	select {
+	case r := <-done:
+		if r != nil {
+			checkServed(t, r)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("the parked request got no answer while the gateway stopped")
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- gw.Wait() }()
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("the gateway stopped with %v", err)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("the gateway did not stop after its parked request was answered")
 	}
 }
