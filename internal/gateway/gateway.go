@@ -258,7 +258,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	switch {
 	case errors.Is(err, client.ErrParked):
 		l.parked = true
-		return 0, 0
+		return 0, 0 // not an ending: parked.Done records the real one
 	case sse != nil && sse.started:
 		// Headers and some events are out: the end is told in the stream.
 		return sse.finish(err)
