@@ -13,7 +13,7 @@
 // "Connection: close". A request waiting in a handler costs about 27 KB
 // (net/http's connection goroutine and its 8 KB stack, the background
 // reader, 4 KB read and write buffers and a 2 KB response buffer); parked, it
-// costs about 5 KB. Why not always: a parked connection cannot go back to
+// costs about 2 KB. Why not always: a parked connection cannot go back to
 // net/http, so its client reconnects for its next request, which a request
 // answered within a second should not pay; and net/http offers no way to
 // give a waiting handler's buffers back short of hijacking.
