@@ -5,7 +5,8 @@
 // kinds — never request ids, keys or prompt text. A request for a model group
 // that is not configured is counted under group "unknown".
 //
-// The gateway records requests, outcomes and queue waits; workers record
+// The gateway records requests, outcomes, queue waits and the requests it
+// has parked; workers record
 // queue depth (from the remaining count in fetched messages' metadata and
 // the safety-net poll, never by extra JetStream API calls), in-flight calls,
 // provider latency and tokens, cooldowns, limiter use and dead letters.

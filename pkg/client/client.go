@@ -173,7 +173,8 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 }
 
 // Close unsubscribes the inbox and stops following the connection's status.
-// Pending Do calls end by their own contexts.
+// Pending Do calls end by their own contexts, parked requests at their
+// deadlines.
 func (c *Client) Close() error {
 	c.stopWatch()
 	return c.sub.Unsubscribe()
@@ -499,7 +500,7 @@ func (c *Client) hand(w *waiter) {
 	// comes after it is taken by onInbox. Both may look: one gets it.
 	select {
 	case m := <-w.reply:
-		c.endParked(w, func() (*Response, Result, error) { return w.answer(m, 0) })
+		c.endParked(w, m, nil)
 	default:
 	}
 	c.startParked(w) // in case a pickup was accepted before the store
@@ -508,7 +509,7 @@ func (c *Client) hand(w *waiter) {
 // parkedDeadline is Do's deadline case for a parked request.
 func (c *Client) parkedDeadline(w *waiter) {
 	if w.state.CompareAndSwap(stateWaiting, stateAbandoned) {
-		c.endParked(w, failed(w, w.queueTimeout()))
+		c.endParked(w, nil, w.queueTimeout())
 		return
 	}
 	switch left := time.Until(w.answerDeadline); {
@@ -525,7 +526,7 @@ func (c *Client) failParked(w *waiter, err error) {
 	if w.state.Swap(stateAbandoned) == statePicked {
 		c.cancel(w)
 	}
-	c.endParked(w, failed(w, err))
+	c.endParked(w, nil, err)
 }
 
 // startParked calls Parker.Started once the parked request was picked up.
@@ -535,9 +536,10 @@ func (c *Client) startParked(w *waiter) {
 	}
 }
 
-// endParked ends a parked request once: outcome runs, and Parker.Done
-// gets its results, in a goroutine of their own.
-func (c *Client) endParked(w *waiter, outcome func() (*Response, Result, error)) {
+// endParked ends a parked request once, with the worker's reply m or with
+// err: Parker.Done gets the outcome in a goroutine of its own, where the
+// reply is decoded.
+func (c *Client) endParked(w *waiter, m *nats.Msg, err error) {
 	if !w.ended.CompareAndSwap(false, true) {
 		return
 	}
@@ -545,11 +547,13 @@ func (c *Client) endParked(w *waiter, outcome func() (*Response, Result, error))
 		w.timer.Stop()
 	}
 	c.forget(w)
-	go func() { w.parker.Done(outcome()) }()
-}
-
-func failed(w *waiter, err error) func() (*Response, Result, error) {
-	return func() (*Response, Result, error) { return nil, w.result(), err }
+	go func() {
+		if m != nil {
+			w.parker.Done(w.answer(m, 0))
+			return
+		}
+		w.parker.Done(nil, w.result(), err)
+	}()
 }
 
 // earliest returns the earlier of two times, a zero time meaning none.
@@ -643,7 +647,7 @@ func (c *Client) onInbox(m *nats.Msg) {
 		if w.parked.Load() { // see hand
 			select {
 			case m := <-w.reply:
-				c.endParked(w, func() (*Response, Result, error) { return w.answer(m, 0) })
+				c.endParked(w, m, nil)
 			default:
 			}
 		}
@@ -657,7 +661,7 @@ func (c *Client) pickup(w *waiter, h nats.Header) string {
 	}
 	if w.parked.Load() && w.state.Load() == stateWaiting && !w.parker.Alive() {
 		if w.state.CompareAndSwap(stateWaiting, stateAbandoned) {
-			c.endParked(w, failed(w, fmt.Errorf("%w: the caller went away while the request waited", messages.ErrCancelled)))
+			c.endParked(w, nil, fmt.Errorf("%w: the caller went away while the request waited", messages.ErrCancelled))
 		}
 		return messages.PickupReject
 	}

@@ -1,10 +1,9 @@
 package integration
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/openai/openai-go/v3/option"
 
 	"github.com/llmq/llmq/internal/app"
+	"github.com/llmq/llmq/internal/config"
 )
 
 // Parked requests (LLMQ_PARK_AFTER): a request that waits in the queue
@@ -30,48 +30,44 @@ const parkAfter = 100 * time.Millisecond
 // requests after parkAfter.
 func startParkingGateway(t *testing.T, cfgPath string) *gateway {
 	t.Helper()
+	return startGateway(t, parkingEnv(t, cfgPath))
+}
+
+// parkingEnv is the environment of startParkingGateway's gateway.
+func parkingEnv(t *testing.T, cfgPath string) config.Env {
 	env := baseEnv(cfgPath)
 	env.DataDir = t.TempDir()
 	env.EmbeddedNATSListen = "127.0.0.1:-1"
 	env.ParkAfter = parkAfter
-	return startGateway(t, env)
+	return env
 }
 
-// metricValue reads one series of the gateway's /metrics; series is the
-// name with its labels as exposed, e.g. `llmq_requests_total{band="0",…}`.
-// A series that is not exposed reads 0.
-func metricValue(t *testing.T, g *gateway, series string) float64 {
+// waitMetric waits until the gateway's sample of metric with labels
+// (relMetric) reads want.
+func waitMetric(t *testing.T, g *gateway, want float64, metric string, labels ...string) {
 	t.Helper()
-	r := mustGet(t, g.URL+"/metrics", "")
-	sc := bufio.NewScanner(bytes.NewReader(r.Body))
-	for sc.Scan() {
-		name, value, ok := strings.Cut(sc.Text(), " ")
-		if ok && name == series {
-			v, err := strconv.ParseFloat(value, 64)
-			if err != nil {
-				t.Fatalf("metric %s: %v", series, err)
-			}
-			return v
-		}
+	var got float64
+	if !relPoll(waitLimit, func() bool { got = relMetric(t, g.URL+"/metrics", metric, labels...); return got == want }) {
+		t.Fatalf("%s%q is %v, want %v", metric, labels, got, want)
 	}
-	return 0
 }
 
-// waitMetric waits until series reads want.
-func waitMetric(t *testing.T, g *gateway, series string, want float64) {
+// requestsEnded waits until the gateway counted n requests of priority
+// band with outcome for the group "park".
+func requestsEnded(t *testing.T, g *gateway, band int, outcome string, n float64) {
 	t.Helper()
-	ctx := waitCtx(t)
-	for {
-		got := metricValue(t, g, series)
-		if got == want {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%s is %v, want %v", series, got, want)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	waitMetric(t, g, n, "llmq_requests_total", `band="`+strconv.Itoa(band)+`"`, `group="park"`, `outcome="`+outcome+`"`)
+}
+
+// postInBackground posts a chat request for "park" with content until ctx
+// ends; the channel gets its transport error.
+func postInBackground(ctx context.Context, g *gateway, content string) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		_, err := post(ctx, g.URL+"/v1/chat/completions", "", chatBody("park", content))
+		done <- err
+	}()
+	return done
 }
 
 const parkedGauge = "llmq_gateway_parked_requests"
@@ -99,7 +95,7 @@ func TestParkedRequestIsServed(t *testing.T) {
 		}, option.WithJSONSet("priority", 2), option.WithResponseInto(&a.resp))
 		done <- a
 	}()
-	waitMetric(t, g, parkedGauge, 1)
+	waitMetric(t, g, 1, parkedGauge)
 	startWorker(t, cfg, g.NATSURL(), 2)
 
 	var a answer
@@ -136,8 +132,8 @@ func TestParkedRequestIsServed(t *testing.T) {
 	if !a.resp.Close {
 		t.Error("the parked answer does not close the connection")
 	}
-	waitMetric(t, g, parkedGauge, 0)
-	waitMetric(t, g, `llmq_requests_total{band="`+strconv.Itoa(bandOf(2))+`",group="park",outcome="served"}`, 1)
+	waitMetric(t, g, 0, parkedGauge)
+	requestsEnded(t, g, bandOf(2), "served", 1)
 
 	// A request answered before ParkAfter keeps its connection.
 	r := mustPost(t, g.URL+"/v1/chat/completions", "", chatBody("park", "quick"))
@@ -156,20 +152,16 @@ func TestParkedCallerLeavesBeforePickup(t *testing.T) {
 	q := observeQueue(t, g.NATSURL())
 
 	ctx, hangUp := context.WithCancel(waitCtx(t))
-	done := make(chan error, 1)
-	go func() {
-		_, err := post(ctx, g.URL+"/v1/chat/completions", "", chatBody("park", "gone before pickup"))
-		done <- err
-	}()
-	waitMetric(t, g, parkedGauge, 1)
+	done := postInBackground(ctx, g, "gone before pickup")
+	waitMetric(t, g, 1, parkedGauge)
 	hangUp()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("the caller's request ended with %v, want it cancelled", err)
 	}
 	startWorker(t, cfg, g.NATSURL(), 2)
 	q.waitDrained(t)
-	waitMetric(t, g, `llmq_requests_total{band="`+strconv.Itoa(bandOf(5))+`",group="park",outcome="cancelled"}`, 1)
-	waitMetric(t, g, parkedGauge, 0)
+	requestsEnded(t, g, bandOf(5), "cancelled", 1)
+	waitMetric(t, g, 0, parkedGauge)
 	if n := fake.Count(); n != 0 {
 		t.Fatalf("the provider received %d requests for a caller that left; want 0", n)
 	}
@@ -184,12 +176,8 @@ func TestParkedCallerLeavesDuringCall(t *testing.T) {
 	g := startParkingGateway(t, cfg)
 
 	ctx, hangUp := context.WithCancel(waitCtx(t))
-	done := make(chan error, 1)
-	go func() {
-		_, err := post(ctx, g.URL+"/v1/chat/completions", "", chatBody("park", "gone during the call"))
-		done <- err
-	}()
-	waitMetric(t, g, parkedGauge, 1)
+	done := postInBackground(ctx, g, "gone during the call")
+	waitMetric(t, g, 1, parkedGauge)
 	startWorker(t, cfg, g.NATSURL(), 2)
 	waitUpstream(t, fake, 1)
 	hangUp()
@@ -198,8 +186,8 @@ func TestParkedCallerLeavesDuringCall(t *testing.T) {
 	if recs := fake.Requests(); len(recs) != 1 || !recs[0].Cancelled {
 		t.Fatalf("upstream requests %+v, want one, cancelled", recs)
 	}
-	waitMetric(t, g, `llmq_requests_total{band="`+strconv.Itoa(bandOf(5))+`",group="park",outcome="cancelled"}`, 1)
-	waitMetric(t, g, parkedGauge, 0)
+	requestsEnded(t, g, bandOf(5), "cancelled", 1)
+	waitMetric(t, g, 0, parkedGauge)
 }
 
 // TestParkedQueueTimeout: a parked request whose queue deadline passes gets
@@ -225,7 +213,7 @@ func TestParkedQueueTimeout(t *testing.T) {
 	if !strings.Contains(apiErr.Message, "queue") {
 		t.Errorf("error message %q does not say the queue timed out", apiErr.Message)
 	}
-	waitMetric(t, g, parkedGauge, 0)
+	waitMetric(t, g, 0, parkedGauge)
 	if n := fake.Count(); n != 0 {
 		t.Fatalf("the provider received %d requests; want 0", n)
 	}
@@ -237,13 +225,9 @@ func TestParkedQueueTimeout(t *testing.T) {
 func TestParkedAnsweredDuringShutdown(t *testing.T) {
 	fake := newFake(t)
 	cfg := writeConfig(t, configFile{ModelList: []deployment{fakeDeployment("park", "park-0", fake, 0)}})
-	env := baseEnv(cfg)
-	env.DataDir = t.TempDir()
-	env.EmbeddedNATSListen = "127.0.0.1:-1"
-	env.ParkAfter = parkAfter
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
-	gw, err := app.StartGateway(ctx, env, noEnv, newTestLog(t))
+	gw, err := app.StartGateway(ctx, parkingEnv(t, cfg), noEnv, newTestLog(t))
 	if err != nil {
 		t.Fatalf("start gateway: %v", err)
 	}
@@ -257,9 +241,17 @@ func TestParkedAnsweredDuringShutdown(t *testing.T) {
 		}
 		done <- r
 	}()
-	waitMetric(t, g, parkedGauge, 1)
+	waitMetric(t, g, 1, parkedGauge)
 	stop()
-	time.Sleep(200 * time.Millisecond) // the HTTP server has stopped accepting
+	if !relPoll(waitLimit, func() bool { // the HTTP server has stopped accepting
+		c, err := net.Dial("tcp", gw.Addr().String())
+		if err == nil {
+			_ = c.Close()
+		}
+		return err != nil
+	}) {
+		t.Fatal("the stopping gateway still accepts connections")
+	}
 	startWorker(t, cfg, g.NATSURL(), 1)
 	select {
 	case r := <-done:
