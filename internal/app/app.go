@@ -97,6 +97,20 @@ func (s *setup) maxCallTimeout() time.Duration {
 	return m
 }
 
+// answerTimeout bounds the wait for an answer beyond the queue deadline
+// (which binds every wait before a call, after pickup too): every call the
+// retry policy may make, 1 + num_retries in the group and in each of its
+// fallbacks, at the longest provider timeout; an ack wait, for a request
+// redelivered after its worker died; and a margin for the answer's delivery.
+func (s *setup) answerTimeout() time.Duration {
+	chain := 1
+	for _, f := range s.cfg.AllFallbacks() {
+		chain = max(chain, 1+len(f))
+	}
+	calls := time.Duration(chain * (1 + *s.cfg.RouterSettings.NumRetries))
+	return calls*s.maxCallTimeout() + s.spec.AckWait + 30*time.Second
+}
+
 // newRouter builds the router over every deployment, each with its caller.
 // hasLimits reports whether any deployment has rpm, tpm or max_parallel_requests.
 func (s *setup) hasLimits() bool {
@@ -186,6 +200,7 @@ func (s *setup) policy() worker.Policy {
 		AllowedFails: rs.AllowedFails,
 		CooldownTime: rs.CooldownTime.D(),
 		Fallbacks:    s.cfg.AllFallbacks(),
+		Backoff:      rs.RetryAfter.D(), // 0: the worker's default
 	}
 }
 

@@ -126,7 +126,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		Keys:            s.keys(),
 		DefaultPriority: *s.cfg.RouterSettings.DefaultPriority,
 		QueueTimeout:    s.cfg.RouterSettings.Timeout.D(),
-		AnswerTimeout:   s.maxCallTimeout() + s.spec.AckWait + 30*time.Second,
+		AnswerTimeout:   s.answerTimeout(),
 		MaxBodyBytes:    env.MaxBodyBytes,
 		ParkAfter:       env.ParkAfter,
 		Logger:          log,

@@ -1,8 +1,9 @@
 // Package fakeupstream provides a fake OpenAI-compatible upstream HTTP server
 // for tests and benchmarks. It answers chat completion and legacy completion
 // calls (streaming and non-streaming) with a fixed reply, records every request
-// it receives, and lets a test inject latency, hold requests, and make requests
-// fail.
+// it receives, and lets a test inject latency, hold requests, make requests
+// fail with an HTTP status, and misbehave as real providers and the networks
+// in front of them do (SetFault).
 package fakeupstream
 
 import (
@@ -10,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -95,6 +97,36 @@ type Server struct {
 	failLeft    int
 	failStatus  int
 	failRetry   string
+	fault       Fault
+}
+
+// Fault is a way the fake provider misbehaves; see SetFault.
+type Fault int
+
+// The faults.
+const (
+	FaultNone Fault = iota
+	// FaultReset closes the connection with a TCP reset before answering.
+	FaultReset
+	// FaultGarbage answers 200 with an HTML page, as a proxy in front of a
+	// provider may.
+	FaultGarbage
+	// FaultCut cuts the answer short: a JSON body ends before the length
+	// its Content-Length promised, a stream ends after its first event
+	// without [DONE]; then the connection is closed.
+	FaultCut
+	// FaultHang accepts the request and never answers, until the client
+	// goes away or the server closes.
+	FaultHang
+)
+
+// SetFault makes every well-formed request that arrives from now on
+// misbehave as f (FaultNone: answer normally). Requests are recorded
+// first. FailNext takes precedence while it has failures left.
+func (s *Server) SetFault(f Fault) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fault = f
 }
 
 // New starts a Server on a loopback address using httptest.NewServer.
@@ -246,7 +278,7 @@ func (s *Server) SetLatency(d time.Duration) {
 
 // Reset forgets recorded requests and counters (Seq restarts at 1, MaxInFlight
 // becomes the current InFlight) and cancels pending FailNext failures. It does
-// not change Options, the latency, or the Hold state.
+// not change Options, the latency, the Hold state or the fault (SetFault).
 func (s *Server) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -375,6 +407,10 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 		s.failLeft--
 		fail, failStatus, failRetry = true, s.failStatus, s.failRetry
 	}
+	fault := FaultNone
+	if kind != routeNone && parseErr == nil {
+		fault = s.fault
+	}
 	hold := s.hold
 	latency := s.latency
 	s.broadcast()
@@ -399,6 +435,27 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 		typ, code := errorKind(failStatus)
 		s.writeError(w, rec, failStatus, fmt.Sprintf("Injected failure with status %d", failStatus), typ, code, failRetry)
 		return
+	case fault == FaultReset:
+		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			if tc, ok := conn.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0) // a reset, not an orderly close
+			}
+			_ = conn.Close()
+		}
+		return
+	case fault == FaultGarbage:
+		s.setStatus(rec, http.StatusOK)
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "<html><body><h1>Welcome to the proxy</h1></body></html>")
+		return
+	case fault == FaultHang:
+		select {
+		case <-r.Context().Done():
+		case <-s.closing:
+		}
+		s.markCancelled(rec)
+		return
 	}
 
 	ctx := r.Context()
@@ -414,7 +471,7 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	u.TotalTokens = u.PromptTokens + u.CompletionTokens
 	if req.Stream {
 		includeUsage := req.StreamOptions != nil && req.StreamOptions.IncludeUsage
-		s.stream(ctx, w, rec, kind, req.Model, includeUsage, u)
+		s.stream(ctx, w, rec, kind, req.Model, includeUsage, u, fault == FaultCut)
 		return
 	}
 
@@ -447,13 +504,20 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(http.StatusOK)
+	if fault == FaultCut {
+		_, _ = w.Write(b[:len(b)/2])
+		_ = http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler) // net/http closes the connection
+	}
 	if _, err := w.Write(b); err != nil && ctx.Err() != nil {
 		s.markCancelled(rec)
 	}
 }
 
 // stream writes a server-sent-events answer.
-func (s *Server) stream(ctx context.Context, w http.ResponseWriter, rec *Request, kind routeKind, model string, includeUsage bool, u usage) {
+// With cut, it ends after the first event, without [DONE], and closes the
+// connection.
+func (s *Server) stream(ctx context.Context, w http.ResponseWriter, rec *Request, kind routeKind, model string, includeUsage bool, u usage, cut bool) {
 	rc := http.NewResponseController(w)
 	s.setStatus(rec, http.StatusOK)
 	w.Header().Set("Content-Type", "text/event-stream")
@@ -506,6 +570,9 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, rec *Request
 		if !send(c) {
 			s.markCancelled(rec)
 			return
+		}
+		if cut {
+			panic(http.ErrAbortHandler) // net/http closes the connection
 		}
 	}
 	var final any

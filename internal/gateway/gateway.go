@@ -267,19 +267,31 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 		s.picked(h, l, info)
 		return sse.finish(nil)
 	}
-	return s.answer(w, ids, l, resp, info, err)
+	return s.answer(w, r.Context().Err() != nil, ids, l, resp, info, err)
 }
 
-// answer writes the answer to a submitted request (not a stream's).
-func (s *Server) answer(w http.ResponseWriter, ids idHeaders, l *labels, resp *client.Response, info client.Result, err error) (messages.Outcome, int) {
+// answer writes the answer to a submitted request (not a stream's). It is
+// the one place that writes a 200 for a submitted request, and writes one
+// only for a served response: an answer with an error, or without a JSON
+// object for a body, is an error status. A cancelled request gets nothing
+// written only when its caller is gone (callerGone); one cancelled while its
+// caller still waits is a bug, and is answered as one.
+func (s *Server) answer(w http.ResponseWriter, callerGone bool, ids idHeaders, l *labels, resp *client.Response, info client.Result, err error) (messages.Outcome, int) {
 	h := w.Header()
 	ids.set(h)
 	s.picked(h, l, info)
+	if err == nil && (resp == nil || !jsonObject(resp.Body)) {
+		err = &messages.Error{Outcome: messages.OutcomeInternal, Message: "the request ended without an answer"}
+	}
 	if err != nil {
 		e := errorOf(err)
-		if e.Outcome != messages.OutcomeCancelled { // else the client is gone; nobody reads the answer
-			writeError(w, e)
+		if e.Outcome == messages.OutcomeCancelled {
+			if callerGone {
+				return e.Outcome, e.HTTPStatus()
+			}
+			e = &messages.Error{Outcome: messages.OutcomeInternal, Message: "the request was cancelled while its caller waited: " + e.Message}
 		}
+		writeError(w, e)
 		return e.Outcome, e.HTTPStatus()
 	}
 	h.Set(HeaderDeployment, resp.Deployment) // after fallbacks, not the one picked first
@@ -287,6 +299,16 @@ func (s *Server) answer(w http.ResponseWriter, ids idHeaders, l *labels, resp *c
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(resp.Body)
 	return messages.OutcomeServed, http.StatusOK
+}
+
+// jsonObject is a cheap check that body is an answer: it begins as a JSON
+// object does (the worker checked it whole).
+func jsonObject(body []byte) bool {
+	i := 0
+	for i < len(body) && (body[i] == ' ' || body[i] == '\n' || body[i] == '\r' || body[i] == '\t') {
+		i++
+	}
+	return i < len(body) && body[i] == '{'
 }
 
 // idHeaders are the headers every answer to a submitted request carries. They

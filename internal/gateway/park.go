@@ -43,6 +43,7 @@ type parked struct {
 
 	answered atomic.Bool
 	watched  atomic.Bool // Started: a goroutine reads the connection
+	gone     atomic.Bool // the caller closed its end
 
 	prev, next *parked // in the server's parkedSet
 }
@@ -65,7 +66,13 @@ func (p *parked) Park() bool {
 }
 
 // Alive reports whether the caller still holds its end of the connection.
-func (p *parked) Alive() bool { return !peerGone(p.conn) }
+func (p *parked) Alive() bool {
+	if peerGone(p.conn) {
+		p.gone.Store(true)
+		return false
+	}
+	return true
+}
 
 // Started watches the connection while a worker calls the provider.
 func (p *parked) Started(cancel func()) {
@@ -78,6 +85,7 @@ func (p *parked) Started(cancel func()) {
 			}
 		}
 		if !p.answered.Load() {
+			p.gone.Store(true)
 			cancel()
 		}
 	}()
@@ -87,7 +95,7 @@ func (p *parked) Started(cancel func()) {
 func (p *parked) Done(resp *client.Response, info client.Result, err error) {
 	p.answered.Store(true)
 	rw := &bufferedResponse{header: make(http.Header)}
-	outcome, status := p.s.answer(rw, p.ids, &p.l, resp, info, err)
+	outcome, status := p.s.answer(rw, p.gone.Load(), p.ids, &p.l, resp, info, err)
 	if outcome != messages.OutcomeCancelled { // else nobody reads it
 		if werr := rw.send(p.conn, p.major, p.minor); werr != nil {
 			p.s.log.Debug("writing a parked request's answer", "request_id", p.ids.id, "error", werr)

@@ -5,16 +5,15 @@
 // The request body is forwarded as the caller sent it (minus llmq-only fields,
 // which the gateway removed), with "model" replaced by the deployment's
 // provider model. openai-go's own retries are off: the worker owns the retry
-// policy. Errors are *messages.Error values of class ErrProvider or
-// ErrProviderTimeout that carry the provider's status and body.
+// policy. A call either returns a served answer (a JSON object, or a stream
+// that ended with [DONE]) or a fault: a *messages.Error of one of the
+// provider outcomes (fault.go), or ErrCancelled when ctx ended.
 package provider
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/packages/ssestream"
 	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 
@@ -83,12 +83,13 @@ type OpenAIOptions struct {
 func NewOpenAI(o OpenAIOptions) *OpenAI {
 	opts := []option.RequestOption{
 		option.WithMaxRetries(0),
+		option.WithMiddleware(checkStatus),
 		option.WithAPIKey(o.APIKey),
 	}
 	if o.APIKey == "" {
 		// Local servers (vLLM, llama.cpp) often need no key; openai-go would
 		// otherwise read OPENAI_API_KEY from the environment.
-		opts[1] = option.WithHeaderDel("Authorization")
+		opts[2] = option.WithHeaderDel("Authorization")
 	}
 	if o.BaseURL != "" {
 		opts = append(opts, option.WithBaseURL(strings.TrimSuffix(o.BaseURL, "/")+"/"))
@@ -99,72 +100,101 @@ func NewOpenAI(o OpenAIOptions) *OpenAI {
 	return &OpenAI{client: openai.NewClient(opts...), model: o.Model, timeout: o.Timeout}
 }
 
-// post sends body with the deployment's model and returns the open response.
-// The caller closes its body and calls cancel.
-func (p *OpenAI) post(ctx context.Context, kind messages.Kind, body []byte) (res *http.Response, cctx context.Context, cancel context.CancelFunc, err error) {
-	body, err = sjson.SetBytes(body, "model", p.model)
-	if err != nil {
-		return nil, ctx, func() {}, fmt.Errorf("%w: set model: %w", messages.ErrInternal, err)
-	}
-	cancel = func() {}
+// withTimeout returns the context of one call: ctx bounded by the
+// deployment's timeout, whose end is a provider_timeout, not a cancel.
+func (p *OpenAI) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
 	if p.timeout > 0 {
-		ctx, cancel = context.WithTimeoutCause(ctx, p.timeout, messages.ErrProviderTimeout)
+		return context.WithTimeoutCause(ctx, p.timeout, messages.ErrProviderTimeout)
 	}
-	if err = p.client.Post(ctx, kind.Path(), body, &res); err != nil {
-		cancel()
-		return nil, ctx, func() {}, classify(ctx, err)
+	return context.WithCancel(ctx)
+}
+
+// post sends body with the deployment's model and returns the open 2xx
+// response; any other answer is an error (see statusFault). The caller
+// closes its body.
+func (p *OpenAI) post(ctx context.Context, kind messages.Kind, body []byte) (*http.Response, error) {
+	body, err := sjson.SetBytes(body, "model", p.model)
+	if err != nil {
+		return nil, fmt.Errorf("%w: set model: %w", messages.ErrInternal, err)
 	}
-	return res, ctx, cancel, nil
+	var res *http.Response
+	if err := p.client.Post(ctx, kind.Path(), body, &res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// checkStatus is the middleware that turns every answer that is not 2xx
+// into its fault, before openai-go reads it: one place decides them all,
+// whatever the body looks like.
+func checkStatus(req *http.Request, next option.MiddlewareNext) (*http.Response, error) {
+	res, err := next(req)
+	if err != nil || res.StatusCode/100 == 2 {
+		return res, err
+	}
+	return nil, statusFault(res)
 }
 
 // Call forwards body to the provider.
 func (p *OpenAI) Call(ctx context.Context, kind messages.Kind, body []byte) (*Result, error) {
-	res, ctx, cancel, err := p.post(ctx, kind, body)
-	if err != nil {
-		return nil, err
-	}
+	call, cancel := p.withTimeout(ctx)
 	defer cancel()
-	defer res.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(res.Body, maxResponseBytes))
+	res, err := p.post(call, kind, body)
 	if err != nil {
-		return nil, classify(ctx, err)
+		return nil, callFault(ctx, call, err, false)
+	}
+	defer res.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(res.Body, maxResponseBytes+1))
+	if err != nil {
+		return nil, callFault(ctx, call, err, true)
+	}
+	if err := bodyFault(res, data); err != nil {
+		return nil, err
 	}
 	r := &Result{Body: data}
 	r.Usage, _ = usageOf(data)
 	return r, nil
 }
 
-// Stream forwards a streaming request and relays its events.
+// Stream forwards a streaming request and relays its events. A stream that
+// ends without [DONE] is a fault, never a short answer.
 func (p *OpenAI) Stream(ctx context.Context, kind messages.Kind, body []byte, emit Emit) (Usage, error) {
-	res, ctx, cancel, err := p.post(ctx, kind, body)
+	call, cancel := p.withTimeout(ctx)
+	defer cancel()
+	res, err := p.post(call, kind, body)
 	if err != nil {
+		return Usage{}, callFault(ctx, call, err, false)
+	}
+	defer res.Body.Close()
+	if err := streamFault(res); err != nil {
 		return Usage{}, err
 	}
-	defer cancel()
-	defer res.Body.Close()
 	var usage Usage
-	sc := bufio.NewScanner(res.Body)
-	sc.Buffer(make([]byte, 0, 4<<10), maxResponseBytes) // grows for long events only
-	for sc.Scan() {
-		data, ok := bytes.CutPrefix(sc.Bytes(), []byte("data:"))
-		if !ok {
-			continue // comments, event names, blank separators
-		}
-		data = bytes.TrimSpace(data)
-		if string(data) == "[DONE]" {
+	events := ssestream.NewDecoder(res)
+	for events.Next() {
+		data := bytes.TrimSpace(events.Event().Data)
+		switch {
+		case string(data) == "[DONE]":
 			return usage, nil
+		case !isObject(data):
+			return usage, &messages.Error{Outcome: messages.OutcomeProviderBadResponse, Message: "the provider sent a stream event that is not a JSON object"}
+		case gjson.GetBytes(data, "error").IsObject():
+			return usage, errorEvent(data, "the provider sent an error in the stream: %s")
 		}
 		if u, ok := usageOf(data); ok {
 			usage = u
 		}
-		if err := emit(bytes.Clone(data)); err != nil {
+		if err := emit(data); err != nil {
 			return usage, err
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return usage, classify(ctx, err)
+	if err := events.Err(); err != nil {
+		return usage, callFault(ctx, call, err, true)
 	}
-	return usage, nil // the provider ended without [DONE]
+	if err := call.Err(); err != nil { // the body was closed under the decoder
+		return usage, callFault(ctx, call, err, true)
+	}
+	return usage, &messages.Error{Outcome: messages.OutcomeProviderBadResponse, Message: "the provider's stream ended without [DONE]"}
 }
 
 // usageOf returns the "usage" object of a response body or a stream event,
@@ -176,37 +206,6 @@ func usageOf(data []byte) (Usage, bool) {
 		return Usage{}, false
 	}
 	return u, true
-}
-
-// classify turns an openai-go or transport error into a *messages.Error.
-func classify(ctx context.Context, err error) error {
-	var apiErr *openai.Error
-	if errors.As(err, &apiErr) {
-		e := &messages.Error{Outcome: messages.OutcomeProviderError, Status: apiErr.StatusCode, Message: apiErr.Message, Code: apiErr.Code}
-		if e.Status < 400 || e.Status > 499 {
-			e.Status = http.StatusBadGateway
-		}
-		if apiErr.Response != nil {
-			e.RetryAfter = apiErr.Response.Header.Get("Retry-After")
-			if apiErr.StatusCode >= 400 && apiErr.StatusCode <= 499 && apiErr.Response.Body != nil {
-				if b, rerr := io.ReadAll(io.LimitReader(apiErr.Response.Body, maxResponseBytes)); rerr == nil && json.Valid(b) {
-					e.Body = b
-				}
-			}
-		}
-		if e.Message == "" {
-			e.Message = fmt.Sprintf("the provider answered %d", apiErr.StatusCode)
-		}
-		e.ProviderStatus = apiErr.StatusCode
-		return e
-	}
-	if errors.Is(context.Cause(ctx), messages.ErrProviderTimeout) || errors.Is(err, context.DeadlineExceeded) {
-		return &messages.Error{Outcome: messages.OutcomeProviderTimeout, Message: "the provider did not answer in time"}
-	}
-	if ctx.Err() != nil {
-		return fmt.Errorf("%w: %w", messages.ErrCancelled, context.Cause(ctx))
-	}
-	return &messages.Error{Outcome: messages.OutcomeProviderError, Message: "the provider could not be reached: " + err.Error()}
 }
 
 // Mock answers every call with a fixed text in OpenAI's response shape.

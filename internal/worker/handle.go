@@ -9,7 +9,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/llmq/llmq/internal/provider"
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/pkg/limiter"
 	"github.com/llmq/llmq/pkg/messages"
@@ -149,13 +148,16 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 	p.calls.Store(req.ID, cancel)
 	defer p.calls.Delete(req.ID)
 	started := time.Now()
-	var emit provider.Emit
+	var emit relay
 	seq := 0
 	if req.Stream {
-		emit = func(data []byte) error {
+		emit = func(deployment string, data []byte) error {
 			seq++
 			msg := messages.EventMsg(req.ReplyTo, messages.EventChunk, seq, data)
 			msg.Reply = control
+			if seq == 1 { // after fallbacks, not necessarily the one picked first
+				msg.Header[messages.HeaderDeployment] = []string{deployment}
+			}
 			return p.nc.PublishMsg(msg)
 		}
 	}

@@ -16,18 +16,24 @@ import (
 )
 
 // Policy is the worker's retry policy; the worker is the only layer that
-// retries (openai-go's own retries are off).
+// retries (openai-go's own retries are off). It acts on the faults that
+// internal/provider decides (fault.go there):
 //
 //   - A provider 429 cools the deployment down for its Retry-After (else
 //     CooldownTime) and the request is tried again as soon as the group has
 //     capacity. It keeps its place (the slot holds it) and spends no retry.
-//   - A 5xx, a timeout or an unreachable provider counts as a failure of the
-//     deployment (more than AllowedFails within a minute cools it down for
-//     CooldownTime) and is retried up to NumRetries times with exponential
-//     backoff, on whichever deployment of the group has capacity.
+//   - A fault of the deployment (unreachable, 5xx or 408, timeout, an
+//     answer that is not one) counts as a failure of the deployment (more
+//     than AllowedFails within a minute cools it down for CooldownTime) and
+//     is retried up to NumRetries times with exponential backoff, on
+//     whichever deployment of the group has capacity.
 //   - Then, and at once for other 4xx answers except 400, 413 and 422 (which
 //     are the caller's to fix), the group's fallbacks are tried in order.
-//   - A stream that already relayed events is never retried.
+//   - A stream that already relayed events is never retried; its fault
+//     still counts against the deployment.
+//   - The request's queue deadline binds every wait before a call: for
+//     capacity, for a cooldown, between retries. When it passes, the caller
+//     gets the last fault, or 408 if no call failed (or only with 429s).
 type Policy struct {
 	NumRetries   int
 	AllowedFails int
@@ -47,15 +53,14 @@ type attempt struct {
 	err   error
 }
 
+// relay sends one stream event of the deployment that produced it.
+type relay func(deployment string, data []byte) error
+
 // serve runs req under the policy, starting on lease, which it owns. emit
 // relays stream events (nil for a plain request).
-func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Request, lease *router.Lease, tokens int64, emit provider.Emit) (deployment string, a attempt) {
+func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Request, lease *router.Lease, tokens int64, emit relay) (deployment string, a attempt) {
 	pol := p.opts.Policy
 	emitted := false
-	if emit != nil {
-		inner := emit
-		emit = func(b []byte) error { emitted = true; return inner(b) }
-	}
 	groups := append([]string{req.Group}, pol.Fallbacks[req.Group]...)
 	// hold keeps the request's place in its group between attempts: from the
 	// moment an attempt fails until the next lease is taken, slots that would
@@ -68,6 +73,14 @@ func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Reques
 		}
 	}
 	defer unhold()
+	// last is the last fault worth telling the caller (not a 429).
+	var last attempt
+	expired := func(err error) attempt {
+		if errors.Is(err, messages.ErrQueueTimeout) && last.err != nil {
+			return last
+		}
+		return attempt{err: err}
+	}
 	for i, group := range groups {
 		if i > 0 {
 			unhold()
@@ -77,19 +90,27 @@ func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Reques
 		for {
 			if lease == nil {
 				var err error
-				lease, err = p.reserve(ctx, group, tokens, time.Time{})
+				lease, err = p.reserve(ctx, group, tokens, req.Deadline)
 				unhold()
 				if err != nil {
-					return deployment, attempt{err: err}
+					return deployment, expired(err)
 				}
 			}
 			d := lease.Deployment()
 			deployment = d.ID
-			a = p.call(ctx, d, req, emit)
+			var events provider.Emit
+			if emit != nil {
+				events = func(b []byte) error { emitted = true; return emit(d.ID, b) }
+			}
+			a = p.call(ctx, d, req, events)
 			var e *messages.Error
-			next := final
-			if a.err != nil && !emitted && ctx.Err() == nil && errors.As(a.err, &e) {
-				next = classify(e)
+			fault := final
+			if a.err != nil && ctx.Err() == nil && errors.As(a.err, &e) {
+				fault = classify(e)
+			}
+			next := fault
+			if emitted {
+				next = final
 			}
 			if next != final {
 				hold = p.opts.Router.Waiting(group)
@@ -109,25 +130,30 @@ func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Reques
 			}
 			lease.Finish(used)
 			lease = nil
+			if fault == retry {
+				last = a
+				if p.opts.Router.Failed(d.ID, pol.AllowedFails, failWindow, pol.CooldownTime) {
+					p.opts.Metrics.Cooldown(d.ID, "failures", pol.CooldownTime)
+				}
+			}
 			switch next {
 			case final:
 				return deployment, a
 			case requeue:
 				continue
 			case retry:
-				if p.opts.Router.Failed(d.ID, pol.AllowedFails, failWindow, pol.CooldownTime) {
-					p.opts.Metrics.Cooldown(d.ID, "failures", pol.CooldownTime)
-				}
 				unhold() // backing off: the group's other requests may go meanwhile
 				if retries < pol.NumRetries {
 					delay := pol.Backoff << retries
 					retries++
 					log.Info("provider call failed; retrying", "deployment", d.ID, "retry", retries, "delay", delay, "error", e.Message)
-					if err := sleep(ctx, delay); err != nil {
-						return deployment, attempt{err: errors.Join(messages.ErrCancelled, err)}
+					if err := sleep(ctx, delay, req.Deadline); err != nil {
+						return deployment, expired(err)
 					}
 					continue
 				}
+			case fallback:
+				last = a
 			}
 			break // to the next fallback group
 		}
@@ -140,16 +166,14 @@ type nextStep int
 const (
 	final    nextStep = iota // answer the caller with this error
 	requeue                  // cool the deployment down and try again, no retry spent
-	retry                    // count a retry, then fall back
+	retry                    // a fault of the deployment: count it, retry, then fall back
 	fallback                 // go to the next fallback group at once
 )
 
+// classify is the policy's decision for a fault.
 func classify(e *messages.Error) nextStep {
-	if e == nil {
-		return final
-	}
 	switch e.Outcome {
-	case messages.OutcomeProviderTimeout:
+	case messages.OutcomeProviderTimeout, messages.OutcomeProviderUnreachable, messages.OutcomeProviderBadResponse:
 		return retry
 	case messages.OutcomeProviderError:
 	default:
@@ -175,7 +199,7 @@ func classify(e *messages.Error) nextStep {
 func (p *Pool) reserve(ctx context.Context, group string, tokens int64, deadline time.Time) (*router.Lease, error) {
 	if !deadline.IsZero() {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadlineCause(ctx, deadline, messages.ErrQueueTimeout)
+		ctx, cancel = context.WithDeadlineCause(ctx, deadline, queueTimeout)
 		defer cancel()
 	}
 	tooLarge := messages.Errorf(messages.OutcomeInvalidRequest, "max_tokens",
@@ -259,7 +283,14 @@ func (p *Pool) call(ctx context.Context, d *router.Deployment, req *messages.Req
 	return attempt{usage: res.Usage, body: res.Body}
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
+// sleep waits d, or until ctx ends or the deadline (if not zero) passes,
+// which it returns as ErrQueueTimeout.
+func sleep(ctx context.Context, d time.Duration, deadline time.Time) error {
+	if !deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadlineCause(ctx, deadline, queueTimeout)
+		defer cancel()
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -269,3 +300,8 @@ func sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	}
 }
+
+// queueTimeout is the end of a request whose queue deadline passed after
+// its pickup, while it waited for capacity, a cooldown or a retry.
+var queueTimeout = &messages.Error{Outcome: messages.OutcomeQueueTimeout,
+	Message: "the queue deadline passed before a deployment of the model group could take the request"}

@@ -404,8 +404,15 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 			return fmt.Errorf("%w: stream event %d arrived where %d was expected", messages.ErrInternal, seq, next)
 		}
 		next++
-		if next == 2 && onStart != nil {
-			onStart(w.result())
+		if next == 2 {
+			// The first event names the deployment that answered, which
+			// after fallbacks is not the one chosen at pickup.
+			if d := m.Header.Get(messages.HeaderDeployment); d != "" {
+				w.deploy.Store(&d)
+			}
+			if onStart != nil {
+				onStart(w.result())
+			}
 		}
 		return onChunk(m.Data)
 	}

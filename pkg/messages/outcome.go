@@ -12,55 +12,61 @@ type Outcome uint8
 
 // The outcomes, each with one HTTP status (see [Outcome.Status]).
 const (
-	OutcomeServed            Outcome = iota // 200: answered by a provider (or a mock deployment)
-	OutcomeInvalidRequest                   // 400: bad JSON, bad field types, non-integer priority
-	OutcomeUnauthenticated                  // 401: missing or wrong key; nothing was queued
-	OutcomeForbidden                        // 403: the key may not use this model group
-	OutcomeUnknownModel                     // 404: no such model group
-	OutcomeQueueTimeout                     // 408: the queue deadline passed before a worker started it
-	OutcomeBodyTooLarge                     // 413: the body is over the configured maximum
-	OutcomeQueueFull                        // 429: the backlog of its band and group is full
-	OutcomeRateLimited                      // 429: the caller's key is over its rpm_limit
-	OutcomeCancelled                        // 499: the caller went away
-	OutcomeProviderError                    // the provider's 4xx, else 502
-	OutcomeBrokerUnavailable                // 503: NATS or JetStream cannot take the request
-	OutcomeProviderTimeout                  // 504: the provider did not answer in time
-	OutcomeInternal                         // 500: a bug or an undecodable message
+	OutcomeServed              Outcome = iota // 200: answered by a provider (or a mock deployment)
+	OutcomeInvalidRequest                     // 400: bad JSON, bad field types, non-integer priority
+	OutcomeUnauthenticated                    // 401: missing or wrong key; nothing was queued
+	OutcomeForbidden                          // 403: the key may not use this model group
+	OutcomeUnknownModel                       // 404: no such model group
+	OutcomeQueueTimeout                       // 408: the queue deadline passed before a worker started it
+	OutcomeBodyTooLarge                       // 413: the body is over the configured maximum
+	OutcomeQueueFull                          // 429: the backlog of its band and group is full
+	OutcomeRateLimited                        // 429: the caller's key is over its rpm_limit
+	OutcomeCancelled                          // 499: the caller went away
+	OutcomeProviderError                      // the provider's 4xx, else 502
+	OutcomeBrokerUnavailable                  // 503: NATS or JetStream cannot take the request
+	OutcomeProviderTimeout                    // 504: the provider did not answer in time
+	OutcomeInternal                           // 500: a bug or an undecodable message
+	OutcomeProviderUnreachable                // 502: refused, DNS, TLS, or reset before the answer
+	OutcomeProviderBadResponse                // 502: a 200 whose body is not a JSON object, cut short, or a broken stream
 	outcomeCount
 )
 
 var outcomeNames = [...]string{
-	OutcomeServed:            "served",
-	OutcomeInvalidRequest:    "invalid_request",
-	OutcomeUnauthenticated:   "unauthenticated",
-	OutcomeForbidden:         "forbidden",
-	OutcomeUnknownModel:      "unknown_model",
-	OutcomeQueueTimeout:      "queue_timeout",
-	OutcomeBodyTooLarge:      "body_too_large",
-	OutcomeQueueFull:         "queue_full",
-	OutcomeRateLimited:       "rate_limited",
-	OutcomeCancelled:         "cancelled",
-	OutcomeProviderError:     "provider_error",
-	OutcomeBrokerUnavailable: "broker_unavailable",
-	OutcomeProviderTimeout:   "provider_timeout",
-	OutcomeInternal:          "internal_error",
+	OutcomeServed:              "served",
+	OutcomeInvalidRequest:      "invalid_request",
+	OutcomeUnauthenticated:     "unauthenticated",
+	OutcomeForbidden:           "forbidden",
+	OutcomeUnknownModel:        "unknown_model",
+	OutcomeQueueTimeout:        "queue_timeout",
+	OutcomeBodyTooLarge:        "body_too_large",
+	OutcomeQueueFull:           "queue_full",
+	OutcomeRateLimited:         "rate_limited",
+	OutcomeCancelled:           "cancelled",
+	OutcomeProviderError:       "provider_error",
+	OutcomeBrokerUnavailable:   "broker_unavailable",
+	OutcomeProviderTimeout:     "provider_timeout",
+	OutcomeInternal:            "internal_error",
+	OutcomeProviderUnreachable: "provider_unreachable",
+	OutcomeProviderBadResponse: "provider_bad_response",
 }
 
 var outcomeStatus = [...]int{
-	OutcomeServed:            http.StatusOK,
-	OutcomeInvalidRequest:    http.StatusBadRequest,
-	OutcomeUnauthenticated:   http.StatusUnauthorized,
-	OutcomeForbidden:         http.StatusForbidden,
-	OutcomeUnknownModel:      http.StatusNotFound,
-	OutcomeQueueTimeout:      http.StatusRequestTimeout,
-	OutcomeBodyTooLarge:      http.StatusRequestEntityTooLarge,
-	OutcomeQueueFull:         http.StatusTooManyRequests,
-	OutcomeRateLimited:       http.StatusTooManyRequests,
-	OutcomeCancelled:         499,
-	OutcomeProviderError:     http.StatusBadGateway,
-	OutcomeBrokerUnavailable: http.StatusServiceUnavailable,
-	OutcomeProviderTimeout:   http.StatusGatewayTimeout,
-	OutcomeInternal:          http.StatusInternalServerError,
+	OutcomeServed:              http.StatusOK,
+	OutcomeInvalidRequest:      http.StatusBadRequest,
+	OutcomeUnauthenticated:     http.StatusUnauthorized,
+	OutcomeForbidden:           http.StatusForbidden,
+	OutcomeUnknownModel:        http.StatusNotFound,
+	OutcomeQueueTimeout:        http.StatusRequestTimeout,
+	OutcomeBodyTooLarge:        http.StatusRequestEntityTooLarge,
+	OutcomeQueueFull:           http.StatusTooManyRequests,
+	OutcomeRateLimited:         http.StatusTooManyRequests,
+	OutcomeCancelled:           499,
+	OutcomeProviderError:       http.StatusBadGateway,
+	OutcomeBrokerUnavailable:   http.StatusServiceUnavailable,
+	OutcomeProviderTimeout:     http.StatusGatewayTimeout,
+	OutcomeInternal:            http.StatusInternalServerError,
+	OutcomeProviderUnreachable: http.StatusBadGateway,
+	OutcomeProviderBadResponse: http.StatusBadGateway,
 }
 
 // String returns the outcome's stable name, e.g. "queue_timeout".
@@ -120,35 +126,39 @@ func ParseOutcome(s string) (Outcome, bool) {
 // Error class sentinels. Every [*Error] matches the sentinel of its outcome
 // with errors.Is, so callers switch on classes, not on strings.
 var (
-	ErrInvalidRequest    = errors.New("invalid request")
-	ErrUnauthenticated   = errors.New("unauthenticated")
-	ErrForbidden         = errors.New("forbidden")
-	ErrUnknownModel      = errors.New("unknown model group")
-	ErrQueueTimeout      = errors.New("queue deadline passed")
-	ErrBodyTooLarge      = errors.New("request body too large")
-	ErrQueueFull         = errors.New("queue full")
-	ErrRateLimited       = errors.New("rate limited")
-	ErrCancelled         = errors.New("request cancelled")
-	ErrProvider          = errors.New("provider error")
-	ErrBrokerUnavailable = errors.New("broker unavailable")
-	ErrProviderTimeout   = errors.New("provider timeout")
-	ErrInternal          = errors.New("internal error")
+	ErrInvalidRequest      = errors.New("invalid request")
+	ErrUnauthenticated     = errors.New("unauthenticated")
+	ErrForbidden           = errors.New("forbidden")
+	ErrUnknownModel        = errors.New("unknown model group")
+	ErrQueueTimeout        = errors.New("queue deadline passed")
+	ErrBodyTooLarge        = errors.New("request body too large")
+	ErrQueueFull           = errors.New("queue full")
+	ErrRateLimited         = errors.New("rate limited")
+	ErrCancelled           = errors.New("request cancelled")
+	ErrProvider            = errors.New("provider error")
+	ErrBrokerUnavailable   = errors.New("broker unavailable")
+	ErrProviderTimeout     = errors.New("provider timeout")
+	ErrInternal            = errors.New("internal error")
+	ErrProviderUnreachable = errors.New("provider unreachable")
+	ErrProviderBadResponse = errors.New("provider bad response")
 )
 
 var outcomeErr = [...]error{
-	OutcomeInvalidRequest:    ErrInvalidRequest,
-	OutcomeUnauthenticated:   ErrUnauthenticated,
-	OutcomeForbidden:         ErrForbidden,
-	OutcomeUnknownModel:      ErrUnknownModel,
-	OutcomeQueueTimeout:      ErrQueueTimeout,
-	OutcomeBodyTooLarge:      ErrBodyTooLarge,
-	OutcomeQueueFull:         ErrQueueFull,
-	OutcomeRateLimited:       ErrRateLimited,
-	OutcomeCancelled:         ErrCancelled,
-	OutcomeProviderError:     ErrProvider,
-	OutcomeBrokerUnavailable: ErrBrokerUnavailable,
-	OutcomeProviderTimeout:   ErrProviderTimeout,
-	OutcomeInternal:          ErrInternal,
+	OutcomeInvalidRequest:      ErrInvalidRequest,
+	OutcomeUnauthenticated:     ErrUnauthenticated,
+	OutcomeForbidden:           ErrForbidden,
+	OutcomeUnknownModel:        ErrUnknownModel,
+	OutcomeQueueTimeout:        ErrQueueTimeout,
+	OutcomeBodyTooLarge:        ErrBodyTooLarge,
+	OutcomeQueueFull:           ErrQueueFull,
+	OutcomeRateLimited:         ErrRateLimited,
+	OutcomeCancelled:           ErrCancelled,
+	OutcomeProviderError:       ErrProvider,
+	OutcomeBrokerUnavailable:   ErrBrokerUnavailable,
+	OutcomeProviderTimeout:     ErrProviderTimeout,
+	OutcomeInternal:            ErrInternal,
+	OutcomeProviderUnreachable: ErrProviderUnreachable,
+	OutcomeProviderBadResponse: ErrProviderBadResponse,
 }
 
 // Sentinel returns the error class of o (nil for OutcomeServed).

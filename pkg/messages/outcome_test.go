@@ -59,6 +59,8 @@ func TestOutcomeStatus(t *testing.T) {
 		{messages.OutcomeBrokerUnavailable, "broker_unavailable", http.StatusServiceUnavailable},
 		{messages.OutcomeProviderTimeout, "provider_timeout", http.StatusGatewayTimeout},
 		{messages.OutcomeInternal, "internal_error", http.StatusInternalServerError},
+		{messages.OutcomeProviderUnreachable, "provider_unreachable", http.StatusBadGateway},
+		{messages.OutcomeProviderBadResponse, "provider_bad_response", http.StatusBadGateway},
 		{messages.Outcome(200), "outcome(200)", http.StatusInternalServerError},
 	}
 	for _, tt := range tests {
@@ -157,6 +159,8 @@ func TestOutcomeErrorType(t *testing.T) {
 		{messages.OutcomeProviderError, "api_error"},
 		{messages.OutcomeBrokerUnavailable, "api_error"},
 		{messages.OutcomeInternal, "api_error"},
+		{messages.OutcomeProviderUnreachable, "api_error"},
+		{messages.OutcomeProviderBadResponse, "api_error"},
 	}
 	for _, tt := range tests {
 		if got := tt.outcome.ErrorType(); got != tt.typ {
