@@ -50,7 +50,8 @@ func statusFault(res *http.Response) *messages.Error {
 		e.Message = fmt.Sprintf("the provider answered with status %d, which is not an answer", s)
 		return e
 	}
-	e.Message, e.Code = errorMessage(body)
+	var code string
+	e.Message, code = errorMessage(body)
 	if e.Message == "" {
 		e.Message = fmt.Sprintf("the provider answered %d %s", s, http.StatusText(s))
 	} else {
@@ -59,7 +60,7 @@ func statusFault(res *http.Response) *messages.Error {
 	if s < 500 && s != http.StatusRequestTimeout && s != http.StatusTooManyRequests {
 		// The caller's to fix: the provider's status, and its body when it
 		// is an OpenAI-style error.
-		e.Status = s
+		e.Status, e.Code = s, code
 		if gjson.GetBytes(body, "error").IsObject() {
 			e.Body = body
 		}
