@@ -211,3 +211,87 @@ func checkCutStream(t *testing.T, kind string, r *result, code string) {
 		t.Errorf("%s: a broken stream sent [DONE]: %s", kind, r.Body)
 	}
 }
+
+// TestFaultsCountTowardCooldown checks which faults count toward
+// allowed_fails: a deployment that cannot be reached, and one whose
+// streams break after their first event, are cooled down; one that answers
+// 401 is not (the fault is the key's, not the deployment's).
+func TestFaultsCountTowardCooldown(t *testing.T) {
+	refused, _ := faultCases[0].start(t)
+	cut := newFake(t)
+	cut.SetFault(fakeupstream.FaultCut)
+	denied := newFake(t)
+	denied.FailNext(1<<20, http.StatusUnauthorized, "")
+	deployment := func(group, base string) map[string]any {
+		return map[string]any{
+			"model_name":     group,
+			"litellm_params": map[string]any{"model": "openai/" + group, "api_base": base, "api_key": "k"},
+			"model_info":     map[string]any{"id": group + "-0"},
+		}
+	}
+	cfg := writeYAMLConfig(t, map[string]any{
+		"model_list": []map[string]any{deployment("refused", refused), deployment("cut", cut.URL), deployment("denied", denied.URL)},
+		"router_settings": map[string]any{
+			"num_retries": 1, "retry_after": 0.01,
+			"allowed_fails": 1, // a second failure within a minute cools the deployment down
+			"cooldown_time": 60,
+		},
+	})
+	g := startEmbeddedGateway(t, cfg, 4)
+	cooldowns := func(group string) float64 {
+		return relMetric(t, g.URL+"/metrics", "llmq_deployment_cooldowns_total", `deployment="`+group+`-0"`, `reason="failures"`)
+	}
+
+	if r := mustPost(t, g.URL+"/v1/chat/completions", "", chatBody("refused", "hi")); r.Status != http.StatusBadGateway {
+		t.Errorf("refused: %s", r)
+	}
+	if n := cooldowns("refused"); n != 1 {
+		t.Errorf("refused: %v cooldowns after two failed calls with allowed_fails 1, want 1", n)
+	}
+	for range 2 { // a broken stream is not retried: two requests, two failures
+		r := mustPost(t, g.URL+"/v1/chat/completions", "", chatBody("cut", "hi", `"stream":true`))
+		checkCutStream(t, "cut", r, "provider_bad_response")
+	}
+	if n := cooldowns("cut"); n != 1 {
+		t.Errorf("cut: %v cooldowns after two broken streams with allowed_fails 1, want 1", n)
+	}
+	for range 3 {
+		if r := mustPost(t, g.URL+"/v1/chat/completions", "", chatBody("denied", "hi")); r.Status != http.StatusUnauthorized {
+			t.Errorf("denied: %s", r)
+		}
+	}
+	if n := cooldowns("denied"); n != -1 {
+		t.Errorf("denied: %v cooldowns after three 401 answers, want none", n)
+	}
+}
+
+// TestQueueDeadlineAfterPickup checks that the queue deadline binds the
+// waits of a request a worker already picked up: one whose deployment
+// answered 429 and cools down for a minute ends with 408 at its deadline,
+// and one whose retries back off past its deadline ends with its last fault
+// then, not after the backoff.
+func TestQueueDeadlineAfterPickup(t *testing.T) {
+	limited := newFake(t)
+	limited.FailNext(1, http.StatusTooManyRequests, "60")
+	refused, _ := faultCases[0].start(t)
+	cfg := writeYAMLConfig(t, map[string]any{
+		"model_list": []map[string]any{
+			{"model_name": "limited", "litellm_params": map[string]any{"model": "openai/limited", "api_base": limited.URL, "api_key": "k"}},
+			{"model_name": "refused", "litellm_params": map[string]any{"model": "openai/refused", "api_base": refused, "api_key": "k"}},
+		},
+		"router_settings": map[string]any{"num_retries": 3, "retry_after": 60, "allowed_fails": 100},
+	})
+	g := startEmbeddedGateway(t, cfg, 4)
+
+	r := mustPost(t, g.URL+"/v1/chat/completions", "", chatBody("limited", "hi", `"timeout":1`))
+	if r.Status != http.StatusRequestTimeout || relErrorCode(r.Body) != "queue_timeout" {
+		t.Errorf("cooling down past the deadline: %s; want 408 queue_timeout", r)
+	}
+	if n := limited.Count(); n != 1 {
+		t.Errorf("the rate-limited deployment saw %d calls, want 1", n)
+	}
+	r = mustPost(t, g.URL+"/v1/chat/completions", "", chatBody("refused", "hi", `"timeout":1`))
+	if r.Status != http.StatusBadGateway || relErrorCode(r.Body) != "provider_unreachable" {
+		t.Errorf("backing off past the deadline: %s; want 502 provider_unreachable", r)
+	}
+}
