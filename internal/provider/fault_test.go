@@ -80,7 +80,11 @@ func TestFaults(t *testing.T) {
 		{name: "refused", url: refusedURL(t), outcome: messages.OutcomeProviderUnreachable, status: 502, message: "connection refused"},
 		{name: "refused stream", url: refusedURL(t), stream: true, outcome: messages.OutcomeProviderUnreachable, status: 502, message: "connection refused"},
 		{name: "dns", url: "http://provider.llmq-test.invalid/v1", client: noDNS(t), outcome: messages.OutcomeProviderUnreachable, status: 502, message: "lookup provider.llmq-test.invalid"},
-		{name: "tls", url: func() string { s := httptest.NewTLSServer(handler(200, "application/json", "{}")); t.Cleanup(s.Close); return s.URL + "/v1" }(), outcome: messages.OutcomeProviderUnreachable, status: 502, message: "certificate"},
+		{name: "tls", url: func() string {
+			s := httptest.NewTLSServer(handler(200, "application/json", "{}"))
+			t.Cleanup(s.Close)
+			return s.URL + "/v1"
+		}(), outcome: messages.OutcomeProviderUnreachable, status: 502, message: "certificate"},
 		{name: "reset", url: fake(fakeupstream.FaultReset), outcome: messages.OutcomeProviderUnreachable, status: 502},
 		{name: "reset stream", url: fake(fakeupstream.FaultReset), stream: true, outcome: messages.OutcomeProviderUnreachable, status: 502},
 		{name: "503 html", url: server(handler(503, "text/html", "<html>down</html>")), outcome: messages.OutcomeProviderError, status: 502, message: "503 Service Unavailable"},
