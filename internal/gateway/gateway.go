@@ -262,11 +262,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	case sse != nil && sse.started:
 		// Headers and some events are out: the end is told in the stream.
 		return sse.finish(err)
-	case sse != nil && err == nil: // served with no event at all
-		ids.set(h)
-		s.picked(h, l, info)
-		return sse.finish(nil)
 	}
+	// A stream "served" without any event was not served: answer says so.
 	return s.answer(w, r.Context().Err() != nil, ids, l, resp, info, err)
 }
 

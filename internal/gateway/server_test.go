@@ -603,3 +603,47 @@ func TestStreamErrorAfterStart(t *testing.T) {
 		t.Errorf("last event %q, want an error event with code worker_lost", events[1])
 	}
 }
+
+// TestNoOKWithoutAnAnswer drives every way a submitted request can end
+// through the gateway, streaming and not: only a served answer is a 200. An
+// error of any outcome has that outcome's status (a cancel while the caller
+// still waits is a bug: 500), and a "served" answer without a body is a 500.
+func TestNoOKWithoutAnAnswer(t *testing.T) {
+	type ending struct {
+		name   string
+		resp   *client.Response
+		err    error
+		status int
+	}
+	var endings []ending
+	for _, o := range messages.Outcomes()[1:] {
+		status := o.Status()
+		if o == messages.OutcomeCancelled {
+			status = http.StatusInternalServerError
+		}
+		endings = append(endings, ending{name: o.String(), err: &messages.Error{Outcome: o, Message: "ended as " + o.String()}, status: status})
+	}
+	endings = append(endings,
+		ending{name: "served without a response", status: http.StatusInternalServerError},
+		ending{name: "served with an empty body", resp: &client.Response{Deployment: "dep-1"}, status: http.StatusInternalServerError},
+		ending{name: "served with a body that is not an object", resp: &client.Response{Deployment: "dep-1", Body: []byte("<html>")}, status: http.StatusInternalServerError},
+		ending{name: "served", resp: &client.Response{Deployment: "dep-1", Body: []byte(servedBody)}, status: http.StatusOK},
+	)
+	for _, e := range endings {
+		for _, stream := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s stream=%v", e.name, stream), func(t *testing.T) {
+				sub := &recordingSubmitter{do: func(ctx context.Context, req *client.Request) (*client.Response, client.Result, error) {
+					return e.resp, client.Result{ID: req.ID, Picked: true, Deployment: "dep-1"}, e.err
+				}}
+				srv := startGateway(t, gateway.Options{}, sub)
+				resp, body := call(t, srv, "POST", "/v1/chat/completions", fmt.Sprintf(`{"model":"fake","stream":%v,"messages":[{"role":"user","content":"hi"}]}`, stream))
+				if resp.StatusCode != e.status {
+					t.Fatalf("status %d, want %d: %s", resp.StatusCode, e.status, body)
+				}
+				if e.status != http.StatusOK && !json.Valid(body) {
+					t.Errorf("error body is not JSON: %q", body)
+				}
+			})
+		}
+	}
+}

@@ -29,8 +29,9 @@ import (
 //	a 2xx body that is not a JSON object, cut short,
 //	  over maxResponseBytes, or a 1xx/3xx status    provider_bad_response  502
 //	a 2xx JSON object that is an error ({"error"})  provider_error         502
-//	a stream that is not text/event-stream, ends
-//	  without [DONE], breaks, or has a bad event    provider_bad_response  502
+//	a stream that is not text/event-stream, has no
+//	  event, ends without [DONE], breaks, or has a
+//	  bad event                                     provider_bad_response  502
 //	an error event in a stream                      provider_error         502
 //	the caller went away (the call's parent context
 //	  ended)                                        cancelled              nothing is written

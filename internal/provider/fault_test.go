@@ -100,6 +100,7 @@ func TestFaults(t *testing.T) {
 		{name: "caller gone", url: fake(fakeupstream.FaultHang), timeout: time.Minute, cancel: true, outcome: messages.OutcomeCancelled, status: 499},
 		{name: "stream cut", url: fake(fakeupstream.FaultCut), stream: true, outcome: messages.OutcomeProviderBadResponse, status: 502, message: "cut short"},
 		{name: "stream without DONE", url: server(handler(200, "text/event-stream", "data: {\"choices\":[]}\n\n")), stream: true, outcome: messages.OutcomeProviderBadResponse, status: 502, message: "without [DONE]"},
+		{name: "stream without events", url: server(handler(200, "text/event-stream", "data: [DONE]\n\n")), stream: true, outcome: messages.OutcomeProviderBadResponse, status: 502, message: "before any event"},
 		{name: "stream not a stream", url: server(handler(200, "application/json", `{"choices":[]}`)), stream: true, outcome: messages.OutcomeProviderBadResponse, status: 502, message: "not text/event-stream"},
 		{name: "stream bad event", url: server(handler(200, "text/event-stream", "data: <html>\n\ndata: [DONE]\n\n")), stream: true, outcome: messages.OutcomeProviderBadResponse, status: 502, message: "not a JSON object"},
 		{name: "stream error event", url: server(handler(200, "text/event-stream", "data: {\"error\":{\"message\":\"overloaded\"}}\n\n")), stream: true, outcome: messages.OutcomeProviderError, status: 502, message: "overloaded"},

@@ -170,12 +170,15 @@ func (p *OpenAI) Stream(ctx context.Context, kind messages.Kind, body []byte, em
 		return Usage{}, err
 	}
 	var usage Usage
+	sent := false
 	events := ssestream.NewDecoder(res)
 	for events.Next() {
 		data := bytes.TrimSpace(events.Event().Data)
 		switch {
-		case string(data) == "[DONE]":
+		case string(data) == "[DONE]" && sent:
 			return usage, nil
+		case string(data) == "[DONE]":
+			return usage, &messages.Error{Outcome: messages.OutcomeProviderBadResponse, Message: "the provider's stream ended before any event"}
 		case !isObject(data):
 			return usage, &messages.Error{Outcome: messages.OutcomeProviderBadResponse, Message: "the provider sent a stream event that is not a JSON object"}
 		case gjson.GetBytes(data, "error").IsObject():
@@ -184,6 +187,7 @@ func (p *OpenAI) Stream(ctx context.Context, kind messages.Kind, body []byte, em
 		if u, ok := usageOf(data); ok {
 			usage = u
 		}
+		sent = true
 		if err := emit(data); err != nil {
 			return usage, err
 		}
