@@ -50,8 +50,11 @@
 //
 // A streamed request (Llmq-Stream "1") is answered by "chunk" events, each
 // carrying one server-sent-event payload of the provider (the JSON after
-// "data: ") and numbered by Llmq-Seq from 1; the final "reply" carries the
-// next number, so a gap or reordering is detected.
+// "data: ") and numbered by Llmq-Seq from 1; the first carries the
+// deployment that produced it in Llmq-Deployment (after a fallback, not the
+// one named at pickup); the final "reply" carries the next number, so a gap
+// or reordering is detected. A stream that broke after its first chunk ends
+// with a reply of its fault's outcome, never as served.
 //
 // The final answer is a NATS request to Llmq-Reply with Llmq-Event "reply",
 // the HTTP status in Llmq-Status, the [Outcome] in Llmq-Outcome, the
