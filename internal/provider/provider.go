@@ -25,8 +25,8 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/tidwall/gjson"
-	"github.com/tidwall/sjson"
 
+	"github.com/llmq/llmq/internal/vendor"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -63,9 +63,11 @@ const maxResponseBytes = 8 << 20
 
 // OpenAI calls an OpenAI-compatible API.
 type OpenAI struct {
-	client  openai.Client
-	model   string
-	timeout time.Duration
+	client   openai.Client
+	model    string
+	group    string
+	defaults map[string]any
+	timeout  time.Duration
 }
 
 var _ Caller = (*OpenAI)(nil)
@@ -77,34 +79,36 @@ type OpenAIOptions struct {
 	Model      string        // provider model name, prefix already removed
 	Timeout    time.Duration // per call; 0 = no limit beyond the context
 	HTTPClient *http.Client  // shared transport; default http.DefaultClient
+
+	// The endpoint's shape and auth, as internal/vendor resolved them; the
+	// zero values are OpenAI's: {BaseURL}/chat/completions with a Bearer key.
+	Shape      vendor.Shape
+	Auth       vendor.Auth
+	APIVersion string // api-version query (Azure deployments, azure_ai)
+	ADToken    string // Azure: Entra ID token sent as Bearer instead of APIKey
+	// Group is the deployment's model_name; when Model holds '*' wildcards
+	// they are filled from the requested model as Group's pattern matched it.
+	Group string
+	// Defaults are body fields sent with each call unless the caller set
+	// them; Headers are sent with each call.
+	Defaults map[string]any
+	Headers  map[string]string
 }
 
 // NewOpenAI returns a caller for one deployment.
 func NewOpenAI(o OpenAIOptions) *OpenAI {
-	opts := []option.RequestOption{
-		option.WithMaxRetries(0),
-		option.WithAPIKey(o.APIKey),
-	}
-	if o.APIKey == "" {
-		// Local servers (vLLM, llama.cpp) often need no key; openai-go would
-		// otherwise read OPENAI_API_KEY from the environment.
-		opts[1] = option.WithHeaderDel("Authorization")
-	}
-	if o.BaseURL != "" {
-		opts = append(opts, option.WithBaseURL(strings.TrimSuffix(o.BaseURL, "/")+"/"))
-	}
+	opts := append([]option.RequestOption{option.WithMaxRetries(0)}, endpointOptions(o)...)
 	if o.HTTPClient != nil {
 		opts = append(opts, option.WithHTTPClient(o.HTTPClient))
 	}
-	return &OpenAI{client: openai.NewClient(opts...), model: o.Model, timeout: o.Timeout}
+	return &OpenAI{client: openai.NewClient(opts...), model: o.Model, group: o.Group, defaults: o.Defaults, timeout: o.Timeout}
 }
 
 // post sends body with the deployment's model and returns the open response.
 // The caller closes its body and calls cancel.
 func (p *OpenAI) post(ctx context.Context, kind messages.Kind, body []byte) (res *http.Response, cctx context.Context, cancel context.CancelFunc, err error) {
-	body, err = sjson.SetBytes(body, "model", p.model)
-	if err != nil {
-		return nil, ctx, func() {}, fmt.Errorf("%w: set model: %w", messages.ErrInternal, err)
+	if body, err = p.prepare(body); err != nil {
+		return nil, ctx, func() {}, err
 	}
 	cancel = func() {}
 	if p.timeout > 0 {
