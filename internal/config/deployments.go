@@ -82,7 +82,7 @@ func (c *Config) resolve(lookup func(string) (string, bool), env map[string]stri
 		}
 		switch {
 		case p.AzureADToken != "":
-			p.KeySource = "azure_ad_token" + source(env, pp+".azure_ad_token") + ", as Authorization: Bearer"
+			p.KeySource = "azure_ad_token" + source(env, pp+".azure_ad_token")
 		case p.APIKey != "":
 			p.KeySource = "api_key" + source(env, pp+".api_key")
 		case known:
@@ -107,7 +107,11 @@ func (c *Config) resolve(lookup func(string) (string, bool), env map[string]stri
 					pp, strings.Join(v.KeyEnv, ", "), v.Name))
 			}
 		} else {
-			p.KeySource += ", sent as " + e.Auth.String()
+			auth := e.Auth
+			if p.AzureADToken != "" {
+				auth = vendor.Bearer
+			}
+			p.KeySource += ", sent as " + auth.String()
 		}
 		if strings.Contains(p.Model, "*") && !d.IsWildcard() {
 			add(pp+".model", "has a '*' but model_name %q is not a wildcard pattern", d.ModelName)
