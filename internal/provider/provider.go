@@ -1,10 +1,14 @@
 // Package provider calls the deployments behind a model group: OpenAI-compatible
-// HTTP APIs through openai-go, and mock deployments that answer with a canned
-// text without any network call.
+// HTTP APIs through openai-go, each at the endpoint internal/vendor resolved
+// with the auth its vendor wants (Azure OpenAI through openai-go's azure
+// package), and mock deployments that answer with a canned text without any
+// network call.
 //
 // The request body is forwarded as the caller sent it (minus llmq-only fields,
 // which the gateway removed), with "model" replaced by the deployment's
-// provider model. openai-go's own retries are off: the worker owns the retry
+// provider model (for a wildcard group, the requested model fitted into it)
+// and the deployment's default fields added where the caller set none.
+// openai-go's own retries are off: the worker owns the retry
 // policy. Errors are *messages.Error values of class ErrProvider or
 // ErrProviderTimeout that carry the provider's status and body.
 package provider

@@ -1,6 +1,7 @@
 package vendor
 
 import (
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -148,6 +149,36 @@ func TestUnknownPrefixErrorNamesTheSupportedList(t *testing.T) {
 	for _, p := range Prefixes() {
 		if !strings.Contains(err.Error(), p) {
 			t.Errorf("the error does not name %q: %v", p, err)
+		}
+	}
+}
+
+// TestProvidersDoc keeps docs/providers.md in step with the table: a row per
+// vendor with its prefixes and its default base URL.
+func TestProvidersDoc(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/providers.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]string{}
+	for _, line := range strings.Split(string(doc), "\n") {
+		if strings.HasPrefix(line, "| `") {
+			rows[strings.SplitN(line, " | ", 2)[0]] = line
+		}
+	}
+	for _, v := range Table() {
+		key := "| `" + strings.Join(v.Prefixes, "/`, `") + "/`"
+		row, ok := rows[key]
+		if !ok {
+			t.Errorf("docs/providers.md has no row %s", key)
+			continue
+		}
+		want := "api_base required"
+		if e, err := Resolve(Params{Model: v.Prefixes[0] + "/m"}); err == nil {
+			want = "`" + e.BaseURL + "`"
+		}
+		if !strings.Contains(row, " | "+want+" | ") {
+			t.Errorf("docs/providers.md row %s lacks %s", key, want)
 		}
 	}
 }
