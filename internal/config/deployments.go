@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -92,7 +93,11 @@ func (c *Config) resolve(lookup func(string) (string, bool), env map[string]stri
 		}
 		e, err := vendor.Resolve(vendor.Params{Model: p.Model, APIBase: p.APIBase, APIVersion: p.APIVersion})
 		if err != nil {
-			add(pp+".model", "model group %q: %v", d.ModelName, err)
+			at := pp + ".model"
+			if _, ok := errors.AsType[*vendor.APIBaseError](err); ok {
+				at = pp + ".api_base"
+			}
+			add(at, "model group %q: %v", d.ModelName, err)
 			continue
 		}
 		p.Endpoint = &e

@@ -267,6 +267,12 @@ func IsAzureV1(apiVersion string) bool {
 	return false
 }
 
+// APIBaseError is a Resolve error about api_base: missing where the vendor
+// has no default, or not usable.
+type APIBaseError struct{ Msg string }
+
+func (e *APIBaseError) Error() string { return e.Msg }
+
 // Resolve finds the endpoint of a deployment. An unknown prefix, or a model
 // without a prefix whose vendor needs an api_base, is an error unless
 // api_base is set; a model without a prefix is OpenAI's (as LiteLLM reads
@@ -292,16 +298,16 @@ func Resolve(p Params) (Endpoint, error) {
 		base = v.Base
 	}
 	if base == "" {
-		return Endpoint{}, fmt.Errorf("%s (%s/) needs api_base", v.Name, v.Prefixes[0])
+		return Endpoint{}, &APIBaseError{fmt.Sprintf("%s (%s/) needs api_base", v.Name, v.Prefixes[0])}
 	}
 	switch {
 	case v.Azure:
 		u, err := url.Parse(base)
 		if err != nil {
-			return Endpoint{}, fmt.Errorf("api_base: %w", err)
+			return Endpoint{}, &APIBaseError{err.Error()}
 		}
 		if u.Scheme != "https" && !isLoopback(u.Hostname()) {
-			return Endpoint{}, fmt.Errorf("Azure OpenAI needs an https api_base (plain http only on a loopback address), got %q", p.APIBase)
+			return Endpoint{}, &APIBaseError{fmt.Sprintf("Azure OpenAI needs an https api_base (plain http only on a loopback address), got %q", p.APIBase)}
 		}
 		e.APIVersion = p.APIVersion
 		if e.APIVersion == "" {
