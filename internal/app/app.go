@@ -61,7 +61,7 @@ func load(env config.Env, lookup func(string) (string, bool), log *slog.Logger) 
 		return nil, fmt.Errorf("config %s:\n%w", env.Config, err)
 	}
 	for _, w := range cfg.Warnings {
-		log.Warn("config key ignored", "key", w)
+		log.Warn("config warning", "warning", w)
 	}
 	subjects, err := messages.NewSubjects(cfg.LLMQ.SubjectPrefix)
 	if err != nil {
@@ -157,10 +157,7 @@ func (s *setup) newRouter(hc *http.Client, set *limiter.Set) *router.Router {
 			caller = &provider.Mock{Text: *d.Params.MockResponse, Model: d.ModelName,
 				Chunks: s.cfg.LLMQ.MockStreamChunks, Gap: s.cfg.LLMQ.MockStreamGap.D()}
 		} else {
-			caller = provider.NewOpenAI(provider.OpenAIOptions{
-				BaseURL: d.Params.APIBase, APIKey: d.Params.APIKey, Model: d.Params.ProviderModel(),
-				Timeout: s.callTimeout(d), HTTPClient: hc,
-			})
+			caller = provider.NewOpenAI(callerOptions(d, s.callTimeout(d), hc))
 		}
 		rd := router.Deployment{
 			ID: d.ModelInfo.ID, Group: d.ModelName, MaxParallel: d.Params.MaxParallelRequests,
@@ -172,6 +169,16 @@ func (s *setup) newRouter(hc *http.Client, set *limiter.Set) *router.Router {
 		ds = append(ds, rd)
 	}
 	return router.New(router.ParseStrategy(s.cfg.RouterSettings.RoutingStrategy), ds, nil)
+}
+
+// callerOptions are the provider options of a deployment resolved by config.
+func callerOptions(d config.Deployment, timeout time.Duration, hc *http.Client) provider.OpenAIOptions {
+	e := d.Params.Endpoint
+	return provider.OpenAIOptions{
+		BaseURL: e.BaseURL, APIKey: d.Params.APIKey, Model: e.Model, Timeout: timeout, HTTPClient: hc,
+		Shape: e.Shape, Auth: e.Auth, APIVersion: e.APIVersion, ADToken: d.Params.AzureADToken,
+		Group: d.ModelName, Defaults: d.Params.Defaults, Headers: d.Params.Headers,
+	}
 }
 
 // newRegistry returns a Prometheus registry with llmq's metrics and the Go
