@@ -3,12 +3,13 @@
 // JetStream server (this program re-run as "soak nats-server", with a file
 // store), one gateway and three worker processes, all as real OS processes
 // on loopback, and two fake OpenAI upstreams in this process: the main one
-// and a spare, which serves a second deployment of model group soak-a
-// through a port that can be closed. It then sends requests across every
-// priority band (chat, completions and streams, two model groups, a
-// sprinkle of bad inputs) while it SIGKILLs random workers (and starts them
-// again), restarts NATS once, and makes the spare deployment misbehave in
-// windows (its host down, garbage, answers cut short, no answer; spare.go).
+// and a spare, reached through a port that can be closed, which serves the
+// second deployment of model group soak-a and the only one of soak-c. It
+// then sends requests across every priority band (chat, completions and
+// streams, three model groups, a sprinkle of bad inputs) while it SIGKILLs
+// random workers (and starts them again), restarts NATS once, and makes the
+// spare misbehave in windows (its host down, garbage, answers cut short, no
+// answer; spare.go).
 //
 // Every request must end with exactly one HTTP response: a request with no
 // response (transport error or client-side timeout) is "lost". An answer
@@ -21,8 +22,8 @@
 // answer's x-llmq-deployment names a deployment of the other upstream, if a
 // bad input got an unexpected status, or if the request stream is not empty
 // at the end. Outcomes such as 503 broker_unavailable while NATS is down or
-// 502 provider_unreachable when every attempt hit the spare while it was
-// down are named and counted, not failures.
+// 502 provider_unreachable when every attempt hit the spare while its host
+// was down are named and counted, not failures.
 //
 // Usage (from the repository root):
 //
@@ -329,6 +330,9 @@ func (c *client) send(ctx context.Context, i int, rnd *rand.Rand, bad []badInput
 		o.content = fmt.Sprintf("soak-%d", i)
 		o.band = rnd.IntN(10) // priorities 0..9: every band of the default table
 		group := groups[i%len(groups)]
+		if i%10 == 9 {
+			group = spareOnlyGroup
+		}
 		o.group = group
 		method, path, ctype = "POST", "/v1/chat/completions", "application/json"
 		extra := fmt.Sprintf(`,"priority":%d,"max_tokens":16`, o.band)
@@ -847,19 +851,21 @@ func configYAML(fakeURL, spareURL string, o options) string {
 	deployment := func(group, id, url string, parallel, timeout int) {
 		fmt.Fprintf(&b, `  - model_name: %s
     litellm_params:
-      model: openai/%s-upstream
+      model: openai/%s
       api_base: %s
       api_key: soak
       max_parallel_requests: %d
       timeout: %d
     model_info:
       id: %s
-`, group, group, url, parallel, timeout, id)
+`, group, upstreamModel(group), url, parallel, timeout, id)
 	}
 	for _, g := range groups {
 		deployment(g, g+"-0", fakeURL, 64, 10)
 	}
-	deployment(groups[0], spareDeployment, spareURL, spareParallel, spareTimeout)
+	for _, d := range spareDeployments {
+		deployment(d.group, d.id, spareURL, d.parallel, spareTimeout)
+	}
 	fmt.Fprintf(&b, `router_settings:
   timeout: %d
   num_retries: 2
@@ -929,7 +935,7 @@ func summarize(o options, res []outcome, ups []upstream, windows []*window, f *f
 	}
 	// upstreamOf is the upstream of a deployment named in x-llmq-deployment.
 	upstreamOf := func(deployment string) int {
-		if deployment == spareDeployment {
+		if onSpare(deployment) {
 			return 1
 		}
 		return 0
@@ -1018,7 +1024,7 @@ func summarize(o options, res []outcome, ups []upstream, windows []*window, f *f
 				if r.kind == "stream" {
 					key = "200 served (stream)"
 				}
-				if u == upstreamOf(spareDeployment) {
+				if u == 1 {
 					bySpare++
 				}
 				if r.kind != "stream" && upstreamOf(r.deployment) != u {
@@ -1074,7 +1080,11 @@ func summarize(o options, res []outcome, ups []upstream, windows []*window, f *f
 	w("- machine: %d CPUs (%s), %s/%s, %s\n", runtime.NumCPU(), cpuModel(), runtime.GOOS, runtime.GOARCH, runtime.Version())
 	w("- processes: 1 NATS (standalone, file store), 1 gateway, %d workers x %d slots; two fake upstreams (main, spare) with latency %s\n", o.workers, o.slots, o.latency)
 	w("- settings: ack_wait %ds, queue timeout %ds, num_retries 2, allowed_fails 3, cooldown_time 1s, client timeout %s\n", o.ackWait, o.queueTimeout, o.clientTimeout)
-	w("- deployments: soak-a-0 and soak-b-0 on the main upstream (timeout 10s, 64 parallel); %s, soak-a's second, on the spare upstream (timeout %ds, %d parallel), which misbehaves in windows (below)\n", spareDeployment, spareTimeout, spareParallel)
+	w("- deployments: soak-a-0 and soak-b-0 on the main upstream (timeout 10s, 64 parallel); on the spare upstream, which misbehaves in windows (below), with timeout %ds:", spareTimeout)
+	for _, d := range spareDeployments {
+		w(" %s (group %s, %d parallel)", d.id, d.group, d.parallel)
+	}
+	w("; no fallbacks\n")
 	w("- duration: %s sending, %s until the last answer\n\n", sendTime.Round(time.Second), loadTime.Round(time.Second))
 	w("| figure | value |\n|---|---|\n")
 	w("| requests sent | %d |\n", sent)
@@ -1087,7 +1097,7 @@ func summarize(o options, res []outcome, ups []upstream, windows []*window, f *f
 	w("| request stream depth at the end | %d |\n", depth)
 	w("| dead letters | %d |\n", dead)
 	w("| provider calls | %d for %d distinct requests (main upstream %d, spare %d) |\n", calls, len(byContent), len(ups[0].calls), len(ups[1].calls))
-	w("| served by the spare deployment | %d |\n", bySpare)
+	w("| served by the spare upstream | %d |\n", bySpare)
 	w("| requests the provider saw more than once | %d |\n", repeated)
 	w("| requests at the provider twice at once | %d |\n", concurrent)
 	w("| **answer lost in transit** (the provider answered 200, the caller got an error) | **%d** |\n", inTransit)
@@ -1121,27 +1131,27 @@ func summarize(o options, res []outcome, ups []upstream, windows []*window, f *f
 		w("    %s\n", l)
 	}
 	f.mu.Unlock()
-	w("\nSpare deployment %s by window. Calls it received: those that reached its upstream with the window's fault", spareDeployment)
+	w("\nThe spare upstream by window and deployment. Calls it received: calls of the deployment that reached the spare with the window's fault")
 	w(" (while its host is down, only calls on kept-alive connections get there; new connections are refused and counted nowhere).")
 	w(" Those requests ended: the final outcome of each request one of those calls belonged to.\n\n")
-	w("| window | from–to | calls it received | those requests ended | soak-a requests sent in the window ended |\n|---|---|---|---|---|\n")
+	w("| window | from–to | deployment | calls it received | those requests ended | requests of its group sent in the window ended |\n|---|---|---|---|---|---|\n")
 	rows := spareRows(windows, ups[1].calls,
 		func(content string) string { return endedAs[content] },
-		func(from, to time.Duration) []string {
+		func(group string, from, to time.Duration) []string {
 			var out []string
 			for _, r := range res {
-				if r.sent && r.bad == nil && r.group == groups[0] && r.sentAt >= from && r.sentAt < to {
+				if r.sent && r.bad == nil && r.group == group && r.sentAt >= from && r.sentAt < to {
 					out = append(out, endedAs[r.content])
 				}
 			}
 			return out
 		})
 	for _, r := range rows {
-		w("| %s: %s | %.1f–%.1f s | %d | %s | %s |\n", r.w.name, r.w.describe(), r.w.start.Seconds(), r.w.end.Seconds(), r.calls, tally(r.requests), tally(r.sent))
+		w("| %s: %s | %.1f–%.1f s | %s | %d | %s | %s |\n", r.w.name, r.w.describe(), r.w.start.Seconds(), r.w.end.Seconds(), r.d.id, r.calls, tally(r.requests), tally(r.sent))
 	}
 	for _, win := range windows {
 		if !win.happened {
-			w("| %s | not reached | | | |\n", win.name)
+			w("| %s | not reached | | | | |\n", win.name)
 		}
 	}
 	if len(unservedSamples) > 0 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -16,16 +17,43 @@ import (
 	"github.com/llmq/llmq/internal/fakeupstream"
 )
 
-// The spare deployment: model group soak-a has a second deployment
-// (spareDeployment) on its own fake upstream, reached through a port that
-// can be closed (downable). In windows of the run, measured in requests
-// sent, it misbehaves: first its host is down (the port refuses
-// connections; kept-alive connections are reset at their next request),
-// later it answers garbage, cuts its answers short, or hangs until the
-// deployment's timeout. Between the windows it serves normally.
+// The spare upstream: a second fake upstream, reached through a port that
+// can be closed (downable), serves two deployments (spareDeployments):
+// soak-a-1, the second deployment of group soak-a, whose calls that fail
+// are retried on whichever deployment of soak-a has room; and soak-c-0, the
+// only deployment of group soak-c, so that every attempt of a soak-c
+// request hits the spare and a fault reaches its caller as a clear error.
+// In windows of the run, measured in requests sent, the spare misbehaves:
+// first its host is down (the port refuses connections; kept-alive
+// connections are reset at their next request), later it answers garbage,
+// cuts its answers short, or hangs until the deployment's timeout. Between
+// the windows it serves normally.
 
-// spareDeployment is the model_info.id of the spare deployment.
-const spareDeployment = "soak-a-1"
+// spareDeployment is a deployment on the spare upstream.
+type spareDeployment struct {
+	id, group string
+	parallel  int // max_parallel_requests
+}
+
+// spareDeployments are the deployments on the spare upstream. Their limits
+// are low and their call timeout short (spareTimeout), so that while the
+// spare hangs it holds few worker slots, for little time.
+var spareDeployments = []spareDeployment{
+	{id: "soak-a-1", group: "soak-a", parallel: 8},
+	{id: "soak-c-0", group: spareOnlyGroup, parallel: 4},
+}
+
+// spareOnlyGroup is the model group whose one deployment is on the spare
+// upstream; every tenth request goes to it.
+const spareOnlyGroup = "soak-c"
+
+// spareTimeout is the spare deployments' call timeout, in seconds.
+const spareTimeout = 3
+
+// onSpare reports whether deployment is on the spare upstream.
+func onSpare(deployment string) bool {
+	return slices.ContainsFunc(spareDeployments, func(d spareDeployment) bool { return d.id == deployment })
+}
 
 // spareReply is the spare upstream's answer text; it tells its answers apart
 // from the main upstream's.
@@ -71,7 +99,7 @@ func runWindows(ctx context.Context, stop <-chan struct{}, ws []*window, n int, 
 			}
 		}
 		open.end = time.Since(began)
-		f.add("%6.1fs spare deployment %s: %s window ends", open.end.Seconds(), spareDeployment, open.name)
+		f.add("%6.1fs spare upstream: %s window ends", open.end.Seconds(), open.name)
 		open = nil
 	}
 	defer func() {
@@ -91,7 +119,7 @@ func runWindows(ctx context.Context, stop <-chan struct{}, ws []*window, n int, 
 				if w.refuse {
 					port.down()
 				}
-				f.add("%6.1fs spare deployment %s: %s window begins (%s)", w.start.Seconds(), spareDeployment, w.name, w.describe())
+				f.add("%6.1fs spare upstream: %s window begins (%s)", w.start.Seconds(), w.name, w.describe())
 			case open == w && s >= w.to*float64(n):
 				closeWindow()
 			}
@@ -256,45 +284,59 @@ func (d *downable) close() {
 	d.wg.Wait()
 }
 
-// windowRow is what the summary says about one window.
+// windowRow is what the summary says about one window and one spare
+// deployment.
 type windowRow struct {
 	w *window
-	// calls is how many calls the spare upstream received with the window's
-	// fault; requests is how the requests those calls belonged to ended.
+	d spareDeployment
+	// calls is how many calls of the deployment the spare upstream received
+	// with the window's fault; requests is how the requests those calls
+	// belonged to ended.
 	calls    int
 	requests map[string]int
-	// sent is how the soak-a requests sent during the window ended.
+	// sent is how the requests of the deployment's group sent during the
+	// window ended.
 	sent map[string]int
 }
 
 // spareRows tallies the windows. outcomeOf names how a request ended, by
-// its content; sentIn lists the soak-a requests sent between two times,
-// each by the name of how it ended.
-func spareRows(ws []*window, spareCalls []fakeupstream.Request, outcomeOf func(content string) string, sentIn func(from, to time.Duration) []string) []windowRow {
+// its content; sentIn lists the requests of a group sent between two
+// times, each by the name of how it ended.
+func spareRows(ws []*window, spareCalls []fakeupstream.Request, outcomeOf func(content string) string, sentIn func(group string, from, to time.Duration) []string) []windowRow {
 	var rows []windowRow
 	for _, w := range ws {
 		if !w.happened {
 			continue
 		}
-		r := windowRow{w: w, requests: map[string]int{}, sent: map[string]int{}}
-		seen := map[string]bool{}
-		for _, c := range spareCalls {
-			if c.Fault != w.fault || c.Fault == fakeupstream.FaultNone {
-				continue
-			}
-			r.calls++
-			if !seen[c.Content] {
-				seen[c.Content] = true
-				r.requests[outcomeOf(c.Content)]++
-			}
+		for _, d := range spareDeployments {
+			rows = append(rows, spareRow(w, d, spareCalls, outcomeOf, sentIn))
 		}
-		for _, k := range sentIn(w.start, w.end) {
-			r.sent[k]++
-		}
-		rows = append(rows, r)
 	}
 	return rows
 }
+
+func spareRow(w *window, d spareDeployment, spareCalls []fakeupstream.Request, outcomeOf func(content string) string, sentIn func(group string, from, to time.Duration) []string) windowRow {
+	r := windowRow{w: w, d: d, requests: map[string]int{}, sent: map[string]int{}}
+	seen := map[string]bool{}
+	for _, c := range spareCalls {
+		if c.Fault != w.fault || c.Fault == fakeupstream.FaultNone || c.Model != upstreamModel(d.group) {
+			continue
+		}
+		r.calls++
+		if !seen[c.Content] {
+			seen[c.Content] = true
+			r.requests[outcomeOf(c.Content)]++
+		}
+	}
+	for _, k := range sentIn(d.group, w.start, w.end) {
+		r.sent[k]++
+	}
+	return r
+}
+
+// upstreamModel is the provider model of a group's deployments, the
+// "model" the upstream sees.
+func upstreamModel(group string) string { return group + "-upstream" }
 
 // tally formats counts by name, largest first.
 func tally(m map[string]int) string {
@@ -317,10 +359,3 @@ func tally(m map[string]int) string {
 	}
 	return strings.Join(parts, ", ")
 }
-
-// The spare deployment's limits: a short call timeout and few parallel
-// calls, so that while it hangs it holds few worker slots for long.
-const (
-	spareParallel = 8
-	spareTimeout  = 3 // seconds
-)

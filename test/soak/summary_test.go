@@ -36,16 +36,16 @@ func TestSummaryCatchesUnservedAnswers(t *testing.T) {
 		ok   bool
 	}{
 		{"served", served, "answered 200 without being served** (a 200, or a stream ending in [DONE], that is not an answer an upstream gave in full to that request) | **0**", true},
-		{"served by the spare", outcome{sent: true, content: "soak-5", group: "soak-a", kind: "chat", status: 200, text: spareReply, answerID: "chatcmpl-fake-3", deployment: spareDeployment}, "served by the spare deployment | 1", true},
+		{"served by the spare", outcome{sent: true, content: "soak-5", group: "soak-a", kind: "chat", status: 200, text: spareReply, answerID: "chatcmpl-fake-3", deployment: "soak-a-1"}, "served by the spare upstream | 1", true},
 		{"a stream that ended with [DONE]", outcome{sent: true, content: "soak-5", group: "soak-a", kind: "stream", status: 200, text: spareReply, answerID: "chatcmpl-fake-3", done: true, deployment: "soak-a-0"}, "200 served (stream) | 1", true},
 		{"text no upstream gave", func() outcome { r := served; r.text = ""; return r }(), "200 WITHOUT BEING SERVED | 1", false},
 		{"an id no call has", func() outcome { r := served; r.answerID = "chatcmpl-fake-9"; return r }(), "200 WITHOUT BEING SERVED | 1", false},
-		{"the spare's garbage call", outcome{sent: true, content: "soak-3", group: "soak-a", kind: "chat", status: 200, text: spareReply, answerID: "chatcmpl-fake-1", deployment: spareDeployment}, "200 WITHOUT BEING SERVED | 1", false},
+		{"the spare's garbage call", outcome{sent: true, content: "soak-3", group: "soak-a", kind: "chat", status: 200, text: spareReply, answerID: "chatcmpl-fake-1", deployment: "soak-a-1"}, "200 WITHOUT BEING SERVED | 1", false},
 		{"a stream cut at the upstream, yet ended with [DONE]", outcome{sent: true, content: "soak-4", group: "soak-a", kind: "stream", status: 200, text: spareReply, answerID: "chatcmpl-fake-2", done: true}, "200 WITHOUT BEING SERVED | 1", false},
 		{"a stream of two answers", outcome{sent: true, content: "soak-5", group: "soak-a", kind: "stream", status: 200, text: spareReply, answerID: "chatcmpl-fake-3", mixed: true, done: true}, "200 WITHOUT BEING SERVED | 1", false},
 		{"a stream with an error event, then [DONE]", outcome{sent: true, content: "soak-5", group: "soak-a", kind: "stream", status: 200, text: spareReply, answerID: "chatcmpl-fake-3", code: "stream_error:provider_bad_response", done: true}, "200 WITHOUT BEING SERVED | 1", false},
 		{"another request's answer", func() outcome { r := served; r.answerID = "chatcmpl-fake-2"; return r }(), "200 WRONG ANSWER (another request's) | 1", false},
-		{"a served answer naming the other upstream's deployment", func() outcome { r := served; r.deployment = spareDeployment; return r }(), "names a deployment of another upstream** | **1**", false},
+		{"a served answer naming the other upstream's deployment", func() outcome { r := served; r.deployment = "soak-a-1"; return r }(), "names a deployment of another upstream** | **1**", false},
 		{"a stream without [DONE] is a failure outcome, not a 200", outcome{sent: true, content: "soak-4", group: "soak-a", kind: "stream", status: 200, text: "hello", answerID: "chatcmpl-fake-2", code: "stream_error:provider_bad_response"}, "200 stream ended with stream_error:provider_bad_response | 1", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
