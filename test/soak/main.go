@@ -917,7 +917,7 @@ func summarize(o options, res []outcome, ups []upstream, windows []*window, f *f
 		failSamples                             []string
 		slow503                                 int
 		unserved, wrongDeployment, bySpare      int
-		unservedSamples                         []string
+		unservedSamples, transitSamples         []string
 	)
 	calls := 0
 	byContent := map[string][]fakeupstream.Request{} // content -> its calls at every upstream, by arrival
@@ -1035,8 +1035,8 @@ func summarize(o options, res []outcome, ups []upstream, windows []*window, f *f
 		byOutcome[key]++
 		endedAs[r.content] = key
 		if r.status != http.StatusOK && r.status != http.StatusServiceUnavailable && len(failSamples) < 20 {
-			failSamples = append(failSamples, fmt.Sprintf("%s (%s, band %d): %d %s after %s; the provider answered it with 200: %v",
-				r.content, r.kind, r.band, r.status, r.code, r.took.Round(time.Millisecond), servedUpstream(r.content)))
+			failSamples = append(failSamples, fmt.Sprintf("%s (%s, %s, band %d, request id %s, sent at %.1fs): %d %s after %s; the provider answered it with 200: %v",
+				r.content, r.kind, r.group, r.band, r.reqID, r.sentAt.Seconds(), r.status, r.code, r.took.Round(time.Millisecond), servedUpstream(r.content)))
 		}
 		if r.status != http.StatusOK && r.status != http.StatusServiceUnavailable {
 			failTook = append(failTook, r.took)
@@ -1046,6 +1046,10 @@ func summarize(o options, res []outcome, ups []upstream, windows []*window, f *f
 		}
 		if r.status != http.StatusOK && servedUpstream(r.content) {
 			inTransit++
+			if len(transitSamples) < 10 {
+				transitSamples = append(transitSamples, fmt.Sprintf("%s (%s, %s, band %d, request id %s, sent at %.1fs): %d %s after %s",
+					r.content, r.kind, r.group, r.band, r.reqID, r.sentAt.Seconds(), r.status, r.code, r.took.Round(time.Millisecond)))
+			}
 		}
 	}
 	for _, n := range seqUsed {
@@ -1157,6 +1161,12 @@ func summarize(o options, res []outcome, ups []upstream, windows []*window, f *f
 	if len(unservedSamples) > 0 {
 		w("\nAnswered 200 without being served (first %d):\n", len(unservedSamples))
 		for _, s := range unservedSamples {
+			w("- %s\n", s)
+		}
+	}
+	if len(transitSamples) > 0 {
+		w("\nAnswers lost in transit (first %d):\n", len(transitSamples))
+		for _, s := range transitSamples {
 			w("- %s\n", s)
 		}
 	}
