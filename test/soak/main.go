@@ -946,6 +946,7 @@ func summarize(o options, res []outcome, ups []upstream, windows []*window, f *f
 		return slices.ContainsFunc(byContent[content], clean)
 	}
 	endedAs := map[string]string{} // content -> how its request ended
+	samplesOf := map[string]int{}  // outcome -> failed requests sampled
 	inTransit := 0
 	for _, r := range res {
 		if !r.sent {
@@ -1034,7 +1035,8 @@ func summarize(o options, res []outcome, ups []upstream, windows []*window, f *f
 		}
 		byOutcome[key]++
 		endedAs[r.content] = key
-		if r.status != http.StatusOK && r.status != http.StatusServiceUnavailable && len(failSamples) < 20 {
+		if r.status != http.StatusOK && r.status != http.StatusServiceUnavailable && samplesOf[key] < 3 {
+			samplesOf[key]++
 			failSamples = append(failSamples, fmt.Sprintf("%s (%s, %s, band %d, request id %s, sent at %.1fs): %d %s after %s; the provider answered it with 200: %v",
 				r.content, r.kind, r.group, r.band, r.reqID, r.sentAt.Seconds(), r.status, r.code, r.took.Round(time.Millisecond), servedUpstream(r.content)))
 		}
@@ -1171,7 +1173,7 @@ func summarize(o options, res []outcome, ups []upstream, windows []*window, f *f
 		}
 	}
 	if len(failSamples) > 0 {
-		w("\nFailed requests other than 503 (first %d):\n", len(failSamples))
+		w("\nFailed requests other than 503 (the first 3 of each outcome):\n")
 		for _, s := range failSamples {
 			w("- %s\n", s)
 		}
