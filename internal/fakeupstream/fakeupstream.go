@@ -82,7 +82,11 @@ type Request struct {
 	// the Server was closed, before the server finished answering.
 	Cancelled bool
 	// Status is the HTTP status it answered with; 0 if it never answered.
+	// A garbage or cut answer (Fault) has status 200 too.
 	Status int
+	// Fault is how the server misbehaved on this request (SetFault);
+	// FaultNone when it answered normally or failed it with FailNext.
+	Fault Fault
 }
 
 // Server is a running fake upstream. Its methods are safe for concurrent use.
@@ -128,6 +132,23 @@ const (
 	// goes away or the server closes.
 	FaultHang
 )
+
+// String names f: "none", "reset", "garbage", "cut" or "hang".
+func (f Fault) String() string {
+	switch f {
+	case FaultNone:
+		return "none"
+	case FaultReset:
+		return "reset"
+	case FaultGarbage:
+		return "garbage"
+	case FaultCut:
+		return "cut"
+	case FaultHang:
+		return "hang"
+	}
+	return "Fault(" + strconv.Itoa(int(f)) + ")"
+}
 
 // SetFault makes every well-formed request that arrives from now on
 // misbehave as f (FaultNone: answer normally). Requests are recorded
@@ -427,9 +448,10 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 		fail, failStatus, failRetry = true, s.failStatus, s.failRetry
 	}
 	fault := FaultNone
-	if kind != routeNone && parseErr == nil {
+	if kind != routeNone && parseErr == nil && !fail {
 		fault = s.fault
 	}
+	rec.Fault = fault
 	hold := s.hold
 	latency := s.latency
 	s.broadcast()
