@@ -267,7 +267,7 @@ func (s *setup) setUp(ctx context.Context, nc *nats.Conn, log *slog.Logger, prog
 
 // limitsOpenTimeout bounds one attempt to open the limits bucket (create
 // or update it, then read it whole).
-const limitsOpenTimeout = 5 * time.Second
+const limitsOpenTimeout = 3 * time.Second
 
 // progress is what a starting process still waits for, for its readiness
 // answer. It is safe for concurrent use.

@@ -105,7 +105,7 @@ func (s Spec) DeadLetterConfig() jetstream.StreamConfig {
 // still forming, or placing the replicas of several new streams at once,
 // leaves some calls unanswered for seconds; a short bound and a new call
 // (the caller repeats Ensure) get through sooner than one long wait.
-const CallTimeout = 3 * time.Second
+const CallTimeout = time.Second
 
 // Ensure creates or updates the streams and every consumer, each call
 // bounded by CallTimeout, and returns at the first failure. It is

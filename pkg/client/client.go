@@ -584,8 +584,8 @@ func (c *Client) cancel(w *waiter) {
 // attempt is repeated (see internal/jsretry); the message's Nats-Msg-Id,
 // the request id, makes a repeat of a publish that was stored a duplicate
 // the stream acknowledges without storing it twice. Only once the bound has
-// passed, or the connection has been down for reconnectGrace, is the caller
-// told the broker is unavailable.
+// passed, or the connection to a single server has been down for
+// reconnectGrace, is the caller told the broker is unavailable.
 func (c *Client) publish(ctx context.Context, msg *nats.Msg) error {
 	pctx, cancel := context.WithTimeout(ctx, c.pubWait)
 	defer cancel()
@@ -622,28 +622,34 @@ func (c *Client) publish(ctx context.Context, msg *nats.Msg) error {
 	}
 }
 
-// reconnectGrace is how long a publish waits for a lost connection to come
-// back: a client of a cluster moves to another node within milliseconds,
-// while a standalone server that went away should be reported at once.
+// reconnectGrace is how long a publish waits for a lost connection to a
+// single server to come back before it tells the caller the broker is
+// unavailable. A client that knows more than one server (a cluster) waits
+// for the whole publish bound instead: it moves to another node within
+// milliseconds, and a node's failure must not refuse requests.
 const reconnectGrace = 300 * time.Millisecond
 
-// up returns the current epoch of a connected client, waiting up to
-// reconnectGrace (and no longer than ctx) for a lost connection to come
-// back; nil when it did not.
+// up returns the current epoch of a connected client, waiting for a lost
+// connection to come back (see reconnectGrace) no longer than ctx; nil
+// when it did not.
 func (c *Client) up(ctx context.Context) *epoch {
 	ep := c.epoch.Load()
 	if ep.ctx.Err() == nil && c.nc.IsConnected() {
 		return ep
 	}
-	t := time.NewTimer(reconnectGrace)
-	defer t.Stop()
+	var grace <-chan time.Time
+	if len(c.nc.Servers()) <= 1 {
+		t := time.NewTimer(reconnectGrace)
+		defer t.Stop()
+		grace = t.C
+	}
 	for {
 		select {
 		case <-ep.next:
 			if ep = c.epoch.Load(); ep.ctx.Err() == nil {
 				return ep
 			}
-		case <-t.C:
+		case <-grace:
 			return nil
 		case <-ctx.Done():
 			return nil
