@@ -9,7 +9,8 @@
 // are repeated rather than reported. A repeated publish is safe only when
 // JetStream can tell it from a new message: every publish made here carries
 // a Nats-Msg-Id, and a repeat of one that was stored is acknowledged as a
-// duplicate with the first one's sequence.
+// duplicate with the first one's sequence (see Publish for the one
+// exception).
 package jsretry
 
 import (
@@ -79,10 +80,18 @@ func Sleep(ctx context.Context, d time.Duration) bool {
 // Publish publishes msg, which must carry a Nats-Msg-Id, and repeats it
 // while it fails with a retryable error and ctx lasts, each attempt bounded
 // by Attempt. It returns the acknowledgement (Duplicate set when an earlier
-// attempt had stored the message) or the error of the last attempt.
-func Publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+// attempt had stored the message) or the error of the last attempt, and how
+// many attempts it made.
+//
+// A clustered stream checks the Nats-Msg-Id before a publish's
+// expectations (expected last sequence per subject), so a repeat of a
+// revision-checked write that was stored is acknowledged as a duplicate. A
+// single server checks the expectations first and refuses such a repeat as
+// a lost race: a caller that repeated (attempts > 1) and got a conflict
+// looks at the last message whether it was its own.
+func Publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, opts ...jetstream.PublishOpt) (ack *jetstream.PubAck, attempts int, err error) {
 	if msg.Header.Get(jetstream.MsgIDHeader) == "" {
-		return nil, fmt.Errorf("jsretry: publish to %s without %s cannot be repeated safely", msg.Subject, jetstream.MsgIDHeader)
+		return nil, 0, fmt.Errorf("jsretry: publish to %s without %s cannot be repeated safely", msg.Subject, jetstream.MsgIDHeader)
 	}
 	// nats.go repeats on "no responders" by itself; this loop does it,
 	// with its own pauses, so one bound holds.
@@ -92,10 +101,10 @@ func Publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, opts ..
 		ack, err := js.PublishMsg(actx, msg, opts...)
 		cancel()
 		if err == nil || ctx.Err() != nil || !Retryable(err) {
-			return ack, err
+			return ack, n + 1, err
 		}
 		if !Sleep(ctx, Backoff(n)) {
-			return nil, err
+			return nil, n + 1, err
 		}
 	}
 }

@@ -430,12 +430,21 @@ const WriteBound = 5 * time.Second
 // bucket's stream has no leader (see internal/jsretry). Each write carries a
 // Nats-Msg-Id of its own, so a repeat of a write that was stored, but whose
 // acknowledgement was lost, is acknowledged as that write rather than
-// refused as a conflict or applied twice.
+// applied twice. A single server refuses such a repeat as a lost race
+// instead: then the key's last message, if it carries the write's id, is
+// the write.
 func (s *Set) write(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	ctx, cancel := context.WithTimeout(ctx, WriteBound)
 	defer cancel()
-	m.Header.Set(jetstream.MsgIDHeader, nuid.Next())
-	return jsretry.Publish(ctx, s.js, m, opts...)
+	id := nuid.Next()
+	m.Header.Set(jetstream.MsgIDHeader, id)
+	ack, attempts, err := jsretry.Publish(ctx, s.js, m, opts...)
+	if err != nil && attempts > 1 && isConflict(err) {
+		if last, gerr := s.stream.GetLastMsgForSubject(ctx, m.Subject); gerr == nil && last.Header.Get(jetstream.MsgIDHeader) == id {
+			return &jetstream.PubAck{Stream: s.stream.CachedInfo().Config.Name, Sequence: last.Sequence, Duplicate: true}, nil
+		}
+	}
+	return ack, err
 }
 
 // put writes value under key if the key's last revision is rev (0: the key has

@@ -271,7 +271,10 @@ func TestReliabilityProcClusterLeaderSIGKILL(t *testing.T) {
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	var leader string
-	if !relPoll(relWait, func() bool { leader = relStreamLeader(relCtx(t, 2*time.Second), js, requestStream); return leader != "" }) {
+	if !relPoll(relWait, func() bool {
+		leader = relStreamLeader(relCtx(t, 2*time.Second), js, requestStream)
+		return leader != ""
+	}) {
 		t.Fatal("the request stream has no leader")
 	}
 
