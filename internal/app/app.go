@@ -2,7 +2,15 @@
 // front, optionally with an embedded NATS server and in-process workers) and
 // the worker. cmd/gateway and cmd/worker are thin mains around [RunGateway]
 // and [RunWorker]; tests start the whole program through [StartGateway] and
-// [StartWorker].
+// [RunWorker].
+//
+// Start-up converges: processes may start in any order and all at once,
+// before their NATS servers. Each one connects, creates or checks the
+// streams, consumers and limits bucket with short per-call timeouts, and
+// tries again until they exist or its context ends, logging what it waits
+// for (see converge); refused credentials, a failed TLS handshake and a bad
+// config still end it at once. The gateway's HTTP listener serves from the
+// start and reports not ready until then.
 package app
 
 import (

@@ -10,6 +10,12 @@
 // (deadline passed, context cancelled) is refused at pickup, so no provider is
 // ever called for it.
 //
+// Publishing rides out a JetStream cluster's failover: a publish that meets
+// the request stream without a leader, or loses its node, is repeated
+// within Options.PublishTimeout, the request id serving as Nats-Msg-Id so
+// that a repeat is never stored twice; only past the bound does Do fail
+// with messages.ErrBrokerUnavailable.
+//
 // Ownership: Do owns a request from publish to answer. When its context ends
 // or the queue deadline passes before a worker picked the request up, Do
 // returns at once and the request is abandoned; the worker that later finds
@@ -45,7 +51,7 @@ type Options struct {
 	// PublishTimeout bounds the JetStream publish; default 5 s. Within it a
 	// publish that meets a stream without a leader (a cluster node failed)
 	// is repeated; a broker that does not acknowledge in time makes Do fail
-	// with ErrBrokerUnavailable.
+	// with messages.ErrBrokerUnavailable.
 	PublishTimeout time.Duration
 	// StreamBuffer bounds the chunks buffered per stream for a slow reader;
 	// default 256. A stream whose reader falls further behind is ended with
