@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/llmq/llmq/internal/config"
 	"github.com/llmq/llmq/internal/gateway"
+	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/natsembed"
 	"github.com/llmq/llmq/internal/queuestatus"
 	"github.com/llmq/llmq/internal/router"
@@ -173,43 +175,11 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		if s.cfg.GeneralSettings.MasterKey == "" {
 			log.Warn("general_settings.master_key is not set: every caller is accepted without a key")
 		}
-		js, _ := jetstream.New(nc)
 		// The status page's deployments, with their limiters once the
 		// shared limits are open.
 		var limits atomic.Pointer[router.Router]
 		limits.Store(s.newRouter(nil, nil))
-		met, metricsHandler := newRegistry()
-		gw := gateway.New(gateway.Options{
-			Metrics:         met,
-			MetricsHandler:  metricsHandler,
-			Client:          cl,
-			Groups:          s.cfg.Groups(),
-			MasterKey:       s.cfg.GeneralSettings.MasterKey,
-			Keys:            s.keys(),
-			DefaultPriority: *s.cfg.RouterSettings.DefaultPriority,
-			QueueTimeout:    s.cfg.RouterSettings.Timeout.D(),
-			AnswerTimeout:   s.maxCallTimeout() + s.spec.AckWait + 30*time.Second,
-			MaxBodyBytes:    env.MaxBodyBytes,
-			ParkAfter:       env.ParkAfter,
-			Logger:          log,
-			QueueStatus: func(ctx context.Context) (any, error) {
-				st, err := queuestatus.Read(ctx, js, s.subjects, time.Now())
-				if err != nil {
-					return nil, err
-				}
-				st.Deployments = queuestatus.Deployments(limits.Load(), time.Now())
-				return st, nil
-			},
-			Ready: func(ctx context.Context) error {
-				if err := prog.err(); err != nil {
-					return err
-				}
-				if !nc.IsConnected() {
-					return errors.New("NATS is not connected")
-				}
-				return topology.Check(ctx, js, s.spec)
-			},
-		})
+		gw, met := s.newGatewayServer(env, log, nc, cl, &prog, &limits)
 		srv.Store(gw)
 		front.set(gw.Handler())
 
@@ -265,6 +235,45 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		close(g.done)
 	}()
 	return g, nil
+}
+
+// newGatewayServer builds the HTTP API over cl. Its readiness is prog's
+// until start-up is complete, then NATS's and the topology's; its status
+// page shows the deployments of limits.
+func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn, cl *client.Client, prog *progress, limits *atomic.Pointer[router.Router]) (*gateway.Server, *metrics.Metrics) {
+	js, _ := jetstream.New(nc)
+	met, metricsHandler := newRegistry()
+	return gateway.New(gateway.Options{
+		Metrics:         met,
+		MetricsHandler:  metricsHandler,
+		Client:          cl,
+		Groups:          s.cfg.Groups(),
+		MasterKey:       s.cfg.GeneralSettings.MasterKey,
+		Keys:            s.keys(),
+		DefaultPriority: *s.cfg.RouterSettings.DefaultPriority,
+		QueueTimeout:    s.cfg.RouterSettings.Timeout.D(),
+		AnswerTimeout:   s.maxCallTimeout() + s.spec.AckWait + 30*time.Second,
+		MaxBodyBytes:    env.MaxBodyBytes,
+		ParkAfter:       env.ParkAfter,
+		Logger:          log,
+		QueueStatus: func(ctx context.Context) (any, error) {
+			st, err := queuestatus.Read(ctx, js, s.subjects, time.Now())
+			if err != nil {
+				return nil, err
+			}
+			st.Deployments = queuestatus.Deployments(limits.Load(), time.Now())
+			return st, nil
+		},
+		Ready: func(ctx context.Context) error {
+			if err := prog.err(); err != nil {
+				return err
+			}
+			if !nc.IsConnected() {
+				return errors.New("NATS is not connected")
+			}
+			return topology.Check(ctx, js, s.spec)
+		},
+	}), met
 }
 
 // frontHandler serves with the handler stored last.
