@@ -164,7 +164,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 	var cl *client.Client
 	if nc != nil {
 		cleanup = append(cleanup, nc.Close)
-		if cl, err = client.New(nc, client.Options{Prefix: s.subjects.Prefix(), BandBounds: s.cfg.LLMQ.PriorityBands}); err != nil {
+		if cl, err = client.New(nc, client.Options{Prefix: s.subjects.Prefix(), BandBounds: s.cfg.LLMQ.PriorityBands, PublishTimeout: env.PublishTimeout}); err != nil {
 			return fail(err)
 		}
 		cleanup = append(cleanup, func() { _ = cl.Close() })

@@ -48,9 +48,9 @@ type Options struct {
 	Prefix string
 	// BandBounds is llmq_settings.priority_bands; default messages.DefaultBandBounds.
 	BandBounds []int64
-	// PublishTimeout bounds the JetStream publish; default 5 s. Within it a
+	// PublishTimeout bounds the JetStream publish; default 10 s. Within it a
 	// publish that meets a stream without a leader (a cluster node failed)
-	// is repeated; a broker that does not acknowledge in time makes Do fail
+	// is repeated (nats-server elects a new leader within 4 to 9 s); a broker that does not acknowledge in time makes Do fail
 	// with messages.ErrBrokerUnavailable.
 	PublishTimeout time.Duration
 	// StreamBuffer bounds the chunks buffered per stream for a slow reader;
@@ -159,7 +159,7 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 		waiters:  make(map[string]*waiter),
 	}
 	if c.pubWait <= 0 {
-		c.pubWait = 5 * time.Second
+		c.pubWait = 10 * time.Second
 	}
 	if c.buffer = opts.StreamBuffer; c.buffer <= 0 {
 		c.buffer = 256

@@ -29,9 +29,9 @@ import (
 // go.mod requires: the test needs nothing installed.
 const relNATSServerPkg = "github.com/nats-io/nats-server/v2"
 
-// relPublishBound is pkg/client's default publish bound, the gateway's:
+// relPublishBound is LLMQ_PUBLISH_TIMEOUT's default, the gateway's publish bound:
 // only past it may a request be refused while a stream elects a leader.
-const relPublishBound = 5 * time.Second
+const relPublishBound = 10 * time.Second
 
 // relColdStartBound bounds the wait for a system started all at once to be
 // ready. A fresh R3 cluster takes a few seconds to elect its leaders; this
