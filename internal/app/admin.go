@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/llmq/llmq/internal/config"
+	"github.com/llmq/llmq/internal/pauses"
 	"github.com/llmq/llmq/internal/queuestatus"
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/pkg/client"
@@ -44,6 +45,10 @@ type Admin struct {
 	// LimitsErr says why the deployments' shared limiter state could not
 	// be read (nil when it was, or when no deployment has limits).
 	LimitsErr error
+	// Pauses is the mirror of the paused groups and bands; nil when it
+	// could not be opened, and then PausesErr says why.
+	Pauses    *pauses.Set
+	PausesErr error
 
 	mu    sync.Mutex
 	async error // the last error NATS reported asynchronously (e.g. a permissions violation)
@@ -90,6 +95,12 @@ func OpenAdmin(ctx context.Context, env config.Env, lookup func(string) (string,
 		}
 	}
 	a.router = s.newRouter(nil, a.limits)
+	pctx, cancel := a.Bound(ctx, 5*time.Second)
+	a.Pauses, err = s.openPauses(pctx, nc)
+	cancel()
+	if err != nil {
+		a.PausesErr = a.Explain(err)
+	}
 	return a, nil
 }
 
@@ -146,6 +157,9 @@ func (a *Admin) Status(ctx context.Context, now time.Time) (*queuestatus.Status,
 		return nil, a.Explain(err)
 	}
 	st.Deployments = queuestatus.Deployments(a.router, now)
+	if a.Pauses != nil {
+		st.Paused = a.Pauses.List()
+	}
 	return st, nil
 }
 
@@ -159,6 +173,9 @@ func (a *Admin) Client() (*client.Client, error) {
 func (a *Admin) Close() {
 	if a.limits != nil {
 		_ = a.limits.Close()
+	}
+	if a.Pauses != nil {
+		a.Pauses.Close()
 	}
 	a.NC.Close()
 }

@@ -115,6 +115,12 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 	if set != nil {
 		cleanup = append(cleanup, func() { _ = set.Close() })
 	}
+	ps, err := s.openPauses(ctx, nc)
+	if err != nil {
+		undo()
+		return nil, err
+	}
+	cleanup = append(cleanup, ps.Close)
 	limits := s.newRouter(nil, set) // for the status page: deployments and their limiters
 	met, metricsHandler := newRegistry()
 	srv := gateway.New(gateway.Options{
@@ -136,6 +142,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 				return nil, err
 			}
 			st.Deployments = queuestatus.Deployments(limits, time.Now())
+			st.Paused = ps.List()
 			return st, nil
 		},
 		Ready: func(ctx context.Context) error {
@@ -164,6 +171,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		}
 		cleanup = append(cleanup, wnc.Close)
 		pool, err = worker.New(wnc, worker.Options{
+			Paused: ps.Paused, PausesChanged: ps.Changed(),
 			Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.EmbeddedWorkers,
 			Router: s.newRouter(providerHTTPClient(), set), LimitsChanged: changed(set), Logger: base.With("component", "worker"), AckWait: s.spec.AckWait, Metrics: met,
 			DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),

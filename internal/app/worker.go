@@ -43,8 +43,14 @@ func RunWorker(ctx context.Context, env config.Env, lookup func(string) (string,
 	if set != nil {
 		defer set.Close()
 	}
+	ps, err := s.openPauses(ctx, nc)
+	if err != nil {
+		return err
+	}
+	defer ps.Close()
 	met, metricsHandler := newRegistry()
 	pool, err := worker.New(nc, worker.Options{
+		Paused: ps.Paused, PausesChanged: ps.Changed(),
 		Metrics:  met,
 		Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.WorkerSlots,
 		Router: s.newRouter(providerHTTPClient(), set), LimitsChanged: changed(set), Logger: log, AckWait: s.spec.AckWait,

@@ -8,6 +8,11 @@
 //	llmqctl dead show [--body] ID       one dead letter, whole
 //	llmqctl dead replay ID...           serve dead letters again
 //	llmqctl dead purge (--all | ID...)  remove dead letters
+//	llmqctl pause GROUP [--band N]      stop dispatching a model group (or one band of it)
+//	llmqctl resume GROUP [--band N]     dispatch it again
+//
+// Pause and resume write the pauses bucket (internal/pauses) that every
+// worker process watches.
 //
 // A dead letter's ID is its sequence number in the dead-letter stream, as
 // "dead list" shows it.
@@ -52,6 +57,11 @@ Commands:
                                  report them; served or failed again, a replayed
                                  letter is removed
   dead purge (--all | ID...)     remove dead letters
+  pause GROUP [--band N]         every worker stops taking new requests of the
+                                 model group (or of one band of it); they stay
+                                 queued, their queue deadlines still running
+  resume GROUP [--band N]        dispatch them again (without --band: every
+                                 pause of the group)
 
 Settings: the LLMQ_NATS_* variables and LLMQ_CONFIG, as for cmd/worker
 (see .env.example). IDs are the sequence numbers "dead list" shows.
@@ -82,6 +92,12 @@ func Run(ctx context.Context, args []string, env config.Env, lookup func(string)
 		cmd = func(ctx context.Context, a *app.Admin) error { return status(ctx, a, out) }
 	case "dead":
 		c, err := deadCommand(args[1:], out)
+		if err != nil {
+			return err
+		}
+		cmd = c
+	case "pause", "resume":
+		c, err := pauseCommand(args[0], args[1:], out)
 		if err != nil {
 			return err
 		}

@@ -50,6 +50,9 @@ func writeStatus(out io.Writer, st *queuestatus.Status, limitsErr error) {
 		_ = tw.Flush()
 	}
 	fmt.Fprintln(out)
+	if len(st.Paused) > 0 {
+		fmt.Fprintf(out, "Paused: %s (llmqctl resume GROUP)\n\n", pausedList(st.Paused))
+	}
 	if st.DeadLetters == nil {
 		fmt.Fprintln(out, "Dead letters: the dead-letter stream cannot be read")
 		return

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/llmq/llmq/internal/deadletter"
+	"github.com/llmq/llmq/internal/pauses"
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/pkg/messages"
 )
@@ -42,6 +43,9 @@ type Status struct {
 	// DeadLetters is nil when the dead-letter stream cannot be read (it
 	// does not exist yet, or this connection may not read it).
 	DeadLetters *DeadLetters `json:"dead_letters,omitempty"`
+	// Paused are the groups and bands an operator paused (llmqctl pause);
+	// band -1 is the whole group. Set by the caller.
+	Paused []pauses.Pause `json:"paused"`
 }
 
 // DeadLetters summarises the dead-letter stream.
@@ -120,7 +124,7 @@ func Read(ctx context.Context, js jetstream.JetStream, subjects messages.Subject
 	if err != nil {
 		return nil, fmt.Errorf("stream %s info: %w", subjects.RequestStream(), err)
 	}
-	st := &Status{Stream: subjects.RequestStream(), Total: info.State.Msgs, Queues: []Queue{}}
+	st := &Status{Stream: subjects.RequestStream(), Total: info.State.Msgs, Queues: []Queue{}, Paused: []pauses.Pause{}}
 	for subj, n := range info.State.Subjects {
 		band, group, err := subjects.ParseRequest(subj)
 		if err != nil || n == 0 {

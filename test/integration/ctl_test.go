@@ -429,3 +429,126 @@ func TestCtlConnectErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestCtlPauseResume: llmqctl pause stops every worker process from taking
+// new requests of a model group, or of one band of it, and keeps them
+// queued; the other groups and bands are served; resume serves them.
+func TestCtlPauseResume(t *testing.T) {
+	const master = "sk-master-pause"
+	natsURL := startNATS(t)
+	fake := newFake(t)
+	cfg := writeConfig(t, configFile{
+		ModelList: []deployment{
+			fakeDeployment("alpha", "alpha-0", fake, 0),
+			fakeDeployment("beta", "beta-0", fake, 0),
+		},
+		GeneralSettings: &generalSettings{MasterKey: master},
+	})
+	env := baseEnv(cfg)
+	env.NATSURL = natsURL
+	g := startGateway(t, env)
+	startWorker(t, cfg, natsURL, 2)
+	startWorker(t, cfg, natsURL, 2)
+	ctlEnv := ctlEnv(cfg, natsURL)
+	q := observeQueue(t, natsURL)
+
+	if out := mustCtl(t, ctlEnv, "pause", "beta"); !strings.Contains(out, `paused "beta" (every band)`) {
+		t.Errorf("pause beta printed:\n%s", out)
+	}
+	if out := mustCtl(t, ctlEnv, "pause", "alpha", "--band", strconv.Itoa(bandOf(9))); !strings.Contains(out, `paused "alpha" band `+strconv.Itoa(bandOf(9))) {
+		t.Errorf("pause alpha --band printed:\n%s", out)
+	}
+
+	// beta (band 0) and alpha band 9 wait; alpha band 0, published last, is served.
+	type answer struct {
+		name string
+		r    *result
+		err  error
+	}
+	answers := make(chan answer, 3)
+	send := func(name, group string, priority int) {
+		go func() {
+			r, err := post(t.Context(), g.URL+"/v1/chat/completions", master, chatBody(group, name, `"priority":`+strconv.Itoa(priority)))
+			answers <- answer{name, r, err}
+		}()
+	}
+	send("beta-0", "beta", 0)
+	q.waitStored(t, 1)
+	send("alpha-9", "alpha", 9)
+	q.waitStored(t, 2)
+	send("alpha-0", "alpha", 0)
+	next := func() answer {
+		t.Helper()
+		select {
+		case a := <-answers:
+			return a
+		case <-waitCtx(t).Done():
+			t.Fatalf("no answer came (the upstream received %q)", contents(fake))
+			return answer{}
+		}
+	}
+	first := next()
+	if first.err != nil || first.name != "alpha-0" {
+		t.Fatalf("first answer: %s %v %v, want alpha-0 (the others are paused)", first.name, first.r, first.err)
+	}
+	checkServed(t, first.r)
+	q.waitMsgs(t, 2)
+	if got := contents(fake); len(got) != 1 || got[0] != "alpha-0" {
+		t.Fatalf("the upstream received %q, want only alpha-0", got)
+	}
+
+	out := mustCtl(t, ctlEnv, "status")
+	if !strings.Contains(out, `Paused: "alpha" band `+strconv.Itoa(bandOf(9))+`, "beta" (every band)`) ||
+		!tableRow(out, "0", "beta", "1") || !tableRow(out, strconv.Itoa(bandOf(9)), "alpha", "1") {
+		t.Errorf("status does not show the paused groups and their requests:\n%s", out)
+	}
+	var st struct {
+		Paused []struct {
+			Group string `json:"group"`
+			Band  int    `json:"band"`
+		} `json:"paused"`
+	}
+	if r := mustGet(t, g.URL+"/v1/queue", master); json.Unmarshal(r.Body, &st) != nil || len(st.Paused) != 2 ||
+		st.Paused[0].Group != "alpha" || st.Paused[0].Band != bandOf(9) || st.Paused[1].Group != "beta" || st.Paused[1].Band != -1 {
+		t.Errorf("GET /v1/queue paused: %s", r.Body)
+	}
+
+	// Clear errors: nothing paused there, an unknown group, a band out of range.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"resume", "alpha", "--band", "0"}, "not paused"},
+		{[]string{"pause", "gamma"}, `unknown model group "gamma"`},
+		{[]string{"resume", "gamma"}, `unknown model group "gamma"`},
+		{[]string{"pause", "alpha", "--band", "99"}, "band 99 does not exist"},
+		{[]string{"pause"}, "usage"},
+		{[]string{"pause", "alpha", "--band", "-3"}, "usage"},
+	} {
+		if _, err := llmqctl(t, ctlEnv, c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("llmqctl %s: error %v, want %q", strings.Join(c.args, " "), err, c.want)
+		}
+	}
+
+	// Resume: the waiting requests are served.
+	if out := mustCtl(t, ctlEnv, "resume", "alpha", "--band", strconv.Itoa(bandOf(9))); !strings.Contains(out, `resumed "alpha" band `) {
+		t.Errorf("resume alpha --band printed:\n%s", out)
+	}
+	if a := next(); a.err != nil || a.name != "alpha-9" {
+		t.Fatalf("after resuming alpha band 9: %s %v %v", a.name, a.r, a.err)
+	} else {
+		checkServed(t, a.r)
+	}
+	if out := mustCtl(t, ctlEnv, "resume", "beta"); !strings.Contains(out, `resumed "beta" (every band)`) {
+		t.Errorf("resume beta printed:\n%s", out)
+	}
+	if a := next(); a.err != nil || a.name != "beta-0" {
+		t.Fatalf("after resuming beta: %s %v %v", a.name, a.r, a.err)
+	} else {
+		checkServed(t, a.r)
+	}
+	q.waitDrained(t)
+	if out := mustCtl(t, ctlEnv, "status"); strings.Contains(out, "Paused") {
+		t.Errorf("status after resuming everything:\n%s", out)
+	}
+}

@@ -42,7 +42,8 @@ func browserTestDeps(t *testing.T) string {
 
 // TestUIPage drives the live queue page in headless Chromium
 // (test/ui/page.test.mjs): with requests waiting in two bands (the provider
-// holds its calls) and one deployment cooling down, the page shows the same
+// holds its calls), one deployment cooling down and one group paused, the
+// page shows the same
 // counts as GET /v1/queue and updates by itself until the queue is drained;
 // without the master key it shows nothing of the queue.
 func TestUIPage(t *testing.T) {
@@ -98,6 +99,9 @@ func TestUIPage(t *testing.T) {
 	send("batch", 9, 3)
 	q.waitStored(t, 8+1) // and the 408 request before them
 	waitUpstream(t, fake, 1+3)
+
+	// And one is paused (llmqctl pause): the page marks it.
+	mustCtl(t, ctlEnv(cfg, g.NATSURL()), "pause", "limited")
 
 	out := t.TempDir()
 	// Chromium's start and the page's waits (15 s each at most) need more

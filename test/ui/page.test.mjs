@@ -47,6 +47,7 @@ async function pageState(page) {
     deployments: [...document.querySelectorAll("#deployments tr[data-deployment]")]
       .map((tr) => ({ id: tr.dataset.deployment, inFlight: Number(tr.dataset.inFlight),
         coolMs: Number(tr.querySelector("[data-cooldown-ms]")?.dataset.cooldownMs || 0) })),
+    paused: [...document.querySelectorAll("#heat td[data-paused]")].map((td) => Number(td.dataset.band) + "/" + td.dataset.group),
     loginError: document.getElementById("login-error").textContent,
     text: document.body.innerText,
   }));
@@ -79,6 +80,16 @@ function matches(st, q) {
     if ((p.coolMs > 0) !== (d.cooldown_remaining_ms > 0)) return `deployment ${d.id} cooldown ${p.coolMs}, /v1/queue ${d.cooldown_remaining_ms}`;
   }
   if (st.dead !== String(q.dead_letters?.count ?? "unknown")) return `dead letters ${st.dead}, /v1/queue ${q.dead_letters?.count}`;
+  // Every cell of a paused band and group is marked, and no other.
+  for (const p of q.paused) {
+    const marked = st.paused.filter((x) => x.endsWith("/" + p.group));
+    if (marked.length === 0) return `paused group ${p.group} not marked`;
+    if (p.band !== -1 && !marked.includes(p.band + "/" + p.group)) return `paused band ${p.band} of ${p.group} not marked`;
+  }
+  for (const x of st.paused) {
+    const [b, g] = [Number(x.split("/")[0]), x.slice(x.indexOf("/") + 1)];
+    if (!q.paused.some((p) => p.group === g && (p.band === -1 || p.band === b))) return `cell ${x} marked paused, /v1/queue says not`;
+  }
   return true;
 }
 
@@ -122,6 +133,7 @@ try {
   await page.evaluate(() => { window.__sameDocument = true; });
   st = await waitFor(page, "the same queue as /v1/queue", async (s) => s.queueShown && matches(s, await queueJSON()));
   check(st.cells.length >= 2 && new Set(st.cells.map((c) => c.band)).size >= 2, `requests in two bands expected: ${JSON.stringify(st.cells)}`);
+  check(st.paused.length > 0, "no paused cell shown although /v1/queue lists a pause");
   const cooling = st.deployments.filter((d) => d.coolMs > 0);
   check(cooling.length > 0, "no deployment shows a cooldown: " + JSON.stringify(st.deployments));
   const before = st.updates;

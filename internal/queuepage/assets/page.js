@@ -58,7 +58,7 @@ function show(which) {
 function clear() {
   for (const id of ["heat", "deployments", "dead"]) $(id).querySelector("tbody").replaceChildren();
   $("heat").querySelector("thead").replaceChildren();
-  for (const id of ["total", "dead-count", "stream", "starving", "updated"]) $(id).textContent = "";
+  for (const id of ["total", "dead-count", "stream", "starving", "paused", "updated"]) $(id).textContent = "";
 }
 
 function renderHeat(st) {
@@ -69,6 +69,7 @@ function renderHeat(st) {
   let maxBand = 0;
   for (const q of st.queues) maxBand = Math.max(maxBand, q.band);
   const cell = new Map(st.queues.map((q) => [q.band + "\u0000" + q.group, q]));
+  const paused = (b, g) => (st.paused || []).some((p) => p.group === g && (p.band === -1 || p.band === b));
   let worst = null;
   for (const q of st.queues) if (!worst || q.oldest_wait_ms > worst.oldest_wait_ms) worst = q;
 
@@ -77,14 +78,20 @@ function renderHeat(st) {
   for (let b = 0; b <= maxBand; b++) {
     const tds = cols.map((g) => {
       const q = cell.get(b + "\u0000" + g);
-      if (!q) return el("td", { class: "empty", "data-band": b, "data-group": g, "data-count": 0 }, "·");
-      const cls = heat(q.oldest_wait_ms) + (q === worst && st.queues.length > 1 ? " starving" : "");
-      return el("td", { class: cls, "data-band": b, "data-group": g, "data-count": q.depth, title: `band ${b}, ${g}: ${q.depth} requests, oldest waits ${fmtWait(q.oldest_wait_ms)}` },
-        el("span", { class: "n" }, q.depth), el("span", { class: "w" }, fmtWait(q.oldest_wait_ms)));
+      const p = paused(b, g);
+      const mark = p ? { "data-paused": "" } : {};
+      if (!q) return el("td", { class: "empty" + (p ? " paused" : ""), "data-band": b, "data-group": g, "data-count": 0, ...mark }, p ? "paused" : "·");
+      const cls = heat(q.oldest_wait_ms) + (q === worst && st.queues.length > 1 ? " starving" : "") + (p ? " paused" : "");
+      return el("td", { class: cls, "data-band": b, "data-group": g, "data-count": q.depth, ...mark,
+        title: `band ${b}, ${g}: ${q.depth} requests, oldest waits ${fmtWait(q.oldest_wait_ms)}${p ? " (paused)" : ""}` },
+        el("span", { class: "n" }, q.depth), el("span", { class: "w" }, fmtWait(q.oldest_wait_ms) + (p ? " · paused" : "")));
     });
     rows.push(el("tr", {}, el("th", { scope: "row" }, b === 0 ? "0 (first)" : b), ...tds));
   }
   $("heat").querySelector("tbody").replaceChildren(...rows);
+  const names = (st.paused || []).map((p) => p.band === -1 ? `${p.group} (every band)` : `${p.group} band ${p.band}`);
+  $("paused").hidden = names.length === 0;
+  $("paused").textContent = names.length ? "paused: " + names.join(", ") : "";
   const s = $("starving");
   if (worst && st.queues.length > 1) {
     s.hidden = false;
