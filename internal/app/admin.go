@@ -27,8 +27,10 @@ const AdminConnectTimeout = 5 * time.Second
 // Admin is an operator's handle on a running installation (llmqctl): a NATS
 // connection made with the same LLMQ_NATS_* settings as the workers, and
 // what the config file says about subjects, bands, groups, deadlines and
-// deployments. It neither creates nor changes the topology. Close it when
-// done.
+// deployments. It creates no stream or consumer; like the gateway's status
+// page it opens the limiter's and the pauses' buckets with the config's
+// settings (pkg/limiter and internal/pauses create them if no process has
+// yet). Close it when done.
 type Admin struct {
 	NC       *nats.Conn
 	JS       jetstream.JetStream

@@ -1,7 +1,7 @@
 // Package ctl is llmqctl, the operator's command for a running llmq
 // installation. It speaks to NATS with the same LLMQ_NATS_* settings and
-// config file (LLMQ_CONFIG) as the workers, and never creates or changes the
-// topology:
+// config file (LLMQ_CONFIG) as the workers, and creates no stream or
+// consumer (app.Admin):
 //
 //	llmqctl status                      the queue as GET /v1/queue shows it
 //	llmqctl dead list [--from SEQ] [--limit N]

@@ -43,6 +43,9 @@ func writeStatus(out io.Writer, st *queuestatus.Status, limitsErr error) {
 			cool := "-"
 			if d.CooldownMs > 0 {
 				cool = age(time.Duration(d.CooldownMs)*time.Millisecond) + " left"
+				if d.CooldownReason != "" {
+					cool += " (" + d.CooldownReason + ")"
+				}
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Group,
 				used(int64(d.InFlight), int64(d.MaxParallel)), used(d.RequestsUsed, d.RPM), used(d.TokensUsed, d.TPM), cool)

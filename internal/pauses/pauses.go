@@ -81,8 +81,10 @@ type Set struct {
 	kv      jetstream.KeyValue
 	watcher jetstream.KeyWatcher
 	cancel  context.CancelFunc
-	done    chan struct{}
+	stopped chan struct{} // closed by Close
+	done    chan struct{} // closed when loop returns
 	changed chan struct{}
+	once    sync.Once
 
 	mu    sync.Mutex
 	state map[string]Pause // by key; written by the watcher loop only
@@ -104,7 +106,7 @@ func Open(ctx context.Context, js jetstream.JetStream, subjects messages.Subject
 	if err != nil {
 		return nil, fmt.Errorf("pauses bucket %s: %w", subjects.PausesBucket(), err)
 	}
-	s := &Set{kv: kv, done: make(chan struct{}), changed: make(chan struct{}, 1), state: map[string]Pause{}}
+	s := &Set{kv: kv, stopped: make(chan struct{}), done: make(chan struct{}), changed: make(chan struct{}, 1), state: map[string]Pause{}}
 	s.publish()
 	// The watcher's context lives as long as the Set: its ordered consumer
 	// uses it to recreate itself after a gap.
@@ -139,9 +141,18 @@ func Open(ctx context.Context, js jetstream.JetStream, subjects messages.Subject
 
 func (s *Set) loop() {
 	defer close(s.done)
-	for e := range s.watcher.Updates() {
-		if e == nil {
-			continue
+	for {
+		var e jetstream.KeyValueEntry
+		select {
+		case <-s.stopped:
+			return
+		case u, ok := <-s.watcher.Updates():
+			if !ok {
+				return
+			}
+			if e = u; e == nil {
+				continue
+			}
 		}
 		s.apply(e)
 		s.publish()
@@ -264,13 +275,23 @@ func describe(group string, band int) string {
 // String names the pause: `"chat"` or `"chat" band 3`.
 func (p Pause) String() string { return describe(p.Group, p.Band) }
 
-// Close stops the watcher.
+// Close stops the watcher. It is idempotent.
 func (s *Set) Close() {
-	s.stop()
-	<-s.done
+	s.once.Do(func() {
+		close(s.stopped)
+		<-s.done
+		s.stop()
+	})
 }
 
+// stop stops the watcher and drains its channel, so that the NATS
+// dispatcher never blocks on it.
 func (s *Set) stop() {
 	_ = s.watcher.Stop()
 	s.cancel()
+	updates := s.watcher.Updates()
+	go func() {
+		for range updates {
+		}
+	}()
 }

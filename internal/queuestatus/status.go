@@ -85,7 +85,8 @@ type Deployment struct {
 	CooldownUntil *time.Time `json:"cooldown_until,omitempty"`
 	// CooldownMs is the time left of the cooldown, in milliseconds, from
 	// the reader's clock (so a page need not trust its own).
-	CooldownMs int64 `json:"cooldown_remaining_ms,omitempty"`
+	CooldownMs     int64  `json:"cooldown_remaining_ms,omitempty"`
+	CooldownReason string `json:"cooldown_reason,omitempty"`
 }
 
 // Deployments reports every deployment of r, sorted by group and id.
@@ -101,6 +102,7 @@ func Deployments(r *router.Router, now time.Time) []Deployment {
 			if !u.CooldownUntil.IsZero() {
 				dep.CooldownUntil = &u.CooldownUntil
 				dep.CooldownMs = max(u.CooldownUntil.Sub(now).Milliseconds(), 1)
+				dep.CooldownReason = u.CooldownReason
 			}
 		}
 		out = append(out, dep)

@@ -46,7 +46,8 @@ async function pageState(page) {
       .map((td) => ({ band: Number(td.dataset.band), group: td.dataset.group, count: Number(td.dataset.count) })),
     deployments: [...document.querySelectorAll("#deployments tr[data-deployment]")]
       .map((tr) => ({ id: tr.dataset.deployment, inFlight: Number(tr.dataset.inFlight),
-        coolMs: Number(tr.querySelector("[data-cooldown-ms]")?.dataset.cooldownMs || 0) })),
+        coolMs: Number(tr.querySelector("[data-cooldown-ms]")?.dataset.cooldownMs || 0),
+        coolText: tr.querySelector("[data-cooldown-ms]")?.textContent || "" })),
     paused: [...document.querySelectorAll("#heat td[data-paused]")].map((td) => Number(td.dataset.band) + "/" + td.dataset.group),
     loginError: document.getElementById("login-error").textContent,
     text: document.body.innerText,
@@ -78,6 +79,7 @@ function matches(st, q) {
     if (!p) return `deployment ${d.id} missing`;
     if (p.inFlight !== d.in_flight) return `deployment ${d.id} in flight ${p.inFlight}, /v1/queue ${d.in_flight}`;
     if ((p.coolMs > 0) !== (d.cooldown_remaining_ms > 0)) return `deployment ${d.id} cooldown ${p.coolMs}, /v1/queue ${d.cooldown_remaining_ms}`;
+    if (d.cooldown_reason && !p.coolText.includes(d.cooldown_reason)) return `deployment ${d.id} cooldown "${p.coolText}" lacks its reason "${d.cooldown_reason}"`;
   }
   if (st.dead !== String(q.dead_letters?.count ?? "unknown")) return `dead letters ${st.dead}, /v1/queue ${q.dead_letters?.count}`;
   // Every cell of a paused band and group is marked, and no other.

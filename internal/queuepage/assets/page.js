@@ -106,7 +106,7 @@ function renderDeployments(st) {
     const saturated = (d.max_parallel_requests && d.in_flight >= d.max_parallel_requests) ||
       (d.rpm && d.rpm_used >= d.rpm) || (d.tpm && d.tpm_used >= d.tpm);
     const cool = d.cooldown_remaining_ms > 0
-      ? el("span", { class: "badge cool", "data-cooldown-ms": d.cooldown_remaining_ms }, "cooling down, " + fmtWait(d.cooldown_remaining_ms) + " left")
+      ? el("span", { class: "badge cool", "data-cooldown-ms": d.cooldown_remaining_ms }, "cooling down, " + fmtWait(d.cooldown_remaining_ms) + " left" + (d.cooldown_reason ? ": " + d.cooldown_reason : ""))
       : el("span", { class: "muted" }, "–");
     const name = el("td", {}, d.id);
     if (saturated) name.append(el("span", { class: "badge sat" }, "saturated"));
