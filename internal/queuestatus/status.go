@@ -64,6 +64,9 @@ type DeadLetter struct {
 	AgeMs     int64  `json:"age_ms"`
 }
 
+// deadReadTimeout bounds the reading of the dead-letter stream.
+const deadReadTimeout = 2 * time.Second
+
 // LatestDeadLetters is how many dead letters Status lists; MaxReason bounds
 // the length of each one's reason.
 const (
@@ -152,6 +155,10 @@ func Read(ctx context.Context, js jetstream.JetStream, subjects messages.Subject
 // readDead summarises the dead-letter stream, or returns nil if it cannot
 // be read.
 func readDead(ctx context.Context, js jetstream.JetStream, subjects messages.Subjects, now time.Time) *DeadLetters {
+	// Bounded on its own: a connection that may not read the stream gets no
+	// answer at all, and the queue's status must not wait for it.
+	ctx, cancel := context.WithTimeout(ctx, deadReadTimeout)
+	defer cancel()
 	dead, err := deadletter.Open(ctx, js, subjects)
 	if err != nil {
 		return nil
