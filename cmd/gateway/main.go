@@ -1,10 +1,13 @@
 // Command gateway is llmq's OpenAI-compatible HTTP front. With no
 // LLMQ_NATS_URL it embeds a JetStream server and runs workers in-process, so
 // this one command gives a working system. Settings: see .env.example.
+//
+// "gateway -check config.yaml" checks a config file and exits.
 package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -26,6 +29,11 @@ func main() {
 }
 
 func run(ctx context.Context) error {
+	check := flag.String("check", "", "check the config `file` without starting anything: print its errors, warnings and deployments; exit 1 on errors")
+	flag.Parse()
+	if *check != "" {
+		return app.CheckConfig(os.Stdout, *check, os.LookupEnv)
+	}
 	var env config.Env
 	if err := envconfig.Process("LLMQ", &env); err != nil {
 		return err

@@ -41,9 +41,10 @@ type Admin struct {
 	// request; AnswerTimeout bounds the wait for its answer beyond it.
 	QueueTimeout, AnswerTimeout time.Duration
 
-	s      *setup
-	limits *limiter.Set
-	router *router.Router
+	s              *setup
+	publishTimeout time.Duration // LLMQ_PUBLISH_TIMEOUT, for replays
+	limits         *limiter.Set
+	router         *router.Router
 	// LimitsErr says why the deployments' shared limiter state could not
 	// be read (nil when it was, or when no deployment has limits).
 	LimitsErr error
@@ -72,7 +73,7 @@ func OpenAdmin(ctx context.Context, env config.Env, lookup func(string) (string,
 	if err != nil {
 		return nil, err
 	}
-	a := &Admin{Subjects: s.subjects, Bands: s.bands, Groups: s.cfg.Groups(), s: s,
+	a := &Admin{Subjects: s.subjects, Bands: s.bands, Groups: s.cfg.Groups(), s: s, publishTimeout: env.PublishTimeout,
 		QueueTimeout: s.cfg.RouterSettings.Timeout.D(), AnswerTimeout: s.answerTimeout()}
 	a.ops = map[*context.CancelCauseFunc]struct{}{}
 	nc, err := client.Connect(env.NATSURL, env.NATSSecurity(),
@@ -90,7 +91,7 @@ func OpenAdmin(ctx context.Context, env config.Env, lookup func(string) (string,
 	}
 	if s.hasLimits() {
 		lctx, cancel := a.Bound(ctx, 5*time.Second)
-		a.limits, err = s.openLimits(lctx, nc)
+		a.limits, err = limiter.Open(lctx, a.JS, s.limiterOptions())
 		cancel()
 		if err != nil {
 			a.LimitsErr = a.Explain(err)
@@ -98,7 +99,7 @@ func OpenAdmin(ctx context.Context, env config.Env, lookup func(string) (string,
 	}
 	a.router = s.newRouter(nil, a.limits)
 	pctx, cancel := a.Bound(ctx, 5*time.Second)
-	a.Pauses, err = s.openPauses(pctx, nc)
+	a.Pauses, err = pauses.Open(pctx, a.JS, s.subjects, s.cfg.LLMQ.Replicas)
 	cancel()
 	if err != nil {
 		a.PausesErr = a.Explain(err)
@@ -168,7 +169,7 @@ func (a *Admin) Status(ctx context.Context, now time.Time) (*queuestatus.Status,
 // Client returns a pkg/client over the admin connection, with the
 // installation's prefix and bands. Close it before the Admin.
 func (a *Admin) Client() (*client.Client, error) {
-	return client.New(a.NC, client.Options{Prefix: a.Subjects.Prefix(), BandBounds: a.s.cfg.LLMQ.PriorityBands})
+	return client.New(a.NC, client.Options{Prefix: a.Subjects.Prefix(), BandBounds: a.s.cfg.LLMQ.PriorityBands, PublishTimeout: a.publishTimeout})
 }
 
 // Close closes the limiter mirror and the connection.

@@ -2,7 +2,15 @@
 // front, optionally with an embedded NATS server and in-process workers) and
 // the worker. cmd/gateway and cmd/worker are thin mains around [RunGateway]
 // and [RunWorker]; tests start the whole program through [StartGateway] and
-// [StartWorker].
+// [RunWorker].
+//
+// Start-up converges: processes may start in any order and all at once,
+// before their NATS servers. Each one connects, creates or checks the
+// streams, consumers and limits bucket with short per-call timeouts, and
+// tries again until they exist or its context ends, logging what it waits
+// for (see converge); refused credentials, a failed TLS handshake and a bad
+// config still end it at once. The gateway's HTTP listener serves from the
+// start and reports not ready until then.
 package app
 
 import (
@@ -12,6 +20,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -23,6 +32,7 @@ import (
 
 	"github.com/llmq/llmq/internal/config"
 	"github.com/llmq/llmq/internal/gateway"
+	"github.com/llmq/llmq/internal/jsretry"
 	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/provider"
 	"github.com/llmq/llmq/internal/router"
@@ -61,7 +71,7 @@ func load(env config.Env, lookup func(string) (string, bool), log *slog.Logger) 
 		return nil, fmt.Errorf("config %s:\n%w", env.Config, err)
 	}
 	for _, w := range cfg.Warnings {
-		log.Warn("config key ignored", "key", w)
+		log.Warn("config warning", "warning", w)
 	}
 	subjects, err := messages.NewSubjects(cfg.LLMQ.SubjectPrefix)
 	if err != nil {
@@ -122,23 +132,6 @@ func (s *setup) hasLimits() bool {
 	return false
 }
 
-// openLimits opens the shared limiter state, or returns nil when no
-// deployment has limits (then nothing about limits crosses NATS).
-func (s *setup) openLimits(ctx context.Context, nc *nats.Conn) (*limiter.Set, error) {
-	if !s.hasLimits() {
-		return nil, nil
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, err
-	}
-	set, err := limiter.Open(ctx, js, limiter.Options{Bucket: s.subjects.LimitsBucket(), Replicas: s.cfg.LLMQ.Replicas, Period: s.cfg.LLMQ.LimitsPeriod.D()})
-	if err != nil {
-		return nil, fmt.Errorf("open the shared limits bucket %s: %w", s.subjects.LimitsBucket(), err)
-	}
-	return set, nil
-}
-
 // changed is set's change signal, or nil without a set.
 func changed(set *limiter.Set) <-chan struct{} {
 	if set == nil {
@@ -157,10 +150,7 @@ func (s *setup) newRouter(hc *http.Client, set *limiter.Set) *router.Router {
 			caller = &provider.Mock{Text: *d.Params.MockResponse, Model: d.ModelName,
 				Chunks: s.cfg.LLMQ.MockStreamChunks, Gap: s.cfg.LLMQ.MockStreamGap.D()}
 		} else {
-			caller = provider.NewOpenAI(provider.OpenAIOptions{
-				BaseURL: d.Params.APIBase, APIKey: d.Params.APIKey, Model: d.Params.ProviderModel(),
-				Timeout: s.callTimeout(d), HTTPClient: hc,
-			})
+			caller = provider.NewOpenAI(callerOptions(d, s.callTimeout(d), hc))
 		}
 		rd := router.Deployment{
 			ID: d.ModelInfo.ID, Group: d.ModelName, MaxParallel: d.Params.MaxParallelRequests,
@@ -172,6 +162,16 @@ func (s *setup) newRouter(hc *http.Client, set *limiter.Set) *router.Router {
 		ds = append(ds, rd)
 	}
 	return router.New(router.ParseStrategy(s.cfg.RouterSettings.RoutingStrategy), ds, nil)
+}
+
+// callerOptions are the provider options of a deployment resolved by config.
+func callerOptions(d config.Deployment, timeout time.Duration, hc *http.Client) provider.OpenAIOptions {
+	e := d.Params.Endpoint
+	return provider.OpenAIOptions{
+		BaseURL: e.BaseURL, APIKey: d.Params.APIKey, Model: e.Model, Timeout: timeout, HTTPClient: hc,
+		Shape: e.Shape, Auth: e.Auth, APIVersion: e.APIVersion, ADToken: d.Params.AzureADToken,
+		Group: d.ModelName, Defaults: d.Params.Defaults, Headers: d.Params.Headers,
+	}
 }
 
 // newRegistry returns a Prometheus registry with llmq's metrics and the Go
@@ -212,39 +212,117 @@ func providerHTTPClient() *http.Client {
 	return &http.Client{Transport: t}
 }
 
-// connect dials an external NATS server with the environment's security settings.
-func connect(env config.Env, name string, log *slog.Logger) (*nats.Conn, error) {
-	return client.Connect(env.NATSURL, env.NATSSecurity(),
-		nats.Name(name),
-		nats.ReconnectWait(250*time.Millisecond),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil { // nil: our own Close
-				log.Warn("NATS disconnected", "error", err)
-			}
-		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrlRedacted()) }),
-	)
+// connect dials an external NATS server with the environment's security
+// settings. While no server of env.NATSURL accepts the connection (they may
+// be starting too) it tries again until ctx ends, logging that it waits;
+// refused credentials or a failed TLS handshake end it at once.
+func connect(ctx context.Context, env config.Env, name string, log *slog.Logger, prog *progress) (*nats.Conn, error) {
+	prog.set("a connection to NATS")
+	var nc *nats.Conn
+	err := converge(ctx, log, "a connection to NATS", func(context.Context) (retry bool, err error) {
+		nc, err = client.Connect(env.NATSURL, env.NATSSecurity(),
+			nats.Name(name),
+			nats.ReconnectWait(250*time.Millisecond),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+				if err != nil { // nil: our own Close
+					log.Warn("NATS disconnected", "error", err)
+				}
+			}),
+			nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrlRedacted()) }),
+		)
+		return errors.Is(err, nats.ErrNoServers), err
+	})
+	return nc, err
 }
 
-// ensure creates the JetStream objects, retrying briefly while JetStream
-// starts up (a fresh cluster elects its meta leader first).
-func ensure(ctx context.Context, nc *nats.Conn, spec topology.Spec) error {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err = topology.Ensure(ectx, js, spec)
-		cancel()
-		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
+// converge calls step until it succeeds, fails for good (retry false) or
+// ctx ends, pausing between calls (250 ms, doubling, at most 2 s) and
+// logging each failure with what it waits for. A process started at the
+// same time as its NATS cluster, or as other processes creating the same
+// streams, comes up this way rather than exiting.
+func converge(ctx context.Context, log *slog.Logger, what string, step func(context.Context) (retry bool, err error)) error {
+	for n := 0; ; n++ {
+		retry, err := step(ctx)
+		switch {
+		case err == nil:
+			if n > 0 {
+				log.Info("done waiting", "for", what, "attempts", n+1)
+			}
+			return nil
+		case ctx.Err() != nil:
+			return fmt.Errorf("stopped while waiting for %s: %w", what, context.Cause(ctx))
+		case !retry:
 			return err
 		}
-		select {
-		case <-ctx.Done():
-			return errors.Join(err, ctx.Err())
-		case <-time.After(250 * time.Millisecond):
+		pause := min(250*time.Millisecond<<min(n, 3), 2*time.Second)
+		log.Warn("waiting", "for", what, "attempt", n+1, "retry_in", pause, "error", err)
+		if !jsretry.Sleep(ctx, pause) {
+			return fmt.Errorf("stopped while waiting for %s: %w", what, context.Cause(ctx))
 		}
 	}
+}
+
+// setUp makes the JetStream objects exist and opens the shared limits
+// (nil when no deployment has limits), each step repeated until it
+// succeeds or ctx ends (see converge): JetStream answers nothing, or
+// answers "not available", while a fresh cluster elects its leaders.
+func (s *setup) setUp(ctx context.Context, nc *nats.Conn, log *slog.Logger, prog *progress) (*limiter.Set, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	prog.set("the JetStream streams and consumers")
+	if err := converge(ctx, log, "the JetStream streams and consumers", func(ctx context.Context) (bool, error) {
+		return true, topology.Ensure(ctx, js, s.spec)
+	}); err != nil {
+		return nil, err
+	}
+	if !s.hasLimits() {
+		return nil, nil
+	}
+	bucket := s.subjects.LimitsBucket()
+	prog.set("the shared limits bucket " + bucket)
+	var set *limiter.Set
+	err = converge(ctx, log, "the shared limits bucket "+bucket, func(ctx context.Context) (bool, error) {
+		octx, cancel := context.WithTimeout(ctx, limitsOpenTimeout)
+		defer cancel()
+		set, err = limiter.Open(octx, js, s.limiterOptions())
+		return errors.Is(err, limiter.ErrUnavailable), err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open the shared limits bucket %s: %w", bucket, err)
+	}
+	return set, nil
+}
+
+// limiterOptions are the options of the shared limits bucket.
+func (s *setup) limiterOptions() limiter.Options {
+	return limiter.Options{Bucket: s.subjects.LimitsBucket(), Replicas: s.cfg.LLMQ.Replicas, Period: s.cfg.LLMQ.LimitsPeriod.D()}
+}
+
+// limitsOpenTimeout bounds one attempt to open the limits bucket (create
+// or update it, then read it whole).
+const limitsOpenTimeout = 3 * time.Second
+
+// progress is what a starting process still waits for, for its readiness
+// answer. It is safe for concurrent use.
+type progress struct{ waiting atomic.Pointer[string] }
+
+// set records that the process waits for what; a nil progress records
+// nothing (a process without a readiness endpoint).
+func (p *progress) set(what string) {
+	if p != nil {
+		p.waiting.Store(&what)
+	}
+}
+
+// done records that start-up is complete.
+func (p *progress) done() { p.waiting.Store(nil) }
+
+// err is nil once start-up is complete, else says what it waits for.
+func (p *progress) err() error {
+	if w := p.waiting.Load(); w != nil {
+		return errors.New("starting: waiting for " + *w)
+	}
+	return nil
 }

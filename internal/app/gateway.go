@@ -2,11 +2,14 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,11 +18,15 @@ import (
 
 	"github.com/llmq/llmq/internal/config"
 	"github.com/llmq/llmq/internal/gateway"
+	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/natsembed"
+	"github.com/llmq/llmq/internal/pauses"
 	"github.com/llmq/llmq/internal/queuestatus"
+	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/internal/topology"
 	"github.com/llmq/llmq/internal/worker"
 	"github.com/llmq/llmq/pkg/client"
+	"github.com/llmq/llmq/pkg/messages"
 )
 
 // Gateway is a started gateway process.
@@ -53,7 +60,16 @@ func RunGateway(ctx context.Context, env config.Env, lookup func(string) (string
 	return g.Wait()
 }
 
-// StartGateway starts the gateway and returns once it accepts HTTP requests.
+// StartGateway starts the gateway and returns once it is ready: connected
+// to NATS, with the streams, consumers and (when a deployment has limits)
+// the limits bucket in place. Its HTTP listener serves from the start:
+// while it waits for NATS or JetStream (a cluster that is still forming,
+// other processes creating the same streams), /health/liveliness answers
+// 200, /health/readiness 503 with what it waits for, and requests 503
+// broker_unavailable with Retry-After; it waits, logging what for, until
+// ctx ends rather than exiting. A start-up that ctx ended returns a
+// Gateway that has already stopped (Wait returns nil).
+//
 // Cancelling ctx shuts it down against the direction of traffic: stop
 // accepting and wait for in-flight answers (up to env.ShutdownTimeout), stop
 // the in-process workers, close NATS, stop the embedded server.
@@ -72,7 +88,6 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 	}
 	g := &Gateway{done: make(chan struct{}), natsURL: env.NATSURL}
 
-	var nc *nats.Conn
 	var embedded *natsembed.Server
 	if env.NATSURL == "" {
 		embedded, err = natsembed.Start(natsembed.Options{Listen: env.EmbeddedNATSListen, StoreDir: env.DataDir})
@@ -82,48 +97,166 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		cleanup = append(cleanup, embedded.Shutdown)
 		embedded.Log(log)
 		g.natsURL = embedded.ClientURL()
+	}
+	ln, err := net.Listen("tcp", env.Listen)
+	if err != nil {
+		undo()
+		return nil, fmt.Errorf("listen on %s: %w", env.Listen, err)
+	}
+	g.addr = ln.Addr()
+
+	// The HTTP server runs from here on; the front answers for the gateway
+	// until it exists (see starting).
+	var prog progress
+	prog.set("a connection to NATS")
+	var front frontHandler
+	front.set(starting(&prog))
+	var srv atomic.Pointer[gateway.Server] // set once it exists
+	httpSrv := &http.Server{Handler: &front, ReadHeaderTimeout: 10 * time.Second}
+	ctx, stop := context.WithCancel(ctx)
+	grp, gctx := errgroup.WithContext(ctx)
+	grp.Go(func() error {
+		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+	grp.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), env.ShutdownTimeout)
+		defer cancel()
+		log.Info("shutting down: draining HTTP requests", "timeout", env.ShutdownTimeout)
+		// Handlers may park their requests while the server drains, so the
+		// parked ones are waited for after it.
+		err := httpSrv.Shutdown(sctx)
+		gw := srv.Load()
+		if gw != nil {
+			err = errors.Join(err, gw.Shutdown(sctx))
+		}
+		if err != nil {
+			// Drain timed out: cut the remaining connections rather than
+			// leave their callers waiting on a closed NATS connection.
+			log.Warn("drain timeout: closing the remaining connections", "timeout", env.ShutdownTimeout)
+			if gw != nil {
+				gw.Close()
+			}
+			return httpSrv.Close()
+		}
+		return nil
+	})
+	// fail ends a start-up that failed for good.
+	fail := func(err error) (*Gateway, error) {
+		stop()
+		_ = grp.Wait()
+		undo()
+		return nil, err
+	}
+	log.Info("HTTP listening; starting", "addr", g.addr.String(), "nats", g.natsURL)
+
+	var nc *nats.Conn
+	if embedded != nil {
 		nc, err = embedded.Connect("llmq-gateway")
 	} else {
-		nc, err = connect(env, "llmq-gateway", log)
+		nc, err = connect(gctx, env, "llmq-gateway", log, &prog)
 	}
-	if err != nil {
-		undo()
-		return nil, err
+	if err != nil && gctx.Err() == nil {
+		return fail(err)
 	}
-	cleanup = append(cleanup, nc.Close)
-	if err := ensure(ctx, nc, s.spec); err != nil {
-		undo()
-		return nil, fmt.Errorf("set up JetStream: %w", err)
+	var cl *client.Client
+	if nc != nil {
+		cleanup = append(cleanup, nc.Close)
+		if cl, err = client.New(nc, client.Options{Prefix: s.subjects.Prefix(), BandBounds: s.cfg.LLMQ.PriorityBands, PublishTimeout: env.PublishTimeout}); err != nil {
+			return fail(err)
+		}
+		cleanup = append(cleanup, func() { _ = cl.Close() })
 	}
-	cl, err := client.New(nc, client.Options{Prefix: s.subjects.Prefix(), BandBounds: s.cfg.LLMQ.PriorityBands})
-	if err != nil {
-		undo()
-		return nil, err
-	}
-	js, _ := jetstream.New(nc)
 
-	if s.cfg.GeneralSettings.MasterKey == "" {
-		log.Warn("general_settings.master_key is not set: every caller is accepted without a key")
+	var pool *worker.Pool
+	if cl != nil && gctx.Err() == nil {
+		if s.cfg.GeneralSettings.MasterKey == "" {
+			log.Warn("general_settings.master_key is not set: every caller is accepted without a key")
+		}
+		// The status page's deployments, with their limiters once the
+		// shared limits are open.
+		var limits atomic.Pointer[router.Router]
+		limits.Store(s.newRouter(nil, nil))
+		var paused atomic.Pointer[pauses.Set] // for the status page, once open
+		gw, met := s.newGatewayServer(env, log, nc, cl, &prog, &limits, &paused)
+		srv.Store(gw)
+		front.set(gw.Handler())
+
+		// One mirror of the shared limits serves the status page and the
+		// in-process workers.
+		set, err := s.setUp(gctx, nc, log, &prog)
+		if err != nil && gctx.Err() == nil {
+			return fail(fmt.Errorf("set up JetStream: %w", err))
+		}
+		if set != nil {
+			cleanup = append(cleanup, func() { _ = set.Close() })
+			limits.Store(s.newRouter(nil, set))
+		}
+		var ps *pauses.Set
+		if gctx.Err() == nil {
+			if ps, err = s.openPauses(gctx, nc, log, &prog); err != nil && gctx.Err() == nil {
+				return fail(err)
+			}
+		}
+		if ps != nil {
+			cleanup = append(cleanup, ps.Close)
+			paused.Store(ps)
+		}
+		// In-process workers get their own connection and their own
+		// context: they keep serving while the HTTP server drains.
+		if embedded != nil && env.EmbeddedWorkers > 0 && ps != nil && gctx.Err() == nil {
+			wnc, err := embedded.Connect("llmq-embedded-worker")
+			if err != nil {
+				return fail(err)
+			}
+			cleanup = append(cleanup, wnc.Close)
+			pool, err = worker.New(wnc, worker.Options{
+				Paused: ps.Paused, PausesChanged: ps.Changed(),
+				Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.EmbeddedWorkers,
+				Router: s.newRouter(providerHTTPClient(), set), LimitsChanged: changed(set), Logger: base.With("component", "worker"), AckWait: s.spec.AckWait, Metrics: met,
+				DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
+				DefaultCompletionTokens: s.cfg.LLMQ.DefaultCompletionTokens,
+			})
+			if err != nil {
+				return fail(err)
+			}
+		}
 	}
-	// One mirror of the shared limits serves the status page and the
-	// in-process workers.
-	set, err := s.openLimits(ctx, nc)
-	if err != nil {
+
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	var workers errgroup.Group
+	if pool != nil {
+		workers.Go(func() error { return pool.Run(workCtx) })
+	}
+	if gctx.Err() == nil {
+		prog.done()
+		log.Info("gateway listening", "addr", g.addr.String(), "nats", g.natsURL, "groups", s.cfg.Groups(), "embedded_workers", env.EmbeddedWorkers*boolInt(pool != nil))
+	} else {
+		log.Info("stopped during start-up")
+	}
+	go func() {
+		err := grp.Wait()
+		stopWork()
+		err = errors.Join(err, workers.Wait())
 		undo()
-		return nil, err
-	}
-	if set != nil {
-		cleanup = append(cleanup, func() { _ = set.Close() })
-	}
-	ps, err := s.openPauses(ctx, nc)
-	if err != nil {
-		undo()
-		return nil, err
-	}
-	cleanup = append(cleanup, ps.Close)
-	limits := s.newRouter(nil, set) // for the status page: deployments and their limiters
+		stop()
+		log.Info("gateway stopped")
+		g.err = err
+		close(g.done)
+	}()
+	return g, nil
+}
+
+// newGatewayServer builds the HTTP API over cl. Its readiness is prog's
+// until start-up is complete, then NATS's and the topology's; its status
+// page shows the deployments of limits and the pauses of paused.
+func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn, cl *client.Client, prog *progress, limits *atomic.Pointer[router.Router], paused *atomic.Pointer[pauses.Set]) (*gateway.Server, *metrics.Metrics) {
+	js, _ := jetstream.New(nc)
 	met, metricsHandler := newRegistry()
-	srv := gateway.New(gateway.Options{
+	return gateway.New(gateway.Options{
 		Metrics:         met,
 		MetricsHandler:  metricsHandler,
 		Client:          cl,
@@ -141,88 +274,63 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 			if err != nil {
 				return nil, err
 			}
-			st.Deployments = queuestatus.Deployments(limits, time.Now())
-			st.Paused = ps.List()
+			st.Deployments = queuestatus.Deployments(limits.Load(), time.Now())
+			if ps := paused.Load(); ps != nil {
+				st.Paused = ps.List()
+			}
 			return st, nil
 		},
 		Ready: func(ctx context.Context) error {
+			if err := prog.err(); err != nil {
+				return err
+			}
 			if !nc.IsConnected() {
 				return errors.New("NATS is not connected")
 			}
 			return topology.Check(ctx, js, s.spec)
 		},
-	})
-	ln, err := net.Listen("tcp", env.Listen)
-	if err != nil {
-		undo()
-		return nil, fmt.Errorf("listen on %s: %w", env.Listen, err)
-	}
-	g.addr = ln.Addr()
-	httpSrv := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	}), met
+}
 
-	// In-process workers get their own connection and their own context:
-	// they keep serving while the HTTP server drains.
-	var pool *worker.Pool
-	if embedded != nil && env.EmbeddedWorkers > 0 {
-		wnc, err := embedded.Connect("llmq-embedded-worker")
-		if err != nil {
-			undo()
-			return nil, err
-		}
-		cleanup = append(cleanup, wnc.Close)
-		pool, err = worker.New(wnc, worker.Options{
-			Paused: ps.Paused, PausesChanged: ps.Changed(),
-			Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.EmbeddedWorkers,
-			Router: s.newRouter(providerHTTPClient(), set), LimitsChanged: changed(set), Logger: base.With("component", "worker"), AckWait: s.spec.AckWait, Metrics: met,
-			DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
-			DefaultCompletionTokens: s.cfg.LLMQ.DefaultCompletionTokens,
-		})
-		if err != nil {
-			undo()
-			return nil, err
-		}
-	}
+// frontHandler serves with the handler stored last.
+type frontHandler struct{ h atomic.Pointer[handlerBox] }
 
-	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
-	var workers errgroup.Group
-	if pool != nil {
-		workers.Go(func() error { return pool.Run(workCtx) })
+type handlerBox struct{ http.Handler }
+
+func (f *frontHandler) set(h http.Handler) { f.h.Store(&handlerBox{h}) }
+
+func (f *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) { f.h.Load().ServeHTTP(w, r) }
+
+// starting answers for a gateway that is not connected to NATS yet: alive,
+// not ready (with what it waits for), and every other request 503
+// broker_unavailable with Retry-After.
+func starting(prog *progress) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health/liveliness", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "alive"})
+	})
+	notReady := func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "1")
+		msg := "the gateway is starting"
+		if err := prog.err(); err != nil {
+			msg = err.Error()
+		}
+		if r.URL.Path == "/health/readiness" {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "error": msg})
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write(messages.ErrorBody(&messages.Error{Outcome: messages.OutcomeBrokerUnavailable, Message: msg}))
 	}
-	grp, gctx := errgroup.WithContext(ctx)
-	grp.Go(func() error {
-		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("http: %w", err)
-		}
-		return nil
-	})
-	grp.Go(func() error {
-		<-gctx.Done()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), env.ShutdownTimeout)
-		defer cancel()
-		log.Info("shutting down: draining HTTP requests", "timeout", env.ShutdownTimeout)
-		// Handlers may park their requests while the server drains, so the
-		// parked ones are waited for after it.
-		if err := errors.Join(httpSrv.Shutdown(sctx), srv.Shutdown(sctx)); err != nil {
-			// Drain timed out: cut the remaining connections rather than
-			// leave their callers waiting on a closed NATS connection.
-			log.Warn("drain timeout: closing the remaining connections", "timeout", env.ShutdownTimeout)
-			srv.Close()
-			return httpSrv.Close()
-		}
-		return nil
-	})
-	log.Info("gateway listening", "addr", g.addr.String(), "nats", g.natsURL, "groups", s.cfg.Groups(), "embedded_workers", env.EmbeddedWorkers*boolInt(pool != nil))
-	go func() {
-		err := grp.Wait()
-		stopWork()
-		err = errors.Join(err, workers.Wait())
-		_ = cl.Close()
-		undo()
-		log.Info("gateway stopped")
-		g.err = err
-		close(g.done)
-	}()
-	return g, nil
+	mux.HandleFunc("/", notReady)
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
 }
 
 func boolInt(b bool) int {

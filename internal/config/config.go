@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/llmq/llmq/internal/vendor"
 )
 
 // Config is the YAML file: LiteLLM's proxy config.yaml plus llmq_settings.
@@ -30,7 +32,18 @@ type Deployment struct {
 	ModelName string        `yaml:"model_name"`
 	Params    LiteLLMParams `yaml:"litellm_params"`
 	ModelInfo ModelInfo     `yaml:"model_info"`
+	// RPM and TPM written beside litellm_params (the shape of LiteLLM's
+	// load-balancing docs) are the same limits as litellm_params.rpm and
+	// .tpm: ApplyDefaults copies them there; both set and different is an
+	// error.
+	RPM *int64 `yaml:"rpm"`
+	TPM *int64 `yaml:"tpm"`
 }
+
+// IsWildcard reports whether the deployment's model_name is a wildcard
+// pattern ("*", "openai/*"): its group serves every requested model the
+// pattern matches that no explicit group names (see messages.MatchGroup).
+func (d Deployment) IsWildcard() bool { return strings.Contains(d.ModelName, "*") }
 
 // LiteLLMParams says how to reach a deployment and how much it may be sent.
 type LiteLLMParams struct {
@@ -39,6 +52,9 @@ type LiteLLMParams struct {
 	APIBase    string `yaml:"api_base"`
 	APIKey     string `yaml:"api_key"`
 	APIVersion string `yaml:"api_version"`
+	// AzureADToken is a Microsoft Entra ID bearer token for an azure/
+	// deployment, sent instead of api_key.
+	AzureADToken string `yaml:"azure_ad_token"`
 	// RPM and TPM cap requests and tokens per minute; 0 = no cap.
 	RPM int64 `yaml:"rpm"`
 	TPM int64 `yaml:"tpm"`
@@ -51,6 +67,26 @@ type LiteLLMParams struct {
 	MockResponse *string `yaml:"mock_response"`
 	Order        int     `yaml:"order"`
 	Weight       float64 `yaml:"weight"`
+
+	// Other holds every other litellm_params key. Those LiteLLM sends with
+	// each call (CallParams) are merged into requests; see Defaults.
+	Other map[string]any `yaml:",inline"`
+
+	// Set by Parse from the fields above and the vendor table:
+
+	// Endpoint is where and how the deployment is called (nil for a mock).
+	Endpoint *vendor.Endpoint `yaml:"-"`
+	// KeySource says where the key came from, for people: e.g.
+	// "api_key from os.environ/AZURE_API_KEY", "GROQ_API_KEY (LiteLLM's
+	// default)", "none". Never the key.
+	KeySource string `yaml:"-"`
+	// Defaults are the request body fields merged into each call (the
+	// caller's own value wins): the CallParams set here, then the keys of
+	// extra_body.
+	Defaults map[string]any `yaml:"-"`
+	// Headers are sent with each call: extra_headers, and organization as
+	// OpenAI-Organization.
+	Headers map[string]string `yaml:"-"`
 }
 
 // ModelInfo holds a deployment's identity.
@@ -201,6 +237,26 @@ func Load(path string, lookup func(string) (string, bool)) (*Config, error) {
 
 // Parse is Load on bytes (for tests and embedding).
 func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	cfg, err := parse(data, lookup)
+	if err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Check is Load for config check: with problems it returns the error and
+// also the config as far as it was understood (with its Warnings and every
+// deployment that resolved), or nil when the file could not be read as YAML.
+// Nothing may be started from a config that came with an error.
+func Check(path string, lookup func(string) (string, bool)) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return parse(data, lookup)
+}
+
+func parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, err
@@ -233,13 +289,13 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	}
 	cfg.Warnings = w.warnings
 	cfg.ApplyDefaults()
-	for _, p := range cfg.validate() {
+	for _, p := range append(cfg.validate(), cfg.resolve(w.lookup, w.env)...) {
 		if !w.covers(p.Path) {
 			errs = append(errs, p)
 		}
 	}
 	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		return cfg, errors.Join(errs...)
 	}
 	return cfg, nil
 }
@@ -307,6 +363,12 @@ func (c *Config) ApplyDefaults() {
 		if d.ModelInfo.ID == "" {
 			d.ModelInfo.ID = d.ModelName + "-" + strconv.Itoa(n)
 		}
+		if d.RPM != nil && d.Params.RPM == 0 {
+			d.Params.RPM = *d.RPM
+		}
+		if d.TPM != nil && d.Params.TPM == 0 {
+			d.Params.TPM = *d.TPM
+		}
 	}
 }
 
@@ -334,19 +396,15 @@ func (c *Config) Deployments(group string) []Deployment {
 	return ds
 }
 
-// providerPrefixes are the litellm_params.model prefixes of OpenAI-compatible providers.
-var providerPrefixes = []string{
-	"openai", "azure", "azure_ai", "hosted_vllm", "vllm",
-	"custom_openai", "text-completion-openai", "openai_compatible",
-}
-
-// ProviderModel returns litellm_params.model with a known provider prefix removed:
-// openai/, azure/, azure_ai/, hosted_vllm/, vllm/, custom_openai/,
-// text-completion-openai/, openai_compatible/. Any other prefix (e.g.
-// "meta-llama/Llama-3") is kept.
+// ProviderModel returns the model sent to the provider: litellm_params.model
+// without the prefix of a vendor in the table (internal/vendor). Any other
+// prefix (e.g. "meta-llama/Llama-3") is kept.
 func (p LiteLLMParams) ProviderModel() string {
-	prefix, rest, ok := strings.Cut(p.Model, "/")
-	if ok && slices.Contains(providerPrefixes, prefix) {
+	if p.Endpoint != nil {
+		return p.Endpoint.Model
+	}
+	prefix, rest := vendor.Split(p.Model)
+	if _, ok := vendor.Lookup(prefix); ok {
 		return rest
 	}
 	return p.Model

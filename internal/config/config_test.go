@@ -379,7 +379,7 @@ func errorsOf(err error) []error {
 }
 
 func TestUnknownKeys(t *testing.T) {
-	const okModel = "model_list: [{model_name: m, litellm_params: {model: m}}]\n"
+	const okModel = "model_list: [{model_name: m, litellm_params: {model: m, api_key: k}}]\n"
 	tests := []struct {
 		name         string
 		yaml         string
@@ -401,7 +401,7 @@ func TestUnknownKeys(t *testing.T) {
 			yaml: `
 model_list:
   - model_name: m
-    litellm_params: {model: m, custom_llm_provider: openai}
+    litellm_params: {model: m, api_key: k, custom_llm_provider: openai}
     model_info: {mode: chat}
 router_settings: {redis_host: os.environ/UNSET_IS_FINE}
 general_settings: {database_url: x}
@@ -532,7 +532,8 @@ func TestProviderModel(t *testing.T) {
 		{"text-completion-openai", "text-completion-openai/gpt-3.5-turbo-instruct", "gpt-3.5-turbo-instruct"},
 		{"openai_compatible", "openai_compatible/y", "y"},
 		{"unknown prefix kept", "meta-llama/Llama-3", "meta-llama/Llama-3"},
-		{"other provider kept", "anthropic/claude", "anthropic/claude"},
+		{"vendor in the table", "anthropic/claude", "claude"},
+		{"unknown vendor kept", "bedrock/claude", "bedrock/claude"},
 		{"no prefix", "gpt-4o", "gpt-4o"},
 		{"only one prefix removed", "openai/openai/x", "openai/x"},
 		{"empty", "", ""},

@@ -34,6 +34,29 @@
 // [Config.Warnings]. An unknown key inside llmq_settings, or an unknown top-level key, is
 // an error.
 //
+// # Deployments
+//
+// Parse resolves each deployment against the provider table
+// (internal/vendor) into [LiteLLMParams.Endpoint]: the vendor named by the
+// model's prefix, its api_base (the file's, else the variables LiteLLM reads,
+// else the vendor's default) and how its key is sent. An api_key the file
+// does not set is read from the vendor's LiteLLM variables (GROQ_API_KEY, …)
+// through the same lookup; [LiteLLMParams.KeySource] says where it came from.
+// An unknown prefix without api_base is an error naming the entry, the prefix
+// and the supported list. rpm and tpm may be written beside litellm_params
+// (Deployment.RPM, TPM) with the same meaning. The litellm_params LiteLLM
+// sends with every call ([CallParams]) become [LiteLLMParams.Defaults] and
+// [LiteLLMParams.Headers]. A model_name with '*' is a wildcard group.
+// [Check] is Load for "gateway -check": it also returns the config when it
+// has errors.
+//
+// The walker in walk.go, not yaml.v3's KnownFields, finds unknown keys:
+// LiteLLM's keys must be warnings with a path while llmq_settings' are
+// errors, and os.environ/ values are resolved in the node tree before it is
+// decoded, but KnownFields exists only on yaml.Decoder (bytes), not on
+// Node.Decode, and reports "line N: field x not found in type T" without a
+// path.
+//
 // # The os.environ/ rule
 //
 // Any scalar value of a field llmq reads that is written as "os.environ/NAME" is replaced

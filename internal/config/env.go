@@ -33,6 +33,7 @@ type Env struct {
 	MaxBodyBytes       int64         `envconfig:"MAX_BODY_BYTES" default:"786432" desc:"largest accepted request body; must fit NATS's max payload (1 MiB by default)"`
 	MetricsListen      string        `envconfig:"METRICS_LISTEN" desc:"worker process: address of its /metrics listener (e.g. :9091); empty = none. The gateway serves /metrics on its own port"`
 	ShutdownTimeout    time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"30s" desc:"how long SIGTERM waits for in-flight work"`
+	PublishTimeout     time.Duration `envconfig:"PUBLISH_TIMEOUT" default:"10s" desc:"gateway: how long a request's publish may wait for JetStream's acknowledgement, repeated while a cluster elects a new stream leader (nats-server takes 4 to 9 s); past it the caller gets 503"`
 	ParkAfter          time.Duration `envconfig:"PARK_AFTER" default:"1s" desc:"gateway: a request (not a stream) that waited this long in the queue gives its HTTP/1.x connection's goroutine and buffers back and is answered with Connection: close; 0 = never"`
 }
 
@@ -94,6 +95,9 @@ func (e Env) Validate() error {
 	}
 	if e.ShutdownTimeout <= 0 {
 		add("SHUTDOWN_TIMEOUT", "must be positive")
+	}
+	if e.PublishTimeout <= 0 {
+		add("PUBLISH_TIMEOUT", "must be positive")
 	}
 	if e.ParkAfter < 0 {
 		add("PARK_AFTER", "must not be negative")

@@ -59,6 +59,15 @@ func (c *Config) validate() []*FieldError {
 			add(at+".model_name", "must be at most %d bytes", maxModelNameBytes)
 		}
 		p, pp := d.Params, at+".litellm_params"
+		for _, l := range []struct {
+			name string
+			top  *int64
+			in   int64
+		}{{"rpm", d.RPM, p.RPM}, {"tpm", d.TPM, p.TPM}} {
+			if l.top != nil && *l.top != l.in {
+				add(at+"."+l.name, "is %d but litellm_params.%s is %d: write the limit once", *l.top, l.name, l.in)
+			}
+		}
 		if p.Model == "" && p.MockResponse == nil {
 			add(pp+".model", "must not be empty unless mock_response is set")
 		}

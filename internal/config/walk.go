@@ -43,7 +43,18 @@ type walker struct {
 	active map[*yaml.Node]bool
 	// dropped are paths the decoder leaves zero because of a problem reported elsewhere.
 	dropped []string
+	// env maps the path of each value read from the environment to its
+	// variable, so that a key's source can be told without the key.
+	env map[string]string
 }
+
+// inlineKeys are, per struct type with an inline map, the keys that map
+// takes without a warning.
+var inlineKeys = map[reflect.Type]map[string]bool{
+	reflect.TypeFor[LiteLLMParams](): callParamKeys,
+}
+
+var anyType = reflect.TypeFor[any]()
 
 func newWalker(lookup func(string) (string, bool)) *walker {
 	if lookup == nil {
@@ -54,6 +65,7 @@ func newWalker(lookup func(string) (string, bool)) *walker {
 		reported: map[string]bool{},
 		resolved: map[*yaml.Node]bool{},
 		active:   map[*yaml.Node]bool{},
+		env:      map[string]string{},
 	}
 }
 
@@ -123,6 +135,8 @@ func (w *walker) mapping(n *yaml.Node, t reflect.Type, path string, strict bool)
 		switch {
 		case ok:
 			w.walk(v, f.Type, at, strict || (path == "" && k.Value == strictBlock))
+		case inlineKeys[t][k.Value]:
+			w.walk(v, anyType, at, strict)
 		case path == "" && liteLLMTopLevel[k.Value], path != "" && !strict:
 			w.warnings = append(w.warnings, at+": ignored by llmq")
 		default:
@@ -227,6 +241,7 @@ func (w *walker) resolve(n *yaml.Node, path string) {
 		}
 		w.resolved[n] = true
 		name := strings.TrimPrefix(n.Value, envPrefix)
+		w.env[path] = name
 		v, ok := w.lookup(name)
 		switch {
 		case name == "":
@@ -255,8 +270,8 @@ func fieldByYAMLName(t reflect.Type, key string) (reflect.StructField, bool) {
 		if !f.IsExported() {
 			continue
 		}
-		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if name == "-" {
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "-" || opts == "inline" {
 			continue
 		}
 		if name == "" {

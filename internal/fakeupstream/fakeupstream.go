@@ -8,6 +8,7 @@ package fakeupstream
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -45,6 +46,9 @@ type Options struct {
 	StreamChunks int
 	// ChunkGap is the pause between consecutive content chunks of a stream.
 	ChunkGap time.Duration
+	// TLS, when set, makes the server speak HTTPS with this config (its
+	// certificates), for tests of TLS and proxies.
+	TLS *tls.Config
 }
 
 // Request is one received call.
@@ -53,6 +57,11 @@ type Request struct {
 	Seq int
 	// Path is the request path, e.g. /v1/chat/completions.
 	Path string
+	// Query is the raw query, e.g. "api-version=2024-10-21".
+	Query string
+	// Host is the Host the client asked for (through a proxy: the
+	// vendor's host name, not the fake's address).
+	Host string
 	// Header is a copy of the request headers.
 	Header http.Header
 	// Body is the raw body as received.
@@ -73,7 +82,11 @@ type Request struct {
 	// the Server was closed, before the server finished answering.
 	Cancelled bool
 	// Status is the HTTP status it answered with; 0 if it never answered.
+	// A garbage or cut answer (Fault) has status 200 too.
 	Status int
+	// Fault is how the server misbehaved on this request (SetFault);
+	// FaultNone when it answered normally or failed it with FailNext.
+	Fault Fault
 }
 
 // Server is a running fake upstream. Its methods are safe for concurrent use.
@@ -120,6 +133,23 @@ const (
 	FaultHang
 )
 
+// String names f: "none", "reset", "garbage", "cut" or "hang".
+func (f Fault) String() string {
+	switch f {
+	case FaultNone:
+		return "none"
+	case FaultReset:
+		return "reset"
+	case FaultGarbage:
+		return "garbage"
+	case FaultCut:
+		return "cut"
+	case FaultHang:
+		return "hang"
+	}
+	return "Fault(" + strconv.Itoa(int(f)) + ")"
+}
+
 // SetFault makes every well-formed request that arrives from now on
 // misbehave as f (FaultNone: answer normally). Requests are recorded
 // first. FailNext takes precedence while it has failures left.
@@ -143,7 +173,13 @@ func New(opts Options) *Server {
 		closing: make(chan struct{}),
 		changed: make(chan struct{}),
 	}
-	s.ts = httptest.NewServer(http.HandlerFunc(s.handle))
+	if opts.TLS != nil {
+		s.ts = httptest.NewUnstartedServer(http.HandlerFunc(s.handle))
+		s.ts.TLS = opts.TLS
+		s.ts.StartTLS()
+	} else {
+		s.ts = httptest.NewServer(http.HandlerFunc(s.handle))
+	}
 	s.URL = s.ts.URL + "/v1"
 	return s
 }
@@ -301,10 +337,12 @@ func routeOf(r *http.Request) routeKind {
 	if r.Method != http.MethodPost {
 		return routeNone
 	}
-	switch r.URL.Path {
-	case "/v1/chat/completions", "/chat/completions":
+	// Any base path: vendors put their OpenAI-compatible API below their
+	// own (/openai/deployments/{d}/…, /v1beta/openai/…, /inference/v1/…).
+	switch {
+	case strings.HasSuffix(r.URL.Path, "/chat/completions"):
 		return routeChat
-	case "/v1/completions", "/completions":
+	case strings.HasSuffix(r.URL.Path, "/completions"):
 		return routeCompletions
 	}
 	return routeNone
@@ -365,6 +403,8 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	body, readErr := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	rec := &Request{
 		Path:     r.URL.Path,
+		Query:    r.URL.RawQuery,
+		Host:     r.Host,
 		Header:   r.Header.Clone(),
 		Body:     body,
 		Received: now,
@@ -408,9 +448,10 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 		fail, failStatus, failRetry = true, s.failStatus, s.failRetry
 	}
 	fault := FaultNone
-	if kind != routeNone && parseErr == nil {
+	if kind != routeNone && parseErr == nil && !fail {
 		fault = s.fault
 	}
+	rec.Fault = fault
 	hold := s.hold
 	latency := s.latency
 	s.broadcast()

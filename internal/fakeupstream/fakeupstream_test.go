@@ -488,3 +488,41 @@ func TestSplitEven(t *testing.T) {
 		t.Fatalf("%q", got)
 	}
 }
+
+func TestFaultRecorded(t *testing.T) {
+	s := New(Options{})
+	defer s.Close()
+	body := `{"model":"m","messages":[{"role":"user","content":"x"}]}`
+	for _, f := range []Fault{FaultReset, FaultGarbage, FaultCut, FaultHang, FaultNone} {
+		s.SetFault(f)
+		ctx, cancel := context.WithTimeout(testCtx(t), 200*time.Millisecond)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.URL+"/chat/completions", strings.NewReader(body))
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		cancel()
+	}
+	s.SetFault(FaultGarbage)
+	s.FailNext(1, http.StatusServiceUnavailable, "") // takes precedence: no fault applied
+	post(testCtx(t), t, s.URL+"/chat/completions", body)
+	if err := s.WaitIdle(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		fault  Fault
+		status int
+	}{{FaultReset, 0}, {FaultGarbage, 200}, {FaultCut, 200}, {FaultHang, 0}, {FaultNone, 200}, {FaultNone, 503}}
+	reqs := s.Requests()
+	if len(reqs) != len(want) {
+		t.Fatalf("%d requests recorded, want %d", len(reqs), len(want))
+	}
+	for i, w := range want {
+		if reqs[i].Fault != w.fault || reqs[i].Status != w.status {
+			t.Errorf("request %d: fault %s status %d, want %s %d", i, reqs[i].Fault, reqs[i].Status, w.fault, w.status)
+		}
+	}
+	if got := FaultCut.String(); got != "cut" {
+		t.Errorf("FaultCut.String() = %q", got)
+	}
+}

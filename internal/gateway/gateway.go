@@ -104,7 +104,7 @@ type Options struct {
 // Server serves the HTTP API. It is safe for concurrent use.
 type Server struct {
 	opts   Options
-	groups map[string]bool
+	groups messages.Groups
 	keys   *keyring // nil: no authentication
 	log    *slog.Logger
 	parked parkedSet
@@ -118,15 +118,12 @@ const (
 
 // New returns a Server.
 func New(opts Options) *Server {
-	s := &Server{opts: opts, groups: make(map[string]bool, len(opts.Groups)), keys: newKeyring(opts.MasterKey, opts.Keys), log: opts.Logger}
+	s := &Server{opts: opts, groups: messages.NewGroups(opts.Groups), keys: newKeyring(opts.MasterKey, opts.Keys), log: opts.Logger}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if s.opts.Metrics == nil {
 		s.opts.Metrics = metrics.New(prometheus.NewRegistry())
-	}
-	for _, g := range opts.Groups {
-		s.groups[g] = true
 	}
 	return s
 }
@@ -221,15 +218,18 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	if perr != nil {
 		return fail(perr)
 	}
-	if !s.groups[p.Model] {
+	// A model no group names goes to the wildcard group that matches it,
+	// if any; the body keeps the requested model (see messages.Groups).
+	group, ok := s.groups.Match(p.Model)
+	if !ok {
 		return fail(&messages.Error{Outcome: messages.OutcomeUnknownModel, Param: "model", Code: "model_not_found",
 			Message: "the model group " + strconv.Quote(p.Model) + " does not exist; GET /v1/models lists them"})
 	}
-	l.group = p.Model
+	l.group = group
 	pol := policyOf(r.Context())
-	if !pol.allows(p.Model) {
+	if !pol.allows(group) {
 		return fail(&messages.Error{Outcome: messages.OutcomeForbidden, Param: "model", Code: "model_not_allowed",
-			Message: "this key may not use the model group " + strconv.Quote(p.Model)})
+			Message: "this key may not use the model group " + strconv.Quote(group)})
 	}
 	if e := pol.admit(time.Now()); e != nil {
 		return fail(e)
@@ -240,7 +240,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 		queueTimeout = p.Timeout
 	}
 	now := time.Now()
-	req := &client.Request{ID: nuid.Next(), Kind: kind, Group: p.Model, Priority: priority, Body: p.Body, Deadline: now.Add(queueTimeout)}
+	req := &client.Request{ID: nuid.Next(), Kind: kind, Group: group, Priority: priority, Body: p.Body, Deadline: now.Add(queueTimeout)}
 	if s.opts.AnswerTimeout > 0 {
 		req.AnswerDeadline = now.Add(queueTimeout + s.opts.AnswerTimeout)
 	}

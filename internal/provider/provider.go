@@ -1,13 +1,17 @@
 // Package provider calls the deployments behind a model group: OpenAI-compatible
-// HTTP APIs through openai-go, and mock deployments that answer with a canned
-// text without any network call.
+// HTTP APIs through openai-go, each at the endpoint internal/vendor resolved
+// with the auth its vendor wants (Azure OpenAI through openai-go's azure
+// package), and mock deployments that answer with a canned text without any
+// network call.
 //
 // The request body is forwarded as the caller sent it (minus llmq-only fields,
 // which the gateway removed), with "model" replaced by the deployment's
-// provider model. openai-go's own retries are off: the worker owns the retry
-// policy. A call either returns a served answer (a JSON object, or a stream
-// that ended with [DONE]) or a fault: a *messages.Error of one of the
-// provider outcomes (fault.go), or ErrCancelled when ctx ended.
+// provider model (for a wildcard group, the requested model fitted into it)
+// and the deployment's default fields added where the caller set none.
+// openai-go's own retries are off: the worker owns the retry policy. A call
+// either returns a served answer (a JSON object, or a stream that ended with
+// [DONE]) or a fault: a *messages.Error of one of the provider outcomes
+// (fault.go), or ErrCancelled when ctx ended.
 package provider
 
 import (
@@ -25,8 +29,8 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/packages/ssestream"
 	"github.com/tidwall/gjson"
-	"github.com/tidwall/sjson"
 
+	"github.com/llmq/llmq/internal/vendor"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -63,9 +67,11 @@ const maxResponseBytes = 8 << 20
 
 // OpenAI calls an OpenAI-compatible API.
 type OpenAI struct {
-	client  openai.Client
-	model   string
-	timeout time.Duration
+	client   openai.Client
+	model    string
+	group    string
+	defaults map[string]any
+	timeout  time.Duration
 }
 
 var _ Caller = (*OpenAI)(nil)
@@ -77,27 +83,29 @@ type OpenAIOptions struct {
 	Model      string        // provider model name, prefix already removed
 	Timeout    time.Duration // per call; 0 = no limit beyond the context
 	HTTPClient *http.Client  // shared transport; default http.DefaultClient
+
+	// The endpoint's shape and auth, as internal/vendor resolved them; the
+	// zero values are OpenAI's: {BaseURL}/chat/completions with a Bearer key.
+	Shape      vendor.Shape
+	Auth       vendor.Auth
+	APIVersion string // api-version query (Azure deployments, azure_ai)
+	ADToken    string // Azure: Entra ID token sent as Bearer instead of APIKey
+	// Group is the deployment's model_name; when Model holds '*' wildcards
+	// they are filled from the requested model as Group's pattern matched it.
+	Group string
+	// Defaults are body fields sent with each call unless the caller set
+	// them; Headers are sent with each call.
+	Defaults map[string]any
+	Headers  map[string]string
 }
 
 // NewOpenAI returns a caller for one deployment.
 func NewOpenAI(o OpenAIOptions) *OpenAI {
-	opts := []option.RequestOption{
-		option.WithMaxRetries(0),
-		option.WithMiddleware(checkStatus),
-		option.WithAPIKey(o.APIKey),
-	}
-	if o.APIKey == "" {
-		// Local servers (vLLM, llama.cpp) often need no key; openai-go would
-		// otherwise read OPENAI_API_KEY from the environment.
-		opts[2] = option.WithHeaderDel("Authorization")
-	}
-	if o.BaseURL != "" {
-		opts = append(opts, option.WithBaseURL(strings.TrimSuffix(o.BaseURL, "/")+"/"))
-	}
+	opts := append([]option.RequestOption{option.WithMaxRetries(0), option.WithMiddleware(checkStatus)}, endpointOptions(o)...)
 	if o.HTTPClient != nil {
 		opts = append(opts, option.WithHTTPClient(o.HTTPClient))
 	}
-	return &OpenAI{client: openai.NewClient(opts...), model: o.Model, timeout: o.Timeout}
+	return &OpenAI{client: openai.NewClient(opts...), model: o.Model, group: o.Group, defaults: o.Defaults, timeout: o.Timeout}
 }
 
 // withTimeout returns the context of one call: ctx bounded by the
@@ -113,9 +121,9 @@ func (p *OpenAI) withTimeout(ctx context.Context) (context.Context, context.Canc
 // response; any other answer is an error (see statusFault). The caller
 // closes its body.
 func (p *OpenAI) post(ctx context.Context, kind messages.Kind, body []byte) (*http.Response, error) {
-	body, err := sjson.SetBytes(body, "model", p.model)
+	body, err := p.prepare(body)
 	if err != nil {
-		return nil, fmt.Errorf("%w: set model: %w", messages.ErrInternal, err)
+		return nil, err
 	}
 	var res *http.Response
 	if err := p.client.Post(ctx, kind.Path(), body, &res); err != nil {

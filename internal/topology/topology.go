@@ -1,7 +1,8 @@
 // Package topology creates the JetStream objects llmq needs: the work-queue
 // stream that holds requests and one durable pull consumer per band and model
-// group. The gateway and every worker call [Ensure] at start; it is
-// idempotent, so whichever starts first creates them and the rest find them.
+// group. The gateway and every worker call [Ensure] at start, again and
+// again until it succeeds (internal/app); it is idempotent, so whichever
+// starts first creates them and the rest find them.
 //
 // Why one consumer per (band, group): a single consumer per band would hand a
 // worker the oldest request of the band even when its model group has no
@@ -10,7 +11,6 @@ package topology
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -101,24 +101,45 @@ func (s Spec) DeadLetterConfig() jetstream.StreamConfig {
 	}
 }
 
-// Ensure creates or updates the streams and every consumer.
+// CallTimeout bounds each JetStream API call of Ensure. A cluster that is
+// still forming, or placing the replicas of several new streams at once,
+// leaves some calls unanswered for seconds; a short bound and a new call
+// (the caller repeats Ensure) get through sooner than one long wait.
+const CallTimeout = time.Second
+
+// Ensure creates or updates the streams and every consumer, each call
+// bounded by CallTimeout, and returns at the first failure. It is
+// idempotent: call it again until it succeeds.
 func Ensure(ctx context.Context, js jetstream.JetStream, s Spec) error {
-	stream, err := js.CreateOrUpdateStream(ctx, s.StreamConfig())
-	if err != nil {
+	call := func(f func(context.Context) error) error {
+		cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+		defer cancel()
+		return f(cctx)
+	}
+	var stream jetstream.Stream
+	if err := call(func(ctx context.Context) (err error) {
+		stream, err = js.CreateOrUpdateStream(ctx, s.StreamConfig())
+		return err
+	}); err != nil {
 		return fmt.Errorf("create stream %s: %w", s.Subjects.RequestStream(), err)
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, s.DeadLetterConfig()); err != nil {
+	if err := call(func(ctx context.Context) error {
+		_, err := js.CreateOrUpdateStream(ctx, s.DeadLetterConfig())
+		return err
+	}); err != nil {
 		return fmt.Errorf("create stream %s: %w", s.Subjects.DeadLetterStream(), err)
 	}
-	var errs []error
 	for band := range s.Bands {
 		for _, g := range s.Groups {
-			if _, err := stream.CreateOrUpdateConsumer(ctx, s.ConsumerConfig(band, g)); err != nil {
-				errs = append(errs, fmt.Errorf("create consumer %s: %w", s.Subjects.Consumer(band, g), err))
+			if err := call(func(ctx context.Context) error {
+				_, err := stream.CreateOrUpdateConsumer(ctx, s.ConsumerConfig(band, g))
+				return err
+			}); err != nil {
+				return fmt.Errorf("create consumer %s: %w", s.Subjects.Consumer(band, g), err)
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // Check reports whether the stream and all consumers exist (for readiness).

@@ -16,10 +16,12 @@ import (
 
 // onControl cancels a call when its caller says so, or when NATS reports
 // that nobody listens on the caller's inbox any more ("no responders" to a
-// heartbeat or chunk sent with this control subject as reply).
+// heartbeat or chunk sent with this control subject as reply), unless this
+// worker's connection came back only just now (see reconnectWatch).
 func (p *Pool) onControl(m *nats.Msg) {
 	id := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
-	if m.Header.Get(messages.HeaderEvent) != messages.EventCancel && m.Header.Get("Status") != "503" {
+	if m.Header.Get(messages.HeaderEvent) != messages.EventCancel &&
+		(m.Header.Get("Status") != "503" || p.reconnect.settling(time.Now())) {
 		return
 	}
 	if cancel, ok := p.calls.Load(id); ok {

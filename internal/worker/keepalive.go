@@ -136,3 +136,26 @@ func (k *keeper) send(now time.Time) bool {
 	k.out = out[:0]
 	return held > 0
 }
+
+// reconnectSettle is how long after this worker's connection came back a
+// "no responders" to a heartbeat does not count as the caller being gone.
+// On reconnecting, the worker flushes at once the heartbeats it buffered
+// while disconnected, and the caller's gateway may still be reconnecting
+// (a pickup is tried again for about as long, for the same reason).
+const reconnectSettle = 5 * time.Second
+
+// reconnectWatch tells whether the connection reconnected less than
+// reconnectSettle ago. It is used only on the control subscription's
+// goroutine.
+type reconnectWatch struct {
+	nc   *nats.Conn
+	seen uint64    // reconnects counted so far
+	at   time.Time // when a new reconnect was first noticed
+}
+
+func (r *reconnectWatch) settling(now time.Time) bool {
+	if n := r.nc.Stats().Reconnects; n != r.seen {
+		r.seen, r.at = n, now
+	}
+	return !r.at.IsZero() && now.Sub(r.at) < reconnectSettle
+}

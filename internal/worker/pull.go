@@ -1,12 +1,15 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/llmq/llmq/internal/jsretry"
 )
 
 // puller takes one message at a time from one durable pull consumer with a
@@ -119,7 +122,8 @@ func (pl *puller) close() {
 
 // pulled is a request message taken from a consumer. Its acknowledgements
 // are JetStream's ack tokens published to the message's reply subject, as
-// jetstream.Msg sends them (without waiting for a confirmation).
+// jetstream.Msg sends them (without waiting for a confirmation, but for
+// Ack).
 type pulled struct {
 	msg *nats.Msg
 	nc  *nats.Conn
@@ -143,8 +147,39 @@ func (m *pulled) ack(token []byte) error {
 	return m.nc.Publish(m.msg.Reply, token)
 }
 
-// Ack removes the message from the work-queue stream.
-func (m *pulled) Ack() error { return m.ack(ackAck) }
+// Ack removes the message from the work-queue stream. Unlike the other
+// acknowledgements it is confirmed: JetStream answers it, and an ack that
+// meets a consumer without a leader (a cluster node failed: "no
+// responders") or gets no answer is sent again until it is answered or
+// ackBound has passed (see internal/jsretry). That happens in a goroutine
+// of its own, which lives for one round trip unless a leader is being
+// elected, so the caller never waits. An ack that was never confirmed
+// leaves the message to be redelivered after the ack wait: its caller had
+// its answer, so the redelivery is refused at pickup and no provider is
+// called for it.
+func (m *pulled) Ack() error {
+	if m.msg.Reply == "" {
+		return errors.New("the message has no ack subject")
+	}
+	go m.confirmAck()
+	return nil
+}
+
+// ackBound bounds the repeats of one Ack.
+const ackBound = 5 * time.Second
+
+func (m *pulled) confirmAck() {
+	ctx, cancel := context.WithTimeout(context.Background(), ackBound)
+	defer cancel()
+	for n := 0; ; n++ {
+		actx, acancel := context.WithTimeout(ctx, jsretry.Attempt)
+		_, err := m.nc.RequestWithContext(actx, m.msg.Reply, ackAck)
+		acancel()
+		if err == nil || !jsretry.Retryable(err) || !jsretry.Sleep(ctx, jsretry.Backoff(n)) {
+			return
+		}
+	}
+}
 
 // Nak hands the message back for redelivery.
 func (m *pulled) Nak() error { return m.ack(ackNak) }

@@ -143,8 +143,9 @@ type Pool struct {
 	rotate   atomic.Uint32
 	inFlight workCount
 
-	control   string   // prefix of this pool's control subjects
-	calls     sync.Map // request id -> context.CancelCauseFunc of its call
+	control   string         // prefix of this pool's control subjects
+	calls     sync.Map       // request id -> context.CancelCauseFunc of its call
+	reconnect reconnectWatch // onControl's
 	delivered deliveries
 	keeper    *keeper
 }
@@ -201,6 +202,7 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 		control:  nc.NewRespInbox(),
 		keeper:   newKeeper(nc, opts.AckWait),
 	}
+	p.reconnect.nc = nc
 	p.delivered.pending = make(map[string]*delivery)
 	p.limited = make([]*limitedGroup, len(opts.Groups))
 	for i, g := range opts.Groups {

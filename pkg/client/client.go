@@ -10,6 +10,12 @@
 // (deadline passed, context cancelled) is refused at pickup, so no provider is
 // ever called for it.
 //
+// Publishing rides out a JetStream cluster's failover: a publish that meets
+// the request stream without a leader, or loses its node, is repeated
+// within Options.PublishTimeout, the request id serving as Nats-Msg-Id so
+// that a repeat is never stored twice; only past the bound does Do fail
+// with messages.ErrBrokerUnavailable.
+//
 // Ownership: Do owns a request from publish to answer. When its context ends
 // or the queue deadline passes before a worker picked the request up, Do
 // returns at once and the request is abandoned; the worker that later finds
@@ -32,6 +38,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
+	"github.com/llmq/llmq/internal/jsretry"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -41,8 +48,10 @@ type Options struct {
 	Prefix string
 	// BandBounds is llmq_settings.priority_bands; default messages.DefaultBandBounds.
 	BandBounds []int64
-	// PublishTimeout bounds the JetStream publish; default 5 s. A broker that
-	// does not acknowledge in time makes Do fail with ErrBrokerUnavailable.
+	// PublishTimeout bounds the JetStream publish; default 10 s. Within it a
+	// publish that meets a stream without a leader (a cluster node failed)
+	// is repeated (nats-server elects a new leader within 4 to 9 s); a broker that does not acknowledge in time makes Do fail
+	// with messages.ErrBrokerUnavailable.
 	PublishTimeout time.Duration
 	// StreamBuffer bounds the chunks buffered per stream for a slow reader;
 	// default 256. A stream whose reader falls further behind is ended with
@@ -114,11 +123,12 @@ type Client struct {
 type epoch struct {
 	ctx    context.Context
 	cancel context.CancelFunc
+	next   chan struct{} // closed once the next epoch is stored
 }
 
 func newEpoch() *epoch {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &epoch{ctx: ctx, cancel: cancel}
+	return &epoch{ctx: ctx, cancel: cancel, next: make(chan struct{})}
 }
 
 // New subscribes the client's inbox on nc. Close releases it; nc stays open.
@@ -149,7 +159,7 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 		waiters:  make(map[string]*waiter),
 	}
 	if c.pubWait <= 0 {
-		c.pubWait = 5 * time.Second
+		c.pubWait = 10 * time.Second
 	}
 	if c.buffer = opts.StreamBuffer; c.buffer <= 0 {
 		c.buffer = 256
@@ -186,8 +196,9 @@ func (c *Client) watch() {
 	for st := range c.status {
 		if st != nats.CONNECTED {
 			c.epoch.Load().cancel()
-		} else if c.epoch.Load().ctx.Err() != nil {
+		} else if old := c.epoch.Load(); old.ctx.Err() != nil {
 			c.epoch.Store(newEpoch())
+			close(old.next)
 		}
 	}
 }
@@ -578,27 +589,95 @@ func (c *Client) cancel(w *waiter) {
 	}
 }
 
+// publish stores msg in the request stream within the client's publish
+// bound. It rides out what a JetStream cluster goes through when a node
+// fails: while the stream elects a new leader nobody answers ("no
+// responders", or no answer from a leader that died holding the publish),
+// and a client connected to the failed node moves to another. Each such
+// attempt is repeated (see internal/jsretry); the message's Nats-Msg-Id,
+// the request id, makes a repeat of a publish that was stored a duplicate
+// the stream acknowledges without storing it twice. Only once the bound has
+// passed, or the connection to a single server has been down for
+// reconnectGrace, is the caller told the broker is unavailable.
 func (c *Client) publish(ctx context.Context, msg *nats.Msg) error {
-	ep := c.epoch.Load()
-	if !c.nc.IsConnected() || ep.ctx.Err() != nil {
-		return &messages.Error{Outcome: messages.OutcomeBrokerUnavailable, Message: "the message broker is not connected", RetryAfter: "1"}
-	}
 	pctx, cancel := context.WithTimeout(ctx, c.pubWait)
 	defer cancel()
-	defer context.AfterFunc(ep.ctx, cancel)()
-	_, err := c.js.PublishMsg(pctx, msg)
-	switch {
-	case err == nil:
-		return nil
-	case isQueueFull(err):
-		return &messages.Error{Outcome: messages.OutcomeQueueFull, Message: "the queue for this priority band and model group is full", RetryAfter: "1"}
-	case ctx.Err() != nil:
-		return fmt.Errorf("%w: %w", messages.ErrCancelled, context.Cause(ctx))
-	case ep.ctx.Err() != nil:
-		return &messages.Error{Outcome: messages.OutcomeBrokerUnavailable, Message: "the connection to the message broker was lost before it acknowledged the request", RetryAfter: "1"}
-	default:
-		return &messages.Error{Outcome: messages.OutcomeBrokerUnavailable, Message: "the message broker did not accept the request: " + err.Error(), RetryAfter: "1"}
+	var last error // the last attempt's error, but for a lost connection
+	for n := 0; ; n++ {
+		ep := c.up(pctx)
+		if ep == nil {
+			switch {
+			case ctx.Err() != nil:
+				return fmt.Errorf("%w: %w", messages.ErrCancelled, context.Cause(ctx))
+			case n == 0:
+				return &messages.Error{Outcome: messages.OutcomeBrokerUnavailable, Message: "the message broker is not connected", RetryAfter: "1"}
+			}
+			return &messages.Error{Outcome: messages.OutcomeBrokerUnavailable, Message: "the connection to the message broker was lost before it acknowledged the request", RetryAfter: "1"}
+		}
+		err := c.publishOnce(pctx, ep, msg)
+		switch {
+		case err == nil:
+			return nil
+		case isQueueFull(err):
+			return &messages.Error{Outcome: messages.OutcomeQueueFull, Message: "the queue for this priority band and model group is full", RetryAfter: "1"}
+		case ctx.Err() != nil:
+			return fmt.Errorf("%w: %w", messages.ErrCancelled, context.Cause(ctx))
+		case ep.ctx.Err() != nil:
+			continue // the connection went: up waits for the next one
+		case !jsretry.Retryable(err):
+			return &messages.Error{Outcome: messages.OutcomeBrokerUnavailable, Message: "the message broker did not accept the request: " + err.Error(), RetryAfter: "1"}
+		}
+		last = err
+		if !jsretry.Sleep(pctx, jsretry.Backoff(n)) || pctx.Err() != nil {
+			return &messages.Error{Outcome: messages.OutcomeBrokerUnavailable, RetryAfter: "1",
+				Message: fmt.Sprintf("the message broker did not acknowledge the request within %s: %v", c.pubWait, last)}
+		}
 	}
+}
+
+// reconnectGrace is how long a publish waits for a lost connection to a
+// single server to come back before it tells the caller the broker is
+// unavailable. A client that knows more than one server (a cluster) waits
+// for the whole publish bound instead: it moves to another node within
+// milliseconds, and a node's failure must not refuse requests.
+const reconnectGrace = 300 * time.Millisecond
+
+// up returns the current epoch of a connected client, waiting for a lost
+// connection to come back (see reconnectGrace) no longer than ctx; nil
+// when it did not.
+func (c *Client) up(ctx context.Context) *epoch {
+	ep := c.epoch.Load()
+	if ep.ctx.Err() == nil && c.nc.IsConnected() {
+		return ep
+	}
+	var grace <-chan time.Time
+	if len(c.nc.Servers()) <= 1 {
+		t := time.NewTimer(reconnectGrace)
+		defer t.Stop()
+		grace = t.C
+	}
+	for {
+		select {
+		case <-ep.next:
+			if ep = c.epoch.Load(); ep.ctx.Err() == nil {
+				return ep
+			}
+		case <-grace:
+			return nil
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// publishOnce is one attempt of publish, bounded by jsretry.Attempt and
+// ended early when the connection of ep goes.
+func (c *Client) publishOnce(ctx context.Context, ep *epoch, msg *nats.Msg) error {
+	actx, cancel := context.WithTimeout(ctx, jsretry.Attempt)
+	defer cancel()
+	defer context.AfterFunc(ep.ctx, cancel)()
+	_, err := c.js.PublishMsg(actx, msg, jetstream.WithRetryAttempts(0)) // publish repeats
+	return err
 }
 
 func isQueueFull(err error) bool {

@@ -92,6 +92,16 @@
 // this call, so with capacity K and any number of waiters across processes at
 // most K reservations succeed.
 //
+// Each write also carries a Nats-Msg-Id of its own. A write that meets the
+// bucket's stream without a leader (a cluster node failed: no responders,
+// or no answer from a leader that died) is sent again, unchanged, until the
+// new leader answers or WriteBound has passed. A repeat of a write that the
+// stream had stored, but whose acknowledgement was lost, is acknowledged as
+// a duplicate with the first write's revision (a single server refuses it
+// as a lost race instead, and the key's last message, carrying the write's
+// id, shows it was the write's own), so nothing is counted twice or lost.
+// Past WriteBound the call fails with ErrUnavailable.
+//
 // Every process keeps a mirror of the bucket from a KV watcher. Headroom,
 // Usage and CoolingDown read it without a round trip, Reserve refuses from it
 // when it already can, and compare-and-set starts from the mirrored revision.

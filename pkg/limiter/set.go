@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+
+	"github.com/llmq/llmq/internal/jsretry"
 )
 
 // Defaults of Options.
@@ -419,12 +421,38 @@ func isConflict(err error) bool {
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
 }
 
+// WriteBound bounds one write to the bucket, repeats included: a write that
+// meets the bucket's stream without a leader (a cluster node failed) is
+// repeated until the new leader answers or this much time has passed.
+const WriteBound = 5 * time.Second
+
+// write publishes m, a revision-checked write, repeating it while the
+// bucket's stream has no leader (see internal/jsretry). Each write carries a
+// Nats-Msg-Id of its own, so a repeat of a write that was stored, but whose
+// acknowledgement was lost, is acknowledged as that write rather than
+// applied twice. A single server refuses such a repeat as a lost race
+// instead: then the key's last message, if it carries the write's id, is
+// the write.
+func (s *Set) write(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	ctx, cancel := context.WithTimeout(ctx, WriteBound)
+	defer cancel()
+	id := nuid.Next()
+	m.Header.Set(jetstream.MsgIDHeader, id)
+	ack, attempts, err := jsretry.Publish(ctx, s.js, m, opts...)
+	if err != nil && attempts > 1 && isConflict(err) {
+		if last, gerr := s.stream.GetLastMsgForSubject(ctx, m.Subject); gerr == nil && last.Header.Get(jetstream.MsgIDHeader) == id {
+			return &jetstream.PubAck{Stream: s.stream.CachedInfo().Config.Name, Sequence: last.Sequence, Duplicate: true}, nil
+		}
+	}
+	return ack, err
+}
+
 // put writes value under key if the key's last revision is rev (0: the key has
 // no message), giving the message a TTL. It is kv.Update with a per-key TTL,
 // which kv.Update cannot set. A lost race returns errConflict.
 func (s *Set) put(ctx context.Context, key string, value []byte, rev uint64, ttl time.Duration) (uint64, error) {
 	m := &nats.Msg{Subject: s.subject + key, Data: value, Header: nats.Header{}}
-	ack, err := s.js.PublishMsg(ctx, m,
+	ack, err := s.write(ctx, m,
 		jetstream.WithExpectLastSequencePerSubject(rev), jetstream.WithMsgTTL(ttl))
 	if err != nil {
 		if isConflict(err) {
@@ -440,7 +468,7 @@ func (s *Set) put(ctx context.Context, key string, value []byte, rev uint64, ttl
 func (s *Set) del(ctx context.Context, key string, rev uint64) error {
 	m := nats.NewMsg(s.subject + key)
 	m.Header.Set(kvOperationHeader, "DEL")
-	ack, err := s.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(rev))
+	ack, err := s.write(ctx, m, jetstream.WithExpectLastSequencePerSubject(rev))
 	if err != nil {
 		if isConflict(err) {
 			return errConflict

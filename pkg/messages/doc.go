@@ -64,6 +64,16 @@
 // gateway was briefly cut off from NATS) hands the request back to be served
 // again, and the caller keeps the first answer it gets.
 //
+// # Wildcard groups
+//
+// A model group whose name holds '*' ("*", "openai/*") serves every model a
+// caller names that no group names exactly and its pattern matches; [Groups]
+// finds the group for a model. Such a request is published on the subject of
+// the wildcard group (llmq.req.<band>.openai=2F=2A), so it shares that
+// group's queue, deployments and limits, with the requested model left in
+// the body's "model"; the worker calls the deployment with the requested
+// model fitted into the deployment's model ([FillWildcard]).
+//
 // # Group tokens
 //
 // A model group name may contain characters that are not allowed in a NATS

@@ -3,7 +3,6 @@ package integration
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -24,15 +23,7 @@ type relCluster struct {
 // JetStream has a meta leader and every node is current.
 func relStartCluster(t *testing.T, n int) *relCluster {
 	t.Helper()
-	ports := make([]int, n)
-	for i := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = ln.Addr().(*net.TCPAddr).Port
-		_ = ln.Close()
-	}
+	ports := relFreePorts(t, n)
 	var routes []string
 	for _, p := range ports {
 		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", p))
@@ -138,14 +129,15 @@ func relStreamLeader(ctx context.Context, js jetstream.JetStream, stream string)
 // TestReliabilityClusterLeaderLoss: a 3-node JetStream cluster with
 // replicated streams (llmq_settings.replicas: 3); the gateway and two
 // workers know all three URLs. Under load (100 requests over 5 s), the
-// request stream's leader node is stopped. No request is lost: every caller
-// gets exactly one HTTP answer, either 200 or, for a request that arrived
-// while JetStream elected a new leader, 503 broker_unavailable with
-// Retry-After; every request accepted before the stop is served; after the
-// failover new requests are served; the provider never has one request twice
-// at once. (The stopped node is never the gateway's own: a gateway that
-// loses its NATS connection is the subject of
-// TestReliabilityGatewayReconnectKeepsAnswers.)
+// request stream's leader node is stopped (gracefully, in this process: it
+// hands its leadership over). No request is refused or lost: every caller
+// gets 200, since a publish that meets the stream without a leader is
+// repeated within the gateway's publish bound (5 s); after the failover new
+// requests are served; the provider never has one request twice at once.
+// (The stopped node is never the gateway's own: a gateway that loses its
+// NATS connection is the subject of
+// TestReliabilityGatewayReconnectKeepsAnswers; a crash of the leader's
+// process, whichever node it is, of TestReliabilityProcClusterLeaderSIGKILL.)
 func TestReliabilityClusterLeaderLoss(t *testing.T) {
 	cluster := relStartCluster(t, 3)
 	fake := newFake(t)
@@ -187,7 +179,6 @@ func TestReliabilityClusterLeaderLoss(t *testing.T) {
 
 	type sent struct {
 		n      int
-		at     time.Time
 		answer relAnswer
 	}
 	const total, spacing = 100, 50 * time.Millisecond
@@ -195,21 +186,18 @@ func TestReliabilityClusterLeaderLoss(t *testing.T) {
 		mu      sync.Mutex
 		results []sent
 		wg      sync.WaitGroup
-		stopped time.Time
 	)
 	start := time.Now()
 	for i := range total {
 		if i == 40 {
-			stopped = time.Now()
 			cluster.node(leader).Shutdown()
-			t.Logf("stopped the stream leader %s after %s", leader, stopped.Sub(start).Round(time.Millisecond))
+			t.Logf("stopped the stream leader %s after %s", leader, time.Since(start).Round(time.Millisecond))
 		}
-		at := time.Now()
 		ch := relPostAsync(t, fmt.Sprint("load-", i), g.URL+"/v1/chat/completions", chatBody(group, fmt.Sprint("load-", i), fmt.Sprintf(`"priority":%d`, i%10)), relWait)
 		wg.Go(func() {
 			a := <-ch
 			mu.Lock()
-			results = append(results, sent{i, at, a})
+			results = append(results, sent{i, a})
 			mu.Unlock()
 		})
 		time.Sleep(spacing)
@@ -225,11 +213,6 @@ func TestReliabilityClusterLeaderLoss(t *testing.T) {
 			t.Errorf("LOST: %v", a)
 		case a.r.Status == http.StatusOK:
 			dist["200 served"]++
-		case a.r.Status == http.StatusServiceUnavailable && relErrorCode(a.r.Body) == "broker_unavailable" && a.r.Header.Get("Retry-After") != "":
-			dist["503 broker_unavailable"]++
-			if s.at.Before(stopped.Add(-500 * time.Millisecond)) {
-				t.Errorf("%s, sent %s before the leader stopped, was refused: %v", a.name, stopped.Sub(s.at).Round(time.Millisecond), a)
-			}
 		default:
 			dist[fmt.Sprintf("%d %s", a.r.Status, relErrorCode(a.r.Body))]++
 			t.Errorf("unexpected answer: %v", a)

@@ -443,18 +443,27 @@ func (w *relRawWorker) Kill() { w.nc.Close() }
 // seconds; a test that needs a true SIGKILL or SIGTERM pays for it.
 func relBuild(t *testing.T, pkg string) string {
 	t.Helper()
+	return filepath.Join(relBuildAll(t, "github.com/llmq/llmq/"+pkg), filepath.Base(pkg))
+}
+
+// relBuildAll builds the main packages named by their import paths (this
+// module's, or one go.mod requires, such as github.com/nats-io/nats-server/v2)
+// with one go build into t.TempDir(), and returns that directory; each
+// binary is named as go build names it (gateway, worker, nats-server).
+func relBuildAll(t *testing.T, pkgs ...string) string {
+	t.Helper()
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		t.Fatalf("the go command is needed to build %s for a real-process test: %v", pkg, err)
+		t.Fatalf("the go command is needed to build %q for a real-process test: %v", pkgs, err)
 	}
-	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, "github.com/llmq/llmq/"+pkg)
+	cmd := exec.CommandContext(ctx, goBin, append([]string{"build", "-o", dir + string(filepath.Separator)}, pkgs...)...)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+		t.Fatalf("go build %q: %v\n%s", pkgs, err, b)
 	}
-	return out
+	return dir
 }
 
 // relProc is a running process of a built binary.
@@ -465,10 +474,10 @@ type relProc struct {
 	Log  *logLines
 }
 
-// relStartProc starts bin with the LLMQ_* variables of vars (and no other
-// LLMQ_* variable of this process's environment); its output goes to t.Log
-// and to Log. It is killed when the test ends if it still runs.
-func relStartProc(t *testing.T, bin string, vars map[string]string) *relProc {
+// relStartProc starts bin with args and the LLMQ_* variables of vars (and
+// no other LLMQ_* variable of this process's environment); its output goes
+// to t.Log and to Log. It is killed when the test ends if it still runs.
+func relStartProc(t *testing.T, bin string, vars map[string]string, args ...string) *relProc {
 	t.Helper()
 	var env []string
 	for _, kv := range os.Environ() {
@@ -480,7 +489,7 @@ func relStartProc(t *testing.T, bin string, vars map[string]string) *relProc {
 		env = append(env, k+"="+vars[k])
 	}
 	p := &relProc{done: make(chan struct{}), Log: newLogLines()}
-	p.cmd = exec.Command(bin)
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = env
 	out := io.MultiWriter(newTestLog(t), p.Log)
 	p.cmd.Stdout, p.cmd.Stderr = out, out

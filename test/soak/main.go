@@ -2,20 +2,28 @@
 // got. It builds cmd/gateway and cmd/worker, starts a standalone NATS
 // JetStream server (this program re-run as "soak nats-server", with a file
 // store), one gateway and three worker processes, all as real OS processes
-// on loopback, and a fake OpenAI upstream in this process. It then sends
-// requests across every priority band (chat, completions and streams, two
-// model groups, a sprinkle of bad inputs) while it SIGKILLs random workers
-// (and starts them again) and restarts NATS once.
+// on loopback, and two fake OpenAI upstreams in this process: the main one
+// and a spare, reached through a port that can be closed, which serves the
+// second deployment of model group soak-a and the only one of soak-c. It
+// then sends requests across every priority band (chat, completions and
+// streams, three model groups, a sprinkle of bad inputs) while it SIGKILLs
+// random workers (and starts them again), restarts NATS once, and makes the
+// spare misbehave in windows (its host down, garbage, answers cut short, no
+// answer; spare.go).
 //
 // Every request must end with exactly one HTTP response: a request with no
 // response (transport error or client-side timeout) is "lost". An answer
 // delivered to two callers, or an answer to another caller's request, is
-// "answered twice" / "wrong answer". A request the provider answered with 200
-// whose caller nevertheless got an error is an "answer lost in transit". The
-// run fails (exit status 1) if any of them is not zero, if a bad input got
-// an unexpected status, or if the request stream is not empty at the end.
-// Outcomes such as 503 broker_unavailable while NATS is down are named and
-// counted, not failures.
+// "answered twice" / "wrong answer". A 200 (JSON, or a stream ending in
+// [DONE]) that is not an answer an upstream gave in full to that request is
+// "answered 200 without being served". A request the provider answered with
+// 200 whose caller nevertheless got an error is an "answer lost in transit".
+// The run fails (exit status 1) if any of them is not zero, if a JSON
+// answer's x-llmq-deployment names a deployment of the other upstream, if a
+// bad input got an unexpected status, or if the request stream is not empty
+// at the end. Outcomes such as 503 broker_unavailable while NATS is down or
+// 502 provider_unreachable when every attempt hit the spare while its host
+// was down are named and counted, not failures.
 //
 // Usage (from the repository root):
 //
@@ -36,6 +44,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -284,25 +293,30 @@ func badInputs() []badInput {
 
 // outcome is how one request ended.
 type outcome struct {
-	sent     bool
-	bad      *badInput
-	content  string
-	kind     string // chat, completion, stream, bad
-	band     int
-	status   int    // 0: no HTTP response
-	code     string // OpenAI error code, or the stream's error event code
-	err      string // transport error (lost)
-	reqID    string // x-llmq-request-id
-	fakeSeq  int    // the fake upstream's answer number, for served requests
-	took     time.Duration
-	queueMs  int
-	streamOK bool
+	sent       bool
+	bad        *badInput
+	content    string
+	group      string
+	kind       string // chat, completion, stream, bad
+	band       int
+	status     int    // 0: no HTTP response
+	code       string // OpenAI error code, or the stream's error event code
+	err        string // transport error (lost)
+	reqID      string // x-llmq-request-id
+	deployment string // x-llmq-deployment
+	text       string // the answer's text (a stream's pieces joined)
+	answerID   string // the answer's id (a stream's first chunk's)
+	mixed      bool   // a stream whose chunks carry more than one id
+	done       bool   // a stream that ended with [DONE]
+	sentAt     time.Duration
+	took       time.Duration
+	queueMs    int
 }
 
 type client struct {
-	hc   *http.Client
-	base string
-	fake string // the fake's reply text
+	hc    *http.Client
+	base  string
+	began time.Time
 }
 
 func (c *client) send(ctx context.Context, i int, rnd *rand.Rand, bad []badInput, badEvery int) (o outcome) {
@@ -316,6 +330,10 @@ func (c *client) send(ctx context.Context, i int, rnd *rand.Rand, bad []badInput
 		o.content = fmt.Sprintf("soak-%d", i)
 		o.band = rnd.IntN(10) // priorities 0..9: every band of the default table
 		group := groups[i%len(groups)]
+		if i%10 == 9 {
+			group = spareOnlyGroup
+		}
+		o.group = group
 		method, path, ctype = "POST", "/v1/chat/completions", "application/json"
 		extra := fmt.Sprintf(`,"priority":%d,"max_tokens":16`, o.band)
 		switch r := rnd.IntN(100); {
@@ -331,6 +349,7 @@ func (c *client) send(ctx context.Context, i int, rnd *rand.Rand, bad []badInput
 		}
 	}
 	start := time.Now()
+	o.sentAt = start.Sub(c.began)
 	defer func() { o.took = time.Since(start) }()
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, strings.NewReader(body))
 	if err != nil {
@@ -348,6 +367,7 @@ func (c *client) send(ctx context.Context, i int, rnd *rand.Rand, bad []badInput
 	defer resp.Body.Close()
 	o.status = resp.StatusCode
 	o.reqID = resp.Header.Get("x-llmq-request-id")
+	o.deployment = resp.Header.Get("x-llmq-deployment")
 	o.queueMs, _ = strconv.Atoi(resp.Header.Get("x-llmq-queue-ms"))
 	if o.kind == "stream" && resp.StatusCode == http.StatusOK && strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 		c.readStream(resp.Body, &o)
@@ -372,11 +392,11 @@ func (c *client) send(ctx context.Context, i int, rnd *rand.Rand, bad []badInput
 			Text string `json:"text"`
 		} `json:"choices"`
 	}
-	if json.Unmarshal(data, &ans) != nil || len(ans.Choices) == 0 || ans.Choices[0].Message.Content+ans.Choices[0].Text != c.fake {
+	if json.Unmarshal(data, &ans) != nil || len(ans.Choices) == 0 {
 		o.code = "malformed_answer"
 		return o
 	}
-	o.fakeSeq = seqOf(ans.ID)
+	o.text, o.answerID = ans.Choices[0].Message.Content+ans.Choices[0].Text, ans.ID
 	return o
 }
 
@@ -384,16 +404,14 @@ func (c *client) readStream(r io.Reader, o *outcome) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	var text strings.Builder
+	defer func() { o.text = text.String() }()
 	for sc.Scan() {
 		line, ok := strings.CutPrefix(sc.Text(), "data: ")
 		if !ok {
 			continue
 		}
 		if line == "[DONE]" {
-			o.streamOK = text.String() == c.fake && o.code == ""
-			if !o.streamOK && o.code == "" {
-				o.code = "malformed_stream"
-			}
+			o.done = true
 			return
 		}
 		if strings.Contains(line, `"error"`) {
@@ -406,14 +424,17 @@ func (c *client) readStream(r io.Reader, o *outcome) {
 				Delta struct {
 					Content string `json:"content"`
 				} `json:"delta"`
+				Text string `json:"text"`
 			} `json:"choices"`
 		}
 		if json.Unmarshal([]byte(line), &ch) == nil {
-			if o.fakeSeq == 0 {
-				o.fakeSeq = seqOf(ch.ID)
+			if o.answerID == "" {
+				o.answerID = ch.ID
+			} else if ch.ID != o.answerID {
+				o.mixed = true
 			}
 			for _, c := range ch.Choices {
-				text.WriteString(c.Delta.Content)
+				text.WriteString(c.Delta.Content + c.Text)
 			}
 		}
 	}
@@ -509,6 +530,13 @@ func run() (bool, error) {
 
 	fake := fakeupstream.New(fakeupstream.Options{Latency: o.latency, StreamChunks: 4, ChunkGap: 5 * time.Millisecond})
 	defer fake.Close()
+	spare := fakeupstream.New(fakeupstream.Options{Latency: o.latency, Reply: spareReply, StreamChunks: 4, ChunkGap: 5 * time.Millisecond})
+	defer spare.Close()
+	sparePort, err := newDownable(strings.TrimSuffix(strings.TrimPrefix(spare.URL, "http://"), "/v1"))
+	if err != nil {
+		return false, err
+	}
+	defer sparePort.close()
 
 	natsPort, err := freePort()
 	if err != nil {
@@ -521,7 +549,7 @@ func run() (bool, error) {
 	natsAddr := fmt.Sprintf("127.0.0.1:%d", natsPort)
 	natsURL := "nats://" + natsAddr
 	cfgPath := filepath.Join(tmp, "config.yaml")
-	if err := os.WriteFile(cfgPath, []byte(configYAML(fake.URL, o)), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(configYAML(fake.URL, "http://"+sparePort.addr+"/v1", o)), 0o600); err != nil {
 		return false, err
 	}
 
@@ -588,6 +616,8 @@ func run() (bool, error) {
 	loadDone := make(chan struct{})
 	var faultWG sync.WaitGroup
 	began := time.Now()
+	windows := spareWindows()
+	faultWG.Go(func() { runWindows(ctx, loadDone, windows, o.n, &sentCount, began, spare, sparePort, f) })
 	faultWG.Go(func() {
 		natsDone := false
 		next := time.Now().Add(randDur(rnd, o.killMin, o.killMax))
@@ -652,7 +682,7 @@ func run() (bool, error) {
 	// Load.
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = o.concurrency
-	c := &client{hc: &http.Client{Transport: tr, Timeout: o.clientTimeout}, base: base, fake: fakeupstream.DefaultReply}
+	c := &client{hc: &http.Client{Transport: tr, Timeout: o.clientTimeout}, base: base, began: began}
 	bad := badInputs()
 	results := make([]outcome, o.n)
 	sem := make(chan struct{}, o.concurrency)
@@ -745,11 +775,17 @@ func run() (bool, error) {
 		}
 		cancel()
 	}
-	if err := fake.WaitIdle(contextWithTimeout(30 * time.Second)); err != nil {
-		fmt.Println("the fake upstream is still busy:", err)
+	for _, u := range []*fakeupstream.Server{fake, spare} {
+		if err := u.WaitIdle(contextWithTimeout(30 * time.Second)); err != nil {
+			fmt.Println("a fake upstream is still busy:", err)
+		}
 	}
 
-	rep := summarize(o, results[:sentCount.Load()], fake.Requests(), f, depth, deadLetters, sendTime, loadTime)
+	ups := []upstream{
+		{name: "main", reply: fakeupstream.DefaultReply, calls: fake.Requests()},
+		{name: "spare", reply: spareReply, calls: spare.Requests()},
+	}
+	rep := summarize(o, results[:sentCount.Load()], ups, windows, f, depth, deadLetters, sendTime, loadTime)
 	fmt.Print(rep.text)
 	if o.report != "" {
 		if err := os.WriteFile(o.report, []byte(rep.text), 0o644); err != nil {
@@ -805,24 +841,36 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(mod), nil
 }
 
-func configYAML(fakeURL string, o options) string {
+// configYAML is the soak's config: one deployment per group on the main
+// upstream, and soak-a's second deployment on the spare upstream, with a
+// shorter call timeout and fewer parallel calls so that a hanging spare
+// holds few worker slots.
+func configYAML(fakeURL, spareURL string, o options) string {
 	var b strings.Builder
 	b.WriteString("model_list:\n")
-	for _, g := range groups {
+	deployment := func(group, id, url string, parallel, timeout int) {
 		fmt.Fprintf(&b, `  - model_name: %s
     litellm_params:
-      model: openai/%s-upstream
+      model: openai/%s
       api_base: %s
       api_key: soak
-      max_parallel_requests: 64
-      timeout: 10
+      max_parallel_requests: %d
+      timeout: %d
     model_info:
-      id: %s-0
-`, g, g, fakeURL, g)
+      id: %s
+`, group, upstreamModel(group), url, parallel, timeout, id)
+	}
+	for _, g := range groups {
+		deployment(g, g+"-0", fakeURL, 64, 10)
+	}
+	for _, d := range spareDeployments {
+		deployment(d.group, d.id, spareURL, d.parallel, spareTimeout)
 	}
 	fmt.Fprintf(&b, `router_settings:
   timeout: %d
   num_retries: 2
+  allowed_fails: 3
+  cooldown_time: 1
 llmq_settings:
   ack_wait: %d
 `, o.queueTimeout, o.ackWait)
@@ -837,7 +885,24 @@ type report struct {
 	ok   bool
 }
 
-func summarize(o options, res []outcome, calls []fakeupstream.Request, f *faults, depth, dead uint64, sendTime, loadTime time.Duration) report {
+// upstream is one fake upstream's record of the run.
+type upstream struct {
+	name  string
+	reply string // the text of its answers
+	calls []fakeupstream.Request
+}
+
+// answerKey names one answer of one upstream: its index in the list and
+// the fake's sequence number (in the answer's id).
+type answerKey struct{ upstream, seq int }
+
+// clean reports whether call was answered in full: 200, no fault, its
+// client still there.
+func clean(call fakeupstream.Request) bool {
+	return call.Status == http.StatusOK && !call.Cancelled && call.Fault == fakeupstream.FaultNone
+}
+
+func summarize(o options, res []outcome, ups []upstream, windows []*window, f *faults, depth, dead uint64, sendTime, loadTime time.Duration) report {
 	var (
 		sent, answered, lost, badSent, badRight int
 		byOutcome                               = map[string]int{}
@@ -848,26 +913,40 @@ func summarize(o options, res []outcome, calls []fakeupstream.Request, f *faults
 		bands                                   [10]int
 		kinds                                   = map[string]int{}
 		slowQueue                               int
-		servedTook, unavailTook                 []time.Duration
+		servedTook, unavailTook, failTook       []time.Duration
 		failSamples                             []string
 		slow503                                 int
+		unserved, wrongDeployment, bySpare      int
+		unservedSamples, transitSamples         []string
 	)
-	byContent := map[string][]int{} // content -> indexes into calls
-	bySeq := map[int]int{}          // fake seq -> index into calls
-	for i, c := range calls {
-		byContent[c.Content] = append(byContent[c.Content], i)
-		bySeq[c.Seq] = i
+	calls := 0
+	byContent := map[string][]fakeupstream.Request{} // content -> its calls at every upstream, by arrival
+	bySeq := make([]map[int]fakeupstream.Request, len(ups))
+	for u, up := range ups {
+		calls += len(up.calls)
+		bySeq[u] = map[int]fakeupstream.Request{}
+		for _, c := range up.calls {
+			byContent[c.Content] = append(byContent[c.Content], c)
+			bySeq[u][c.Seq] = c
+		}
 	}
-	seqUsed := map[int]int{}
+	for _, cs := range byContent {
+		sort.SliceStable(cs, func(i, j int) bool { return cs[i].Received.Before(cs[j].Received) })
+	}
+	// upstreamOf is the upstream of a deployment named in x-llmq-deployment.
+	upstreamOf := func(deployment string) int {
+		if onSpare(deployment) {
+			return 1
+		}
+		return 0
+	}
+	seqUsed := map[answerKey]int{}
 	idUsed := map[string]int{}
 	servedUpstream := func(content string) bool {
-		for _, i := range byContent[content] {
-			if calls[i].Status == http.StatusOK && !calls[i].Cancelled {
-				return true
-			}
-		}
-		return false
+		return slices.ContainsFunc(byContent[content], clean)
 	}
+	endedAs := map[string]string{} // content -> how its request ended
+	samplesOf := map[string]int{}  // outcome -> failed requests sampled
 	inTransit := 0
 	for _, r := range res {
 		if !r.sent {
@@ -880,6 +959,7 @@ func summarize(o options, res []outcome, calls []fakeupstream.Request, f *faults
 		}
 		if r.status == 0 {
 			lost++
+			endedAs[r.content] = "lost"
 			if len(lostSamples) < 10 {
 				lostSamples = append(lostSamples, fmt.Sprintf("%s (%s) after %s: %s", r.content, r.kind, r.took.Round(time.Millisecond), r.err))
 			}
@@ -911,31 +991,67 @@ func summarize(o options, res []outcome, calls []fakeupstream.Request, f *faults
 		}
 		key := ""
 		switch {
-		case r.status == http.StatusOK && r.kind != "stream" && r.code == "":
-			key = "200 served"
-		case r.status == http.StatusOK && r.kind == "stream" && r.streamOK:
-			key = "200 served (stream)"
-		case r.status == http.StatusOK && r.kind == "stream":
+		case r.status != http.StatusOK:
+			key = fmt.Sprintf("%d %s", r.status, r.code)
+		case r.kind == "stream" && !r.done:
 			key = "200 stream ended with " + r.code
 		default:
-			key = fmt.Sprintf("%d %s", r.status, r.code)
+			// A 200 answer (JSON, or a stream that ended with [DONE]) must
+			// be an answer an upstream gave in full to this request: its
+			// text is that upstream's, its id names a call of this request
+			// there that was served cleanly.
+			u := slices.IndexFunc(ups, func(up upstream) bool { return up.reply == r.text })
+			var call fakeupstream.Request
+			found := false
+			if u >= 0 {
+				call, found = bySeq[u][seqOf(r.answerID)]
+			}
+			if found {
+				seqUsed[answerKey{u, call.Seq}]++
+			}
+			switch {
+			case found && call.Content != r.content:
+				wrong++
+				key = "200 WRONG ANSWER (another request's)"
+			case !found || !clean(call) || r.mixed || r.code != "":
+				unserved++
+				key = "200 WITHOUT BEING SERVED"
+				if len(unservedSamples) < 10 {
+					unservedSamples = append(unservedSamples, fmt.Sprintf("%s (%s): text %q, id %q, a call of it found: %v (status %d, fault %s, cancelled %v), chunks of several answers: %v, error event: %q",
+						r.content, r.kind, r.text, r.answerID, found, call.Status, call.Fault, call.Cancelled, r.mixed, r.code))
+				}
+			default:
+				key = "200 served"
+				if r.kind == "stream" {
+					key = "200 served (stream)"
+				}
+				if u == 1 {
+					bySpare++
+				}
+				if r.kind != "stream" && upstreamOf(r.deployment) != u {
+					wrongDeployment++
+				}
+			}
 		}
 		byOutcome[key]++
-		if r.status != http.StatusOK && r.status != http.StatusServiceUnavailable && len(failSamples) < 20 {
-			failSamples = append(failSamples, fmt.Sprintf("%s (%s, band %d): %d %s after %s; the provider answered it with 200: %v",
-				r.content, r.kind, r.band, r.status, r.code, r.took.Round(time.Millisecond), servedUpstream(r.content)))
+		endedAs[r.content] = key
+		if r.status != http.StatusOK && r.status != http.StatusServiceUnavailable && samplesOf[key] < 3 {
+			samplesOf[key]++
+			failSamples = append(failSamples, fmt.Sprintf("%s (%s, %s, band %d, request id %s, sent at %.1fs): %d %s after %s; the provider answered it with 200: %v",
+				r.content, r.kind, r.group, r.band, r.reqID, r.sentAt.Seconds(), r.status, r.code, r.took.Round(time.Millisecond), servedUpstream(r.content)))
+		}
+		if r.status != http.StatusOK && r.status != http.StatusServiceUnavailable {
+			failTook = append(failTook, r.took)
 		}
 		if r.status == http.StatusServiceUnavailable && r.took > time.Second {
 			slow503++
 		}
-		if r.fakeSeq > 0 {
-			seqUsed[r.fakeSeq]++
-			if ci, ok := bySeq[r.fakeSeq]; !ok || calls[ci].Content != r.content {
-				wrong++
-			}
-		}
 		if r.status != http.StatusOK && servedUpstream(r.content) {
 			inTransit++
+			if len(transitSamples) < 10 {
+				transitSamples = append(transitSamples, fmt.Sprintf("%s (%s, %s, band %d, request id %s, sent at %.1fs): %d %s after %s",
+					r.content, r.kind, r.group, r.band, r.reqID, r.sentAt.Seconds(), r.status, r.code, r.took.Round(time.Millisecond)))
+			}
 		}
 	}
 	for _, n := range seqUsed {
@@ -950,26 +1066,31 @@ func summarize(o options, res []outcome, calls []fakeupstream.Request, f *faults
 	}
 	// Provider side.
 	repeated, concurrent := 0, 0
-	for _, idx := range byContent {
-		if len(idx) > 1 {
+	for _, cs := range byContent {
+		if len(cs) > 1 {
 			repeated++
 		}
-		for k := 1; k < len(idx); k++ {
-			prev, next := calls[idx[k-1]], calls[idx[k]]
+		for k := 1; k < len(cs); k++ {
+			prev, next := cs[k-1], cs[k]
 			if prev.Finished.IsZero() || next.Received.Before(prev.Finished) {
 				concurrent++
 			}
 		}
 	}
 
-	ok := lost == 0 && twice == 0 && wrong == 0 && inTransit == 0 && depth == 0 && len(badWrong) == 0
+	ok := lost == 0 && twice == 0 && wrong == 0 && unserved == 0 && wrongDeployment == 0 && inTransit == 0 && depth == 0 && len(badWrong) == 0
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	w("\n## Soak result: %s\n\n", map[bool]string{true: "PASS", false: "FAIL"}[ok])
 	w("- command: `scripts/soak %s` (seed %d)\n", flagLine(o), o.seed)
 	w("- machine: %d CPUs (%s), %s/%s, %s\n", runtime.NumCPU(), cpuModel(), runtime.GOOS, runtime.GOARCH, runtime.Version())
-	w("- processes: 1 NATS (standalone, file store), 1 gateway, %d workers x %d slots; fake upstream latency %s\n", o.workers, o.slots, o.latency)
-	w("- settings: ack_wait %ds, queue timeout %ds, num_retries 2, client timeout %s\n", o.ackWait, o.queueTimeout, o.clientTimeout)
+	w("- processes: 1 NATS (standalone, file store), 1 gateway, %d workers x %d slots; two fake upstreams (main, spare) with latency %s\n", o.workers, o.slots, o.latency)
+	w("- settings: ack_wait %ds, queue timeout %ds, num_retries 2, allowed_fails 3, cooldown_time 1s, client timeout %s\n", o.ackWait, o.queueTimeout, o.clientTimeout)
+	w("- deployments: soak-a-0 and soak-b-0 on the main upstream (timeout 10s, 64 parallel); on the spare upstream, which misbehaves in windows (below), with timeout %ds:", spareTimeout)
+	for _, d := range spareDeployments {
+		w(" %s (group %s, %d parallel)", d.id, d.group, d.parallel)
+	}
+	w("; no fallbacks\n")
 	w("- duration: %s sending, %s until the last answer\n\n", sendTime.Round(time.Second), loadTime.Round(time.Second))
 	w("| figure | value |\n|---|---|\n")
 	w("| requests sent | %d |\n", sent)
@@ -977,14 +1098,18 @@ func summarize(o options, res []outcome, calls []fakeupstream.Request, f *faults
 	w("| **lost** (no response / client timeout) | **%d** |\n", lost)
 	w("| **answered twice** | **%d** |\n", twice)
 	w("| **wrong answer** (another request's answer) | **%d** |\n", wrong)
+	w("| **answered 200 without being served** (a 200, or a stream ending in [DONE], that is not an answer an upstream gave in full to that request) | **%d** |\n", unserved)
+	w("| **JSON answers whose x-llmq-deployment names a deployment of another upstream** | **%d** |\n", wrongDeployment)
 	w("| request stream depth at the end | %d |\n", depth)
 	w("| dead letters | %d |\n", dead)
-	w("| provider calls | %d for %d distinct requests |\n", len(calls), len(byContent))
+	w("| provider calls | %d for %d distinct requests (main upstream %d, spare %d) |\n", calls, len(byContent), len(ups[0].calls), len(ups[1].calls))
+	w("| served by the spare upstream | %d |\n", bySpare)
 	w("| requests the provider saw more than once | %d |\n", repeated)
 	w("| requests at the provider twice at once | %d |\n", concurrent)
 	w("| **answer lost in transit** (the provider answered 200, the caller got an error) | **%d** |\n", inTransit)
 	w("| served: time to answer p50 / p99 / max | %s |\n", quantiles(servedTook))
 	w("| 503 broker_unavailable: time to answer p50 / p99 / max | %s |\n", quantiles(unavailTook))
+	w("| other failures: time to answer p50 / p99 / max | %s |\n", quantiles(failTook))
 	w("| 503 broker_unavailable answered after more than 1 s | %d |\n", slow503)
 	w("| served with a queue wait >= 1 s | %d |\n", slowQueue)
 	w("\nOutcomes:\n\n| outcome | count |\n|---|---|\n")
@@ -1007,12 +1132,48 @@ func summarize(o options, res []outcome, calls []fakeupstream.Request, f *faults
 		w(" (at %.0fs, graceful stop: %v, down %s)", f.natsAt.Seconds(), f.natsGraceq, f.natsDown.Round(time.Millisecond))
 	}
 	w(".\n\n")
+	sort.SliceStable(f.log, func(i, j int) bool { return logTime(f.log[i]) < logTime(f.log[j]) })
 	for _, l := range f.log {
 		w("    %s\n", l)
 	}
 	f.mu.Unlock()
+	w("\nThe spare upstream by window and deployment. Calls it received: calls of the deployment that reached the spare with the window's fault")
+	w(" (while its host is down, only calls on kept-alive connections get there; new connections are refused and counted nowhere).")
+	w(" Those requests ended: the final outcome of each request one of those calls belonged to.\n\n")
+	w("| window | from–to | deployment | calls it received | those requests ended | requests of its group sent in the window ended |\n|---|---|---|---|---|---|\n")
+	rows := spareRows(windows, ups[1].calls,
+		func(content string) string { return endedAs[content] },
+		func(group string, from, to time.Duration) []string {
+			var out []string
+			for _, r := range res {
+				if r.sent && r.bad == nil && r.group == group && r.sentAt >= from && r.sentAt < to {
+					out = append(out, endedAs[r.content])
+				}
+			}
+			return out
+		})
+	for _, r := range rows {
+		w("| %s: %s | %.1f–%.1f s | %s | %d | %s | %s |\n", r.w.name, r.w.describe(), r.w.start.Seconds(), r.w.end.Seconds(), r.d.id, r.calls, tally(r.requests), tally(r.sent))
+	}
+	for _, win := range windows {
+		if !win.happened {
+			w("| %s | not reached | | | | |\n", win.name)
+		}
+	}
+	if len(unservedSamples) > 0 {
+		w("\nAnswered 200 without being served (first %d):\n", len(unservedSamples))
+		for _, s := range unservedSamples {
+			w("- %s\n", s)
+		}
+	}
+	if len(transitSamples) > 0 {
+		w("\nAnswers lost in transit (first %d):\n", len(transitSamples))
+		for _, s := range transitSamples {
+			w("- %s\n", s)
+		}
+	}
 	if len(failSamples) > 0 {
-		w("\nFailed requests other than 503 (first %d):\n", len(failSamples))
+		w("\nFailed requests other than 503 (the first 3 of each outcome):\n")
 		for _, s := range failSamples {
 			w("- %s\n", s)
 		}
@@ -1024,6 +1185,17 @@ func summarize(o options, res []outcome, calls []fakeupstream.Request, f *faults
 		}
 	}
 	return report{text: b.String(), ok: ok}
+}
+
+// logTime is the time, in seconds, a fault log line begins with; lines
+// without one sort last.
+func logTime(line string) float64 {
+	if fs := strings.Fields(line); len(fs) > 0 {
+		if t, err := strconv.ParseFloat(strings.TrimSuffix(fs[0], "s"), 64); err == nil {
+			return t
+		}
+	}
+	return math.Inf(1)
 }
 
 // quantiles formats the p50, p99 and maximum of ds.
