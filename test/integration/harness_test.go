@@ -173,7 +173,8 @@ func baseEnv(cfgPath string) config.Env {
 		LogFormat:       "text",
 		MaxBodyBytes:    786432,
 		ShutdownTimeout: 5 * time.Second,
-		ParkAfter:       time.Second, // LLMQ_PARK_AFTER's default
+		ParkAfter:       time.Second,      // LLMQ_PARK_AFTER's default
+		PublishTimeout:  10 * time.Second, // LLMQ_PUBLISH_TIMEOUT's default
 	}
 }
 
