@@ -49,6 +49,7 @@ func BenchmarkEnqueueAndWait(b *testing.B) {
 		LogFormat:          "text",
 		MaxBodyBytes:       786432,
 		ShutdownTimeout:    5 * time.Second,
+		PublishTimeout:     10 * time.Second,
 	}
 	ctx, cancel := context.WithCancel(b.Context())
 	g, err := app.StartGateway(ctx, env, func(string) (string, bool) { return "", false }, io.Discard)

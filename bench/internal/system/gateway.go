@@ -35,6 +35,7 @@ func (o ProcessOptions) env() config.Env {
 		MaxBodyBytes:       786432,
 		ShutdownTimeout:    5 * time.Second,
 		ParkAfter:          o.ParkAfter,
+		PublishTimeout:     10 * time.Second, // LLMQ_PUBLISH_TIMEOUT's default
 	}
 }
 
