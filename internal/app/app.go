@@ -286,13 +286,18 @@ func (s *setup) setUp(ctx context.Context, nc *nats.Conn, log *slog.Logger, prog
 	err = converge(ctx, log, "the shared limits bucket "+bucket, func(ctx context.Context) (bool, error) {
 		octx, cancel := context.WithTimeout(ctx, limitsOpenTimeout)
 		defer cancel()
-		set, err = limiter.Open(octx, js, limiter.Options{Bucket: bucket, Replicas: s.cfg.LLMQ.Replicas, Period: s.cfg.LLMQ.LimitsPeriod.D()})
+		set, err = limiter.Open(octx, js, s.limiterOptions())
 		return errors.Is(err, limiter.ErrUnavailable), err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open the shared limits bucket %s: %w", bucket, err)
 	}
 	return set, nil
+}
+
+// limiterOptions are the options of the shared limits bucket.
+func (s *setup) limiterOptions() limiter.Options {
+	return limiter.Options{Bucket: s.subjects.LimitsBucket(), Replicas: s.cfg.LLMQ.Replicas, Period: s.cfg.LLMQ.LimitsPeriod.D()}
 }
 
 // limitsOpenTimeout bounds one attempt to open the limits bucket (create

@@ -20,6 +20,7 @@ import (
 	"github.com/llmq/llmq/internal/gateway"
 	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/natsembed"
+	"github.com/llmq/llmq/internal/pauses"
 	"github.com/llmq/llmq/internal/queuestatus"
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/internal/topology"
@@ -179,7 +180,8 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		// shared limits are open.
 		var limits atomic.Pointer[router.Router]
 		limits.Store(s.newRouter(nil, nil))
-		gw, met := s.newGatewayServer(env, log, nc, cl, &prog, &limits)
+		var paused atomic.Pointer[pauses.Set] // for the status page, once open
+		gw, met := s.newGatewayServer(env, log, nc, cl, &prog, &limits, &paused)
 		srv.Store(gw)
 		front.set(gw.Handler())
 
@@ -193,15 +195,26 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 			cleanup = append(cleanup, func() { _ = set.Close() })
 			limits.Store(s.newRouter(nil, set))
 		}
+		var ps *pauses.Set
+		if gctx.Err() == nil {
+			if ps, err = s.openPauses(gctx, nc, log, &prog); err != nil && gctx.Err() == nil {
+				return fail(err)
+			}
+		}
+		if ps != nil {
+			cleanup = append(cleanup, ps.Close)
+			paused.Store(ps)
+		}
 		// In-process workers get their own connection and their own
 		// context: they keep serving while the HTTP server drains.
-		if embedded != nil && env.EmbeddedWorkers > 0 && gctx.Err() == nil {
+		if embedded != nil && env.EmbeddedWorkers > 0 && ps != nil && gctx.Err() == nil {
 			wnc, err := embedded.Connect("llmq-embedded-worker")
 			if err != nil {
 				return fail(err)
 			}
 			cleanup = append(cleanup, wnc.Close)
 			pool, err = worker.New(wnc, worker.Options{
+				Paused: ps.Paused, PausesChanged: ps.Changed(),
 				Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.EmbeddedWorkers,
 				Router: s.newRouter(providerHTTPClient(), set), LimitsChanged: changed(set), Logger: base.With("component", "worker"), AckWait: s.spec.AckWait, Metrics: met,
 				DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
@@ -239,8 +252,8 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 
 // newGatewayServer builds the HTTP API over cl. Its readiness is prog's
 // until start-up is complete, then NATS's and the topology's; its status
-// page shows the deployments of limits.
-func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn, cl *client.Client, prog *progress, limits *atomic.Pointer[router.Router]) (*gateway.Server, *metrics.Metrics) {
+// page shows the deployments of limits and the pauses of paused.
+func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn, cl *client.Client, prog *progress, limits *atomic.Pointer[router.Router], paused *atomic.Pointer[pauses.Set]) (*gateway.Server, *metrics.Metrics) {
 	js, _ := jetstream.New(nc)
 	met, metricsHandler := newRegistry()
 	return gateway.New(gateway.Options{
@@ -262,6 +275,9 @@ func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn
 				return nil, err
 			}
 			st.Deployments = queuestatus.Deployments(limits.Load(), time.Now())
+			if ps := paused.Load(); ps != nil {
+				st.Paused = ps.List()
+			}
 			return st, nil
 		},
 		Ready: func(ctx context.Context) error {

@@ -82,7 +82,13 @@ func serveWorker(ctx context.Context, env config.Env, s *setup, met *metrics.Met
 	if set != nil {
 		defer set.Close()
 	}
+	ps, err := s.openPauses(ctx, nc, log, nil)
+	if err != nil {
+		return stopped(err)
+	}
+	defer ps.Close()
 	pool, err := worker.New(nc, worker.Options{
+		Paused: ps.Paused, PausesChanged: ps.Changed(),
 		Metrics:  met,
 		Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.WorkerSlots,
 		Router: s.newRouter(providerHTTPClient(), set), LimitsChanged: changed(set), Logger: log, AckWait: s.spec.AckWait,

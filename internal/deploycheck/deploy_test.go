@@ -530,19 +530,30 @@ func (d *deploy) needs() map[string]roleNeeds {
 		api + "CONSUMER.DELETE." + kvStream + ".w",
 		"$JS.FC." + kvStream + ".w.1.1",
 	}
+	// internal/pauses.Open: the same for the pauses bucket (no account
+	// info: the limiter asks for it first).
+	pStream, pPre := "KV_"+s.PausesBucket(), "$KV."+s.PausesBucket()+"."
+	pausesOpen := []string{
+		api + "STREAM.INFO." + pStream, api + "STREAM.CREATE." + pStream, api + "STREAM.UPDATE." + pStream,
+		api + "CONSUMER.CREATE." + pStream + ".w." + pPre + ">",
+		api + "CONSUMER.DELETE." + pStream + ".w",
+		"$JS.FC." + pStream + ".w.1.1",
+	}
 	// pkg/limiter's reservations: compare-and-set writes, and re-reads of one
 	// key (direct get; KV buckets allow it).
 	kvWrite := []string{kvPre + "k", api + "DIRECT.GET." + kvStream + "." + kvPre + "k"}
 	cat := func(lists ...[]string) []string { return slices.Concat(lists...) }
 	return map[string]roleNeeds{
 		roleGateway: {
-			// GET /v1/queue reads the oldest message of each subject
-			// (internal/queuestatus) and mirrors the limiter state.
-			pub: cat(requests, []string{inbox}, ensure, consumers, []string{api + "STREAM.MSG.GET." + req}, kvOpen),
+			// GET /v1/queue reads the oldest message of each subject and
+			// the newest dead letters (internal/queuestatus), and mirrors
+			// the limiter state and the pauses.
+			pub: cat(requests, []string{inbox}, ensure, consumers, []string{api + "STREAM.MSG.GET." + req},
+				[]string{api + "STREAM.INFO." + dead, api + "STREAM.MSG.GET." + dead}, kvOpen, pausesOpen),
 			sub: []string{inbox},
 		},
 		roleWorker: {
-			pub: cat([]string{inbox}, deads, fetch, acks, infos, ensure, consumers, kvOpen, kvWrite),
+			pub: cat([]string{inbox}, deads, fetch, acks, infos, ensure, consumers, kvOpen, kvWrite, pausesOpen),
 			sub: cat(wakes, []string{inbox}),
 			// The v2 ack subject ($JS.ACK.<domain>.<account hash>.<stream>...),
 			// which nats-server 2.15 understands but does not send yet.
@@ -651,7 +662,7 @@ func TestNATSConfigs(t *testing.T) {
 		}
 	}
 	needs := d.needs()
-	streams := map[string]bool{d.subj.RequestStream(): true, d.subj.DeadLetterStream(): true, "KV_" + d.subj.LimitsBucket(): true}
+	streams := map[string]bool{d.subj.RequestStream(): true, d.subj.DeadLetterStream(): true, "KV_" + d.subj.LimitsBucket(): true, "KV_" + d.subj.PausesBucket(): true}
 	envDefault := d.env["LLMQ_MAX_BODY_BYTES"].def
 	maxBody, err := strconv.Atoi(envDefault)
 	if err != nil {
@@ -695,8 +706,8 @@ func TestNATSConfigs(t *testing.T) {
 				if !ok {
 					t.Errorf("%s: user %s: unrecognised JetStream permission %s", where, u.Name, p)
 				} else if s != "" && !streams[s] {
-					t.Errorf("%s: user %s: %s names stream %q; llmq's are %s, %s and %s", where, u.Name, p, s,
-						d.subj.RequestStream(), d.subj.DeadLetterStream(), "KV_"+d.subj.LimitsBucket())
+					t.Errorf("%s: user %s: %s names stream %q; llmq's are %s, %s, %s and %s", where, u.Name, p, s,
+						d.subj.RequestStream(), d.subj.DeadLetterStream(), "KV_"+d.subj.LimitsBucket(), "KV_"+d.subj.PausesBucket())
 				}
 			}
 		}

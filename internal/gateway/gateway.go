@@ -34,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmq/llmq/internal/metrics"
+	"github.com/llmq/llmq/internal/queuepage"
 
 	"github.com/llmq/llmq/pkg/client"
 	"github.com/llmq/llmq/pkg/messages"
@@ -150,6 +151,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /health/readiness", s.readiness)
 	if s.opts.QueueStatus != nil {
 		mux.Handle("GET /v1/queue", s.auth(s.masterOnly(http.HandlerFunc(s.queue))))
+		// The live page: static, without data; its script reads /v1/queue.
+		mux.Handle("GET "+queuepage.Path, queuepage.Handler())
+		mux.Handle("GET "+queuepage.Path+"/", queuepage.Handler())
 	}
 	if s.opts.MetricsHandler != nil {
 		mux.Handle("GET /metrics", s.opts.MetricsHandler)

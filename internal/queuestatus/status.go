@@ -1,18 +1,24 @@
 // Package queuestatus reads the state of llmq's queue for operators: how
 // many requests wait in each band and model group, how old the oldest one
-// is, and how much of its limits each deployment uses across all workers. It costs one stream-info request plus one message lookup per
-// non-empty band and group, so it is meant for an on-demand status page
-// (GET /v1/queue), not for a hot path; metrics come from message metadata.
+// is, how much of its limits each deployment uses across all workers, and
+// how many requests are in the dead-letter stream. It costs one stream-info
+// request plus one message lookup per non-empty band and group, and a few
+// for the newest dead letters, so it is meant for an on-demand status view
+// (GET /v1/queue, the /ui page, llmqctl status), not for a hot path; metrics
+// come from message metadata.
 package queuestatus
 
 import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/llmq/llmq/internal/deadletter"
+	"github.com/llmq/llmq/internal/pauses"
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/pkg/messages"
 )
@@ -34,7 +40,39 @@ type Status struct {
 	Total       uint64       `json:"total"`
 	Queues      []Queue      `json:"queues"` // non-empty (band, group) pairs, by band then group
 	Deployments []Deployment `json:"deployments"`
+	// DeadLetters is nil when the dead-letter stream cannot be read (it
+	// does not exist yet, or this connection may not read it).
+	DeadLetters *DeadLetters `json:"dead_letters,omitempty"`
+	// Paused are the groups and bands an operator paused (llmqctl pause);
+	// band -1 is the whole group. Set by the caller.
+	Paused []pauses.Pause `json:"paused"`
 }
+
+// DeadLetters summarises the dead-letter stream.
+type DeadLetters struct {
+	Count  uint64       `json:"count"`
+	Latest []DeadLetter `json:"latest"` // newest first, at most LatestDeadLetters
+}
+
+// DeadLetter is one entry of DeadLetters.Latest.
+type DeadLetter struct {
+	Seq       uint64 `json:"seq"` // its id for llmqctl dead show/replay/purge
+	Band      int    `json:"band"`
+	Group     string `json:"group"`
+	RequestID string `json:"request_id,omitempty"`
+	Reason    string `json:"reason"` // cut to MaxReason bytes
+	AgeMs     int64  `json:"age_ms"`
+}
+
+// deadReadTimeout bounds the reading of the dead-letter stream.
+const deadReadTimeout = 2 * time.Second
+
+// LatestDeadLetters is how many dead letters Status lists; MaxReason bounds
+// the length of each one's reason.
+const (
+	LatestDeadLetters = 5
+	MaxReason         = 200
+)
 
 // Deployment is one deployment's use of its limits, across every worker
 // process (from the shared limiter state; zero without limits).
@@ -48,6 +86,10 @@ type Deployment struct {
 	TokensUsed    int64      `json:"tpm_used"`
 	TPM           int64      `json:"tpm,omitempty"`
 	CooldownUntil *time.Time `json:"cooldown_until,omitempty"`
+	// CooldownMs is the time left of the cooldown, in milliseconds, from
+	// the reader's clock (so a page need not trust its own).
+	CooldownMs     int64  `json:"cooldown_remaining_ms,omitempty"`
+	CooldownReason string `json:"cooldown_reason,omitempty"`
 }
 
 // Deployments reports every deployment of r, sorted by group and id.
@@ -62,6 +104,8 @@ func Deployments(r *router.Router, now time.Time) []Deployment {
 			dep.TokensUsed, dep.TPM = u.Tokens, u.Limits.TPM
 			if !u.CooldownUntil.IsZero() {
 				dep.CooldownUntil = &u.CooldownUntil
+				dep.CooldownMs = max(u.CooldownUntil.Sub(now).Milliseconds(), 1)
+				dep.CooldownReason = u.CooldownReason
 			}
 		}
 		out = append(out, dep)
@@ -85,7 +129,7 @@ func Read(ctx context.Context, js jetstream.JetStream, subjects messages.Subject
 	if err != nil {
 		return nil, fmt.Errorf("stream %s info: %w", subjects.RequestStream(), err)
 	}
-	st := &Status{Stream: subjects.RequestStream(), Total: info.State.Msgs, Queues: []Queue{}}
+	st := &Status{Stream: subjects.RequestStream(), Total: info.State.Msgs, Queues: []Queue{}, Paused: []pauses.Pause{}}
 	for subj, n := range info.State.Subjects {
 		band, group, err := subjects.ParseRequest(subj)
 		if err != nil || n == 0 {
@@ -104,5 +148,34 @@ func Read(ctx context.Context, js jetstream.JetStream, subjects messages.Subject
 		}
 		return a.Group < b.Group
 	})
+	st.DeadLetters = readDead(ctx, js, subjects, now)
 	return st, nil
+}
+
+// readDead summarises the dead-letter stream, or returns nil if it cannot
+// be read.
+func readDead(ctx context.Context, js jetstream.JetStream, subjects messages.Subjects, now time.Time) *DeadLetters {
+	// Bounded on its own: a connection that may not read the stream gets no
+	// answer at all, and the queue's status must not wait for it.
+	ctx, cancel := context.WithTimeout(ctx, deadReadTimeout)
+	defer cancel()
+	dead, err := deadletter.Open(ctx, js, subjects)
+	if err != nil {
+		return nil
+	}
+	state, err := dead.State(ctx)
+	if err != nil {
+		return nil
+	}
+	out := &DeadLetters{Count: state.Count, Latest: []DeadLetter{}}
+	latest, _ := dead.Latest(ctx, LatestDeadLetters)
+	for _, l := range latest {
+		reason := l.Reason
+		if len(reason) > MaxReason {
+			reason = strings.ToValidUTF8(reason[:MaxReason], "") + "…"
+		}
+		out.Latest = append(out.Latest, DeadLetter{Seq: l.Seq, Band: l.Band, Group: l.Group, RequestID: l.RequestID,
+			Reason: reason, AgeMs: max(now.Sub(l.Time).Milliseconds(), 0)})
+	}
+	return out
 }

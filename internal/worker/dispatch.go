@@ -356,6 +356,9 @@ func (p *Pool) sweep(ctx context.Context) (m *pulled, lease *router.Lease, paced
 			if !ok || (refused != nil && refused[gi]) {
 				continue
 			}
+			if p.opts.Paused != nil && p.opts.Paused(band, p.opts.Groups[gi]) {
+				continue // paused by an operator: its requests stay queued, the flag set
+			}
 			if pr.explained() {
 				// Marked by a hint for a message another slot of this
 				// pool has fetched meanwhile: nothing to fetch.

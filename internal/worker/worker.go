@@ -109,6 +109,12 @@ type Options struct {
 	// LimitsChanged signals that the shared limiter state changed (a slot
 	// freed, a cooldown ended); the pool then wakes its waiting slots.
 	LimitsChanged <-chan struct{}
+	// Paused, when set, tells whether an operator paused a band and group
+	// (internal/pauses): the sweep takes no new request of it, which stays
+	// queued. PausesChanged signals a change: the pool looks at every queue
+	// again, so resumed requests go out at once.
+	Paused        func(band int, group string) bool
+	PausesChanged <-chan struct{}
 	// DefaultCompletionTokens is the completion budget reserved against tpm
 	// for a request without max_tokens; default 256.
 	DefaultCompletionTokens int64
@@ -263,6 +269,18 @@ func (p *Pool) Run(ctx context.Context) error {
 					return
 				case <-p.opts.LimitsChanged:
 					p.opts.Router.Wake()
+				}
+			}
+		})
+	}
+	if p.opts.PausesChanged != nil {
+		wg.Go(func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-p.opts.PausesChanged:
+					p.markAll()
 				}
 			}
 		})

@@ -535,6 +535,8 @@ type Usage struct {
 	Requests, Tokens int64
 	// CooldownUntil is when the current cooldown ends; zero if none.
 	CooldownUntil time.Time
+	// CooldownReason is the reason given to Cooldown, while it lasts.
+	CooldownReason string
 }
 
 // Usage returns the deployment's use at now, from the local mirror.
@@ -555,6 +557,7 @@ func (l *Limiter) Usage(now time.Time) Usage {
 	u.Requests, u.Tokens = rpm.Used(now), tpm.Used(now)
 	if cool.until > now.UnixNano() {
 		u.CooldownUntil = time.Unix(0, cool.until)
+		u.CooldownReason = cool.reason
 	}
 	return u
 }

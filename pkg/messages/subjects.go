@@ -69,6 +69,11 @@ func (s Subjects) DeadLetter(requestSubject string) string {
 // limiter state of the deployments (pkg/limiter).
 func (s Subjects) LimitsBucket() string { return s.prefix + "_limits" }
 
+// PausesBucket is the name of the JetStream KV bucket that holds the model
+// groups and bands an operator paused (llmqctl pause): workers take no new
+// request of them.
+func (s Subjects) PausesBucket() string { return s.prefix + "_pauses" }
+
 // Consumer returns the durable consumer name that serves one band and group.
 func (s Subjects) Consumer(band int, group string) string {
 	return s.prefix + "_b" + strconv.Itoa(band) + "_" + EncodeToken(group)

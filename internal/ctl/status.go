@@ -1,0 +1,76 @@
+package ctl
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/llmq/llmq/internal/app"
+	"github.com/llmq/llmq/internal/queuestatus"
+)
+
+func status(ctx context.Context, a *app.Admin, out io.Writer) error {
+	st, err := a.Status(ctx, time.Now())
+	if err != nil {
+		return fmt.Errorf("read the queue: %w", err)
+	}
+	writeStatus(out, st, a.LimitsErr)
+	return nil
+}
+
+// writeStatus prints st as tables.
+func writeStatus(out io.Writer, st *queuestatus.Status, limitsErr error) {
+	fmt.Fprintf(out, "Queue %s: %d requests (waiting, or being served)\n", st.Stream, st.Total)
+	if len(st.Queues) > 0 {
+		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "BAND\tGROUP\tREQUESTS\tOLDEST")
+		for _, q := range st.Queues {
+			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\n", q.Band, q.Group, q.Depth, age(time.Duration(q.OldestWaitMs)*time.Millisecond))
+		}
+		_ = tw.Flush()
+	}
+	fmt.Fprintln(out)
+	switch {
+	case limitsErr != nil:
+		fmt.Fprintf(out, "Deployments: the shared limiter state cannot be read: %v\n", limitsErr)
+	case len(st.Deployments) > 0:
+		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "DEPLOYMENT\tGROUP\tIN FLIGHT\tRPM\tTPM\tCOOLDOWN")
+		for _, d := range st.Deployments {
+			cool := "-"
+			if d.CooldownMs > 0 {
+				cool = age(time.Duration(d.CooldownMs)*time.Millisecond) + " left"
+				if d.CooldownReason != "" {
+					cool += " (" + d.CooldownReason + ")"
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Group,
+				used(int64(d.InFlight), int64(d.MaxParallel)), used(d.RequestsUsed, d.RPM), used(d.TokensUsed, d.TPM), cool)
+		}
+		_ = tw.Flush()
+	}
+	fmt.Fprintln(out)
+	if len(st.Paused) > 0 {
+		fmt.Fprintf(out, "Paused: %s (llmqctl resume GROUP)\n\n", pausedList(st.Paused))
+	}
+	if st.DeadLetters == nil {
+		fmt.Fprintln(out, "Dead letters: the dead-letter stream cannot be read")
+		return
+	}
+	fmt.Fprintf(out, "Dead letters: %d", st.DeadLetters.Count)
+	if st.DeadLetters.Count > 0 {
+		fmt.Fprint(out, " (llmqctl dead list)")
+	}
+	fmt.Fprintln(out)
+}
+
+// used formats a use against its limit: "3/60", or "3/-" without a limit.
+func used(n, limit int64) string {
+	if limit <= 0 {
+		return strconv.FormatInt(n, 10) + "/-"
+	}
+	return strconv.FormatInt(n, 10) + "/" + strconv.FormatInt(limit, 10)
+}
