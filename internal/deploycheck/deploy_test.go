@@ -537,8 +537,9 @@ func (d *deploy) needs() map[string]roleNeeds {
 	return map[string]roleNeeds{
 		roleGateway: {
 			// GET /v1/queue reads the oldest message of each subject
-			// (internal/queuestatus) and mirrors the limiter state.
-			pub: cat(requests, []string{inbox}, ensure, consumers, []string{api + "STREAM.MSG.GET." + req}, kvOpen),
+			// (internal/queuestatus) and mirrors the limiter state;
+			// pkg/client wakes workers for a redelivery.
+			pub: cat(requests, wakes, []string{inbox}, ensure, consumers, []string{api + "STREAM.MSG.GET." + req}, kvOpen),
 			sub: []string{inbox},
 		},
 		roleWorker: {
@@ -549,7 +550,7 @@ func (d *deploy) needs() map[string]roleNeeds {
 			optPub: []string{"$JS.ACK.*.*." + req + ".>"},
 		},
 		roleService: {
-			pub:    cat(requests, []string{inbox}),
+			pub:    cat(requests, wakes, []string{inbox}),
 			sub:    []string{inbox},
 			optPub: []string{api + "STREAM.INFO." + req},
 		},

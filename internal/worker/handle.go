@@ -275,6 +275,7 @@ func (p *Pool) pickup(req *messages.Request, control, deployment string) pickupA
 	msg.Header.Set(messages.HeaderControl, control)
 	msg.Header.Set(messages.HeaderDeployment, deployment)
 	for try := 0; ; try++ {
+		messages.SetRedeliverIn(msg, p.keeper.redeliverIn(control, time.Now()))
 		resp, err := p.nc.RequestMsg(msg, p.opts.PickupTimeout)
 		switch {
 		case err == nil && string(resp.Data) == messages.PickupAccept:

@@ -16,15 +16,24 @@ import (
 // control subject as reply so that a vanished caller is noticed. One
 // goroutine does it for all of them, ticking only while some request is
 // held: a request costs a map entry, not a goroutine and two tickers.
+//
+// Each heartbeat (and the pickup, see redeliverIn) tells the caller when
+// JetStream would redeliver the request if this worker fell silent: its last
+// in-progress ack plus the ack wait. A redelivery publishes no wake-up hint,
+// and the worker that could announce it is the one that died; the caller is
+// the only party left that knows when it comes, so the caller announces it
+// (pkg/client). It costs one header on messages sent anyway, and one hint
+// per dead worker's request.
 type keeper struct {
 	nc       *nats.Conn
+	ackWait  time.Duration
 	progress time.Duration // in-progress ack interval
 	tick     time.Duration // how late a keep-alive may be
 
 	mu   sync.Mutex
-	held map[*kept]struct{}
-	wake chan struct{} // the first request held starts the ticking
-	out  []due         // send's buffer (run's goroutine only)
+	held map[string]*kept // by control subject
+	wake chan struct{}    // the first request held starts the ticking
+	out  []due            // send's buffer (run's goroutine only)
 }
 
 // kept is one held request.
@@ -39,13 +48,14 @@ func newKeeper(nc *nats.Conn, ackWait time.Duration) *keeper {
 	progress := ackWait / 3
 	return &keeper{
 		nc:       nc,
+		ackWait:  ackWait,
 		progress: progress,
 		// A quarter of the shorter interval: a heartbeat goes out at most
 		// 1.25 HeartbeatInterval after the last sign of life, well within
 		// the 2 HeartbeatInterval after which a caller may serve a
 		// redelivered request again.
 		tick: min(messages.HeartbeatInterval, progress) / 4,
-		held: make(map[*kept]struct{}),
+		held: make(map[string]*kept),
 		wake: make(chan struct{}, 1),
 	}
 }
@@ -56,7 +66,7 @@ func (k *keeper) hold(m *pulled, inbox, control string) (stop func()) {
 	e := &kept{m: m, inbox: inbox, control: control,
 		nextProgress: now.Add(k.progress), nextBeat: now.Add(messages.HeartbeatInterval)}
 	k.mu.Lock()
-	k.held[e] = struct{}{}
+	k.held[control] = e
 	first := len(k.held) == 1
 	k.mu.Unlock()
 	if first {
@@ -67,9 +77,32 @@ func (k *keeper) hold(m *pulled, inbox, control string) (stop func()) {
 	}
 	return func() {
 		k.mu.Lock()
-		delete(k.held, e)
+		if k.held[control] == e {
+			delete(k.held, control)
+		}
 		k.mu.Unlock()
 	}
+}
+
+// redeliverIn is how long after now JetStream redelivers the request held
+// under control if no more in-progress acks go out (the ack wait, when the
+// request is not held).
+func (k *keeper) redeliverIn(control string, now time.Time) time.Duration {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	e := k.held[control]
+	if e == nil {
+		return k.ackWait
+	}
+	return e.redeliverAt(k).Sub(now)
+}
+
+// redeliverAt is when JetStream redelivers e's request if no more
+// in-progress acks go out: the last one (or the fetch) plus the ack wait.
+// The server starts the ack wait when it receives the ack, a little after
+// this worker sent it, so this is a little early; pkg/client allows for that.
+func (e *kept) redeliverAt(k *keeper) time.Time {
+	return e.nextProgress.Add(k.ackWait - k.progress)
 }
 
 // run sends the keep-alives until ctx ends. It must outlive every call and
@@ -98,6 +131,7 @@ func (k *keeper) run(ctx context.Context) {
 type due struct {
 	e               *kept
 	progress, beats bool
+	redeliverIn     time.Duration // after this tick's in-progress ack, if any
 }
 
 // send sends what is due at now and reports whether any request is held.
@@ -109,7 +143,7 @@ func (k *keeper) send(now time.Time) bool {
 	k.mu.Lock()
 	held := len(k.held)
 	out := k.out[:0]
-	for e := range k.held {
+	for _, e := range k.held {
 		a := due{e: e, progress: !now.Before(e.nextProgress), beats: !now.Before(e.nextBeat)}
 		if a.progress {
 			e.nextProgress = now.Add(k.progress)
@@ -117,6 +151,7 @@ func (k *keeper) send(now time.Time) bool {
 		if a.beats {
 			e.nextBeat = now.Add(messages.HeartbeatInterval)
 		}
+		a.redeliverIn = e.redeliverAt(k).Sub(now)
 		if a.progress || a.beats {
 			out = append(out, a)
 		}
@@ -129,6 +164,7 @@ func (k *keeper) send(now time.Time) bool {
 		if a.beats {
 			msg := messages.EventMsg(a.e.inbox, messages.EventAlive, 0, nil)
 			msg.Reply = a.e.control
+			messages.SetRedeliverIn(msg, a.redeliverIn)
 			_ = k.nc.PublishMsg(msg)
 		}
 	}

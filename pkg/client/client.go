@@ -15,6 +15,26 @@
 // returns at once and the request is abandoned; the worker that later finds
 // it drops it without a provider call. A request with a [Parker] may be
 // handed over while it waits: the client then owns it until Parker.Done.
+//
+// # Waking workers for a redelivery
+//
+// A worker that dies while it holds a request leaves it to JetStream, which
+// redelivers it once the ack wait has passed since the worker's last
+// in-progress ack. Unlike a new message, a redelivery is not republished as
+// a wake-up hint, so workers would find it only at their safety-net poll
+// (seconds later), and a busy pool would serve lower bands before it in the
+// meantime. The dead worker cannot announce it, and no other worker knows
+// which requests it held; the caller does: it hears the worker's
+// heartbeats, and each one (and the pickup) says when JetStream will
+// redeliver the request if nothing more comes (Llmq-Redeliver-In, see
+// pkg/messages). So the client keeps one timer per picked request, set at
+// pickup and moved on only when it fires early (a heartbeat pushed the time
+// on), and when it fires with the worker silent it publishes a wake-up hint
+// for the request's band and group: the redelivery is fetched before any
+// lower band, like a new message. This costs nothing per request beyond the
+// timer (no message, no round trip), and one hint per request whose worker
+// died. A redelivery whose time has come is also accepted at pickup even if
+// the worker fell silent less than two heartbeats ago (a short ack wait).
 package client
 
 import (
@@ -255,6 +275,7 @@ const (
 
 type waiter struct {
 	id                            string
+	group                         string
 	band                          int
 	start                         time.Time // of the publish
 	queueDeadline, answerDeadline time.Time
@@ -265,10 +286,15 @@ type waiter struct {
 	lastSeen atomic.Int64 // unix nanos of the last message from the worker
 	control  atomic.Pointer[string]
 	deploy   atomic.Pointer[string]
-	reply    chan *nats.Msg
-	chunks   chan *nats.Msg // streams only
-	abort    chan struct{}  // closed when the chunk buffer overflowed
-	once     sync.Once
+	// redeliverAt is when JetStream redelivers the request if its worker
+	// sends nothing more (unix nanos; 0: unknown); wake fires then (see the
+	// package doc).
+	redeliverAt atomic.Int64
+	wake        atomic.Pointer[time.Timer]
+	reply       chan *nats.Msg
+	chunks      chan *nats.Msg // streams only
+	abort       chan struct{}  // closed when the chunk buffer overflowed
+	once        sync.Once
 
 	// A parked request (see Parker): parked is set once, after timer.
 	parker  Parker
@@ -326,7 +352,7 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 		req.ID = nuid.Next()
 	}
 	w := &waiter{
-		id: req.ID, band: c.bands.Band(req.Priority), stream: req.OnChunk != nil, reply: make(chan *nats.Msg, 1),
+		id: req.ID, group: req.Group, band: c.bands.Band(req.Priority), stream: req.OnChunk != nil, reply: make(chan *nats.Msg, 1),
 		queueDeadline: req.Deadline, answerDeadline: req.AnswerDeadline,
 	}
 	if w.stream {
@@ -359,7 +385,7 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 	w.start = time.Now()
 	msg := c.subjects.Msg(&messages.Request{
 		ID: w.id, Kind: req.Kind, Group: req.Group, Band: w.band, Priority: req.Priority,
-		ReplyTo: c.inbox + "." + w.id, Deadline: w.queueDeadline, Stream: w.stream, Body: req.Body,
+		ReplyTo: c.inbox + "." + w.id, Deadline: w.queueDeadline, AnswerDeadline: w.answerDeadline, Stream: w.stream, Body: req.Body,
 	}, w.start)
 	req = nil // see above
 	if err := c.publish(ctx, msg); err != nil {
@@ -474,6 +500,9 @@ func (c *Client) forget(w *waiter) {
 		return
 	}
 	delete(c.waiters, w.id)
+	if t := w.wake.Load(); t != nil {
+		t.Stop()
+	}
 	// A Go map never shrinks: once a crowd of waiters has gone, the rest
 	// move to a map of their size, so the crowd's memory is returned.
 	if n := len(c.waiters); c.peak >= shrinkFrom && n < c.peak/4 {
@@ -556,6 +585,65 @@ func (c *Client) endParked(w *waiter, m *nats.Msg, err error) {
 	}()
 }
 
+// Allowances for the difference between the redelivery time a worker
+// announces and the server's: the server starts the ack wait when it
+// receives an in-progress ack, a little after the worker sent it.
+const (
+	// hintDelay is how long after the announced time the wake-up hint goes
+	// out. A hint that comes before the server redelivers makes a worker
+	// fetch nothing (it tries again a few times, only while idle).
+	hintDelay = 25 * time.Millisecond
+	// redeliveryTolerance is how long before the announced time a second
+	// pickup is still taken for the redelivery.
+	redeliveryTolerance = 250 * time.Millisecond
+)
+
+// workerGone reports whether the worker that picked w's request up has
+// gone quiet, so that a second pickup of it is a redelivery: it sent
+// nothing for two heartbeats, or the time it announced for the redelivery
+// has come.
+func (w *waiter) workerGone() bool {
+	now := time.Now()
+	if now.Sub(time.Unix(0, w.lastSeen.Load())) >= 2*messages.HeartbeatInterval {
+		return true
+	}
+	at := w.redeliverAt.Load()
+	return at != 0 && !now.Before(time.Unix(0, at).Add(-redeliveryTolerance))
+}
+
+// watchRedelivery sets w's redelivery time to at and its timer to fire
+// then (see the package doc).
+func (c *Client) watchRedelivery(w *waiter, at time.Time) {
+	w.redeliverAt.Store(at.UnixNano())
+	d := time.Until(at) + hintDelay
+	if t := w.wake.Load(); t != nil {
+		t.Reset(d)
+		return
+	}
+	// Stored before it can fire: redelivered uses w.wake.
+	t := time.AfterFunc(time.Hour, func() { c.redelivered(w) })
+	w.wake.Store(t)
+	t.Reset(d)
+}
+
+// redelivered runs when w's redelivery timer fires: if a heartbeat moved
+// the time on, the timer is set again; otherwise the worker went silent,
+// JetStream now redelivers the request, and a wake-up hint makes an idle
+// worker fetch it at once.
+func (c *Client) redelivered(w *waiter) {
+	c.mu.Lock()
+	live := c.waiters[w.id] == w
+	c.mu.Unlock()
+	if !live {
+		return
+	}
+	if d := time.Until(time.Unix(0, w.redeliverAt.Load()).Add(hintDelay)); d > 0 {
+		w.wake.Load().Reset(d)
+		return
+	}
+	_ = c.nc.Publish(c.subjects.Wake(w.band, w.group), nil)
+}
+
 // earliest returns the earlier of two times, a zero time meaning none.
 func earliest(a, b time.Time) time.Time {
 	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
@@ -613,7 +701,11 @@ func (c *Client) onInbox(m *nats.Msg) {
 	case event == messages.EventRequeue:
 		w.lastSeen.Store(0) // its worker let go: the next pickup may start it
 	default:
-		w.lastSeen.Store(time.Now().UnixNano()) // a sign of life of the serving worker
+		now := time.Now()
+		w.lastSeen.Store(now.UnixNano()) // a sign of life of the serving worker
+		if d, ok := messages.RedeliverIn(m.Header); ok {
+			w.redeliverAt.Store(now.Add(d).UnixNano())
+		}
 	}
 	switch event {
 	case messages.EventPickup:
@@ -672,17 +764,19 @@ func (c *Client) pickup(w *waiter, h nats.Header) string {
 	// the request at two providers at once. A stream never starts again,
 	// since part of it may have been relayed.
 	first := w.state.CompareAndSwap(stateWaiting, statePicked)
-	if !first && (w.stream || w.state.Load() != statePicked ||
-		time.Since(time.Unix(0, w.lastSeen.Load())) < 2*messages.HeartbeatInterval) {
+	if !first && (w.stream || w.state.Load() != statePicked || !w.workerGone()) {
 		return messages.PickupReject
 	}
 	control, deployment := h.Get(messages.HeaderControl), h.Get(messages.HeaderDeployment)
 	w.control.Store(&control)
 	w.deploy.Store(&deployment)
-	now := time.Now().UnixNano()
-	w.lastSeen.Store(now)
+	now := time.Now()
+	w.lastSeen.Store(now.UnixNano())
 	if first {
-		w.pickedAt.Store(now)
+		w.pickedAt.Store(now.UnixNano())
+	}
+	if d, ok := messages.RedeliverIn(h); ok {
+		c.watchRedelivery(w, now.Add(d))
 	}
 	c.startParked(w)
 	return messages.PickupAccept
