@@ -539,18 +539,18 @@ func (d *deploy) needs() map[string]roleNeeds {
 			// GET /v1/queue reads the oldest message of each subject
 			// (internal/queuestatus) and mirrors the limiter state;
 			// pkg/client wakes workers for a redelivery.
-			pub: cat(requests, wakes, []string{inbox}, ensure, consumers, []string{api + "STREAM.MSG.GET." + req}, kvOpen),
+			pub: cat(requests, wakes, []string{s.Gone(), inbox}, ensure, consumers, []string{api + "STREAM.MSG.GET." + req}, kvOpen),
 			sub: []string{inbox},
 		},
 		roleWorker: {
 			pub: cat([]string{inbox}, deads, fetch, acks, infos, ensure, consumers, kvOpen, kvWrite),
-			sub: cat(wakes, []string{inbox}),
+			sub: cat(wakes, []string{s.Gone(), inbox}),
 			// The v2 ack subject ($JS.ACK.<domain>.<account hash>.<stream>...),
 			// which nats-server 2.15 understands but does not send yet.
 			optPub: []string{"$JS.ACK.*.*." + req + ".>"},
 		},
 		roleService: {
-			pub:    cat(requests, wakes, []string{inbox}),
+			pub:    cat(requests, wakes, []string{s.Gone(), inbox}),
 			sub:    []string{inbox},
 			optPub: []string{api + "STREAM.INFO." + req},
 		},

@@ -194,10 +194,17 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 
 // Close unsubscribes the inbox and stops following the connection's status.
 // Pending Do calls end by their own contexts, parked requests at their
-// deadlines.
+// deadlines. It tells the workers that nobody will answer on this client's
+// inbox any more, so they drop its requests rather than hold them for a
+// reconnect (see pkg/messages).
 func (c *Client) Close() error {
 	c.stopWatch()
-	return c.sub.Unsubscribe()
+	err := c.sub.Unsubscribe()
+	if c.nc.IsConnected() {
+		_ = c.nc.Publish(c.subjects.Gone(), []byte(c.inbox))
+		_ = c.nc.FlushTimeout(time.Second)
+	}
+	return err
 }
 
 // watch follows the connection's status until stopWatch.
@@ -241,7 +248,10 @@ type Request struct {
 	// AnswerDeadline bounds the whole wait, queue and provider call; past
 	// it Do fails with messages.OutcomeProviderTimeout and tells the worker
 	// to stop. Zero means no bound other than ctx's. Do waits on one timer
-	// for both deadlines, where a context deadline would add a second.
+	// for both deadlines, where a context deadline would add a second. It
+	// travels with the request (Llmq-Answer-Deadline, with ctx's deadline
+	// if earlier): while this client's connection reconnects, workers hold
+	// its answers and pickups until then (about five seconds without one).
 	AnswerDeadline time.Time
 	// Parker, when set on a request that is not a stream, lets Do hand
 	// the request over after it waited ParkAfter in the queue (see Parker).
@@ -383,9 +393,17 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 	}()
 
 	w.start = time.Now()
+	// The workers hold an answer or a pickup that finds nobody on the
+	// inbox (this connection is reconnecting) until the caller stops
+	// waiting: its answer deadline, or its context's deadline for a request
+	// that cannot be parked (a parked request outlives its context).
+	answerBy := w.answerDeadline
+	if dl, ok := ctx.Deadline(); ok && w.parker == nil {
+		answerBy = earliest(answerBy, dl)
+	}
 	msg := c.subjects.Msg(&messages.Request{
 		ID: w.id, Kind: req.Kind, Group: req.Group, Band: w.band, Priority: req.Priority,
-		ReplyTo: c.inbox + "." + w.id, Deadline: w.queueDeadline, AnswerDeadline: w.answerDeadline, Stream: w.stream, Body: req.Body,
+		ReplyTo: c.inbox + "." + w.id, Deadline: w.queueDeadline, AnswerDeadline: answerBy, Stream: w.stream, Body: req.Body,
 	}, w.start)
 	req = nil // see above
 	if err := c.publish(ctx, msg); err != nil {

@@ -60,6 +60,17 @@
 // request is never at two providers at once; a stream is never picked up
 // twice.
 //
+// A pickup or an answer that finds nobody on the caller's inbox is held
+// (tried again, the request handed back for later) until the caller's
+// Llmq-Answer-Deadline, or, for a pickup, its queue deadline if earlier: a
+// caller's connection may be reconnecting. A worker holds them so only for a
+// caller it has heard from (a pickup answered, an answer confirmed) in the
+// last hour, and for others about five seconds, so that the requests of a
+// gateway that stopped before the worker started leave the queue. A caller
+// that closes for good publishes its inbox prefix (Llmq-Reply up to its last
+// '.') to <prefix>.gone; workers then drop its requests' pickups and answers
+// that find nobody, at once.
+//
 // Headers added within version "1" are optional: a reader that does not know
 // them ignores them, and a message without them means what it meant before
 // (Llmq-Answer-Deadline: workers hold answers for a default bound;

@@ -231,3 +231,102 @@ func TestReliabilityGatewayReconnectKeepsAnswers(t *testing.T) {
 	}
 	t.Logf("the upstream received %q", contents(fake))
 }
+
+// TestReliabilityGatewayLongOutageKeepsAnswers: the gateway's connection to
+// NATS stays cut for 15 s (a NATS node restart, a failover) while two
+// requests are at the provider and two wait in the queue; the worker stays
+// connected. The worker finishes both calls and tries to pick up the queued
+// requests while nobody listens on the gateway's inbox. It must hold both
+// answers and both pickups for as long as the callers still wait (their
+// answer and queue deadlines, a minute here), not for a few seconds: once
+// the gateway is back, every caller gets its answer (200), and the provider
+// saw each request exactly once (nothing was served twice, nothing dropped).
+func TestReliabilityGatewayLongOutageKeepsAnswers(t *testing.T) {
+	const outage = 15 * time.Second
+	const callerWait = outage + 45*time.Second
+	fake := newFake(t)
+	const group = "outage"
+	cfg := relWriteConfig(t, relConfig{
+		ModelList:      []deployment{fakeDeployment(group, group+"-0", fake, 2)},
+		RouterSettings: map[string]any{"timeout": callerWait.Seconds()}, // the queue deadline
+		LLMQ:           map[string]any{"ack_wait": 5},
+	})
+	natsURL := startNATS(t)
+	proxy := relStartProxy(t, natsURL)
+	g := startRemoteGateway(t, cfg, proxy.URL()) // only the gateway goes through the proxy
+	relStartWorker(t, relEnv(cfg, natsURL))
+	q := observeQueue(t, natsURL)
+
+	// ask sends one request bounded by callerWait (relPostAsync's bound is
+	// shorter than the outage).
+	ask := func(content string) <-chan relAnswer {
+		ch := make(chan relAnswer, 1)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(t.Context()), callerWait)
+		go func() {
+			defer cancel()
+			start := time.Now()
+			r, err := post(ctx, g.URL+"/v1/chat/completions", "", chatBody(group, content))
+			ch <- relAnswer{name: content, r: r, err: err, took: time.Since(start)}
+		}()
+		return ch
+	}
+	fake.Hold()
+	var answers []<-chan relAnswer
+	for _, c := range []string{"in-flight-0", "in-flight-1"} {
+		answers = append(answers, ask(c))
+	}
+	waitUpstream(t, fake, 2)
+	for _, c := range []string{"queued-0", "queued-1"} {
+		answers = append(answers, ask(c))
+	}
+	q.waitMsgs(t, 4)
+
+	proxy.Cut() // the gateway loses NATS; the worker does not
+	cut := time.Now()
+	if !relPoll(relWait, func() bool {
+		r, err := get(t.Context(), g.URL+"/health/readiness", "")
+		return err == nil && r.Status == http.StatusServiceUnavailable
+	}) {
+		t.Fatal("the gateway did not notice that its NATS connection dropped")
+	}
+	fake.Release() // the worker answers the calls, then tries to pick up the queued requests
+	waitUpstream(t, fake, 2)
+	// The outage itself: 15 s, three times what the worker used to hold.
+	select {
+	case <-time.After(time.Until(cut.Add(outage))):
+	case <-t.Context().Done():
+		t.Fatal("the test ended during the outage")
+	}
+	if n := fake.Count(); n != 2 {
+		t.Errorf("the provider was called %d times while the gateway was away, want 2 (no queued request may start while its caller cannot answer the pickup)", n)
+	}
+	proxy.Restore()
+	if !relPoll(relWait, func() bool {
+		r, err := get(t.Context(), g.URL+"/health/readiness", "")
+		return err == nil && r.Status == http.StatusOK
+	}) {
+		t.Fatal("the gateway did not reconnect")
+	}
+
+	for _, ch := range answers {
+		var a relAnswer
+		select {
+		case a = <-ch:
+		case <-time.After(callerWait + time.Second):
+			t.Fatal("a caller's HTTP request did not end")
+		}
+		switch {
+		case a.err != nil:
+			t.Errorf("LOST: %v", a)
+		case a.r.Status != http.StatusOK:
+			t.Errorf("%v; want 200", a)
+		}
+	}
+	q.waitMsgs(t, 0)
+	waitIdle(t, fake)
+	got := contents(fake)
+	slices.Sort(got)
+	if want := []string{"in-flight-0", "in-flight-1", "queued-0", "queued-1"}; !slices.Equal(got, want) {
+		t.Errorf("the upstream received %q, want each of %q once", got, want)
+	}
+}
