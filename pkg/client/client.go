@@ -66,7 +66,9 @@ type Options struct {
 	PublishTimeout time.Duration
 	// StreamBuffer bounds the chunks buffered per stream for a slow reader;
 	// default 256. A stream whose reader falls further behind is ended with
-	// ErrSlowReader, so memory per stream is bounded and nothing else waits.
+	// ErrSlowReader as soon as its reader returns (the chunks still buffered
+	// are dropped), and its worker is told to stop at once, so memory per
+	// stream is bounded and nothing else waits.
 	StreamBuffer int
 }
 
@@ -453,13 +455,33 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 		}
 		return onChunk(m.Data)
 	}
+	// slow ends a stream whose buffer overflowed. It goes before any event
+	// still buffered: the stream ends where the reader fell behind, and no
+	// more events are relayed once that was decided.
+	slow := func() bool {
+		select {
+		case <-w.abort:
+			return true
+		default:
+			return false
+		}
+	}
+	slowErr := func() (*Response, Result, error) {
+		return fail(fmt.Errorf("%w: more than %d events were waiting", ErrSlowReader, c.buffer))
+	}
 	for {
 		select {
 		case m := <-w.chunks:
+			if slow() {
+				return slowErr()
+			}
 			if err := chunk(m); err != nil {
 				return fail(err)
 			}
 		case m := <-w.reply:
+			if slow() {
+				return slowErr()
+			}
 			for drained := false; !drained; { // chunks sent before the reply are already queued
 				select {
 				case cm := <-w.chunks:
@@ -472,7 +494,7 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 			}
 			return w.answer(m, next)
 		case <-w.abort:
-			return fail(fmt.Errorf("%w: more than %d events were waiting", ErrSlowReader, c.buffer))
+			return slowErr()
 		case <-silence:
 			if seen := w.lastSeen.Load(); w.state.Load() == statePicked && time.Since(time.Unix(0, seen)) > messages.StreamSilence {
 				return fail(fmt.Errorf("%w: nothing for %s", ErrWorkerLost, messages.StreamSilence))

@@ -28,6 +28,7 @@ import (
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/internal/topology"
 	"github.com/llmq/llmq/internal/worker"
+	"github.com/llmq/llmq/pkg/client"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -666,7 +667,8 @@ func loopbackBuffering(t *testing.T) int {
 
 // TestSlowReaderCutOff: a client that sends a streaming request and stops
 // reading while the upstream streams a large answer is cut off: its stream
-// ends with an error event (or the connection is closed), never [DONE]; the
+// ends with an error event with the documented code slow_reader, never
+// [DONE], and carries no more than the TCP buffers and 256 events; the
 // upstream call behind it is cancelled; and a parallel fast stream through
 // the same gateway completes normally meanwhile.
 //
@@ -783,11 +785,83 @@ func TestSlowReaderCutOff(t *testing.T) {
 		t.Error("the slow client's stream ended with [DONE]")
 	case errors.Is(readErr, os.ErrDeadlineExceeded):
 		t.Errorf("the slow client's stream did not end: %v", readErr)
-	case sum.ErrEvent == "" && readErr == nil:
-		t.Error("the slow client's stream ended cleanly without an error event")
+	case sum.ErrEvent == "":
+		t.Errorf("the slow client's stream ended without an error event (read error %v)", readErr)
+	case relErrorCode([]byte(sum.ErrEvent)) != "slow_reader":
+		t.Errorf("the slow client's stream ended with error event %.300s, want code slow_reader", sum.ErrEvent)
 	}
 	if !strings.HasPrefix(bulkReply, sum.Text) {
 		t.Error("the slow client's text is not a prefix of the upstream's: chunks were lost or reordered before the end")
+	}
+	// What reached it: the loopback TCP buffers' worth and at most the
+	// client's buffer of events, never the whole stream.
+	if len(sum.Text) > bound {
+		t.Errorf("the slow client received %d bytes of text, over the bound of %d (TCP buffers plus %d events)", len(sum.Text), bound, buffer)
+	}
+}
+
+// TestSlowReaderBound: through pkg/client with a buffer of 8 events, a
+// stream whose reader is stuck on its first event is ended with
+// client.ErrSlowReader ("more than 8 events were waiting") while the reader
+// is still stuck: the provider call is cancelled before the reader returns,
+// and the reader is given no event after the one it was stuck on (those
+// buffered are dropped with the stream). The upstream would stream for 20 s
+// (1,000 chunks, 20 ms apart); only the cut-off ends it sooner.
+func TestSlowReaderBound(t *testing.T) {
+	const buffer, chunks = 8, 1000
+	fake := newStreamFake(t, fakeupstream.Options{Reply: strings.Repeat("w ", chunks), StreamChunks: chunks, ChunkGap: 20 * time.Millisecond})
+	cfg := writeConfig(t, configFile{ModelList: []deployment{fakeDeployment("bulk", "bulk-0", fake, 0)}})
+	g := startEmbeddedGateway(t, cfg, 2)
+	nc, err := nats.Connect(g.NATSURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	cl, err := client.New(nc, client.Options{StreamBuffer: buffer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Close() })
+
+	stuck, release := make(chan struct{}), make(chan struct{})
+	events := 0 // Do's goroutine only, read after done
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := cl.Do(waitCtx(t), &client.Request{Kind: messages.KindChat, Group: "bulk",
+			Body: []byte(chatBody("bulk", "slow reader", `"stream":true`)),
+			OnChunk: func([]byte) error {
+				events++
+				if events == 1 {
+					close(stuck)
+					<-release // the reader stops reading
+				}
+				return nil
+			}})
+		done <- err
+	}()
+	select {
+	case <-stuck:
+	case err := <-done:
+		t.Fatalf("the stream ended before its first event: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), waitLimit)
+	defer cancel()
+	if err := fake.WaitIdle(ctx); err != nil {
+		t.Fatalf("the provider call still runs while the reader is stuck: the client did not cut the stream off at %d waiting events", buffer)
+	}
+	if r := fake.Requests()[0]; !r.Cancelled {
+		t.Fatalf("the provider call ran to its end (status %d) while the reader was stuck, want it cancelled", r.Status)
+	}
+	close(release)
+	err = <-done
+	if !errors.Is(err, client.ErrSlowReader) {
+		t.Fatalf("Do returned %v, want client.ErrSlowReader", err)
+	}
+	if want := fmt.Sprintf("more than %d events were waiting", buffer); !strings.Contains(err.Error(), want) {
+		t.Errorf("Do returned %q, want it to say %q", err, want)
+	}
+	if events != 1 {
+		t.Errorf("the reader was given %d events, want only the one it was stuck on", events)
 	}
 }
 
