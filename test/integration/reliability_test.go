@@ -436,6 +436,11 @@ func relStartRawWorker(t *testing.T, natsURL, group, deploymentID string, fake *
 	return w
 }
 
+// relHintsOnly sets a raw worker's safety-net poll an hour apart, so it finds
+// requests by their wake-up hints only: a request whose hint is lost waits
+// for as long as the test does.
+func relHintsOnly(o *worker.Options) { o.PollInterval = time.Hour }
+
 // Kill closes the worker's NATS connection at once.
 func (w *relRawWorker) Kill() { w.nc.Close() }
 

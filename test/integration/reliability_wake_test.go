@@ -16,11 +16,12 @@ import (
 )
 
 // TestReliabilityIdleWorkersTakeEveryRequestAtOnce: with idle worker slots,
-// every request must be picked up within a fraction of a second of being
-// queued. Requests are submitted one at a time through pkg/client (the
-// gateway's own path, without HTTP, so that many fit in the time bound),
-// up to 2,000 of them or 10 s. A request that waits for the workers'
-// 5-second safety-net poll means a wake-up hint was lost.
+// every request must be picked up by its own wake-up hint. Requests are
+// submitted one at a time through pkg/client (the gateway's own path,
+// without HTTP, so that many fit in the test's time), up to 2,000 of them or
+// 10 s. The worker's safety-net poll is an hour apart: a request whose hint
+// was lost would wait for it, and its Do would fail at relWait. No clock
+// decides the outcome.
 //
 // The race it guards against: the stream republishes the hint as it stores
 // the message, but the consumer counts the new message a moment later, so a
@@ -32,27 +33,27 @@ func TestReliabilityIdleWorkersTakeEveryRequestAtOnce(t *testing.T) {
 	fake := newFake(t)
 	const group = "prompt"
 	cfg := relOneGroup(t, group, fake, 0, nil)
-	g := startEmbeddedGateway(t, cfg, 2)
-	cl := relClient(t, g.NATSURL())
+	natsURL := startNATS(t)
+	startRemoteGateway(t, cfg, natsURL) // the topology
+	relStartRawWorker(t, natsURL, group, group+"-0", fake, 30*time.Second, 2, relHintsOnly)
+	cl := relClient(t, natsURL)
 
-	const n, bound = 2000, 10 * time.Second
-	deadline := time.Now().Add(bound)
+	const n, budget = 2000, 10 * time.Second
+	stop := time.Now().Add(budget) // bounds the test's length, not a request's
 	sent := 0
-	for i := 0; i < n && time.Now().Before(deadline); i++ {
+	var worst time.Duration
+	for i := 0; i < n && time.Now().Before(stop); i++ {
 		sent++
 		ctx, cancel := context.WithTimeout(t.Context(), relWait)
 		_, info, err := cl.Do(ctx, &client.Request{Kind: messages.KindChat, Group: group, Priority: int64(i % 10),
 			Body: []byte(chatBody(group, fmt.Sprint("prompt-", i)))})
 		cancel()
 		if err != nil {
-			t.Fatalf("request %d: %v", i, err)
+			t.Fatalf("request %d, sent to idle workers, was not served within %s: %v; its wake-up hint was lost", i+1, relWait, err)
 		}
-		if info.QueueWait >= time.Second {
-			t.Fatalf("request %d of %d, sent to idle workers, waited %s in the queue: its wake-up hint was lost and it waited for the safety-net poll",
-				i+1, n, info.QueueWait.Round(time.Millisecond))
-		}
+		worst = max(worst, info.QueueWait)
 	}
-	t.Logf("%d requests, each picked up at once", sent)
+	t.Logf("%d requests, each picked up by its hint; longest queue wait %s", sent, worst.Round(time.Millisecond))
 }
 
 // TestReliabilityRedeliveryWakesWorkers: a worker dies (its NATS connection
