@@ -615,7 +615,9 @@ func TestGatewayDiesCallersNotLeftHanging(t *testing.T) {
 	}
 	err := stopA()
 	t.Logf("the gateway stopped: %v", err)
-	grace := time.After(time.Second)
+	// The callers' requests have no deadline of their own (their queue
+	// deadline is minutes away): one that is left open never ends.
+	grace := time.After(waitLimit)
 	for range 2 {
 		select {
 		case a := <-answers:
@@ -624,7 +626,7 @@ func TestGatewayDiesCallersNotLeftHanging(t *testing.T) {
 			}
 			t.Logf("%s: %v %v", a.name, a.r, a.err)
 		case <-grace:
-			t.Fatal("a second after the gateway's Wait returned, its callers still wait: their handlers outlived the gateway, with its NATS connection closed")
+			t.Fatalf("%s after the gateway's Wait returned, its callers still wait: their handlers outlived the gateway, with its NATS connection closed", waitLimit)
 		}
 	}
 }
