@@ -17,10 +17,18 @@ import (
 
 // onControl cancels a call when its caller says so, or when NATS reports
 // that nobody listens on the caller's inbox any more ("no responders" to a
-// heartbeat or chunk sent with this control subject as reply).
+// heartbeat or chunk sent with this control subject as reply) and the
+// caller is not one that may be reconnecting (see hold.go): the answer of a
+// known caller's call is held for it instead.
 func (p *Pool) onControl(m *nats.Msg) {
 	id := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
-	if m.Header.Get(messages.HeaderEvent) != messages.EventCancel && m.Header.Get("Status") != "503" {
+	switch {
+	case m.Header.Get(messages.HeaderEvent) == messages.EventCancel:
+	case m.Header.Get("Status") == "503":
+		if inbox := p.keeper.inboxOf(m.Subject); inbox != "" && p.callers.known(inbox) {
+			return
+		}
+	default:
 		return
 	}
 	if cancel, ok := p.calls.Load(id); ok {

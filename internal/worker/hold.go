@@ -19,6 +19,9 @@ import (
 // worker cannot tell a reconnecting gateway from a dead one, so it holds
 // the request for as long as the caller said it would wait:
 //
+//   - a call: a heartbeat that finds nobody on the inbox does not cancel
+//     it (as it does for a caller that is gone), so that its answer can be
+//     held.
 //   - an answer until the request's answer deadline (Llmq-Answer-Deadline),
 //     sent again retryGap apart, the gap doubling up to maxHoldGap. Only the
 //     answer's memory and the message's keep-alive are held; the slot serves

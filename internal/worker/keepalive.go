@@ -15,7 +15,7 @@ import (
 // heartbeat to its caller every HeartbeatInterval, sent with the request's
 // control subject as reply so that a vanished caller is noticed. One
 // goroutine does it for all of them, ticking only while some request is
-// held: a request costs a map entry, not a goroutine and two tickers.
+// held: a request costs two map entries, not a goroutine and two tickers.
 //
 // Each heartbeat (and the pickup, see redeliverIn) tells the caller when
 // JetStream would redeliver the request if this worker fell silent: its last
@@ -30,10 +30,11 @@ type keeper struct {
 	progress time.Duration // in-progress ack interval
 	tick     time.Duration // how late a keep-alive may be
 
-	mu   sync.Mutex
-	held map[string]*kept // by control subject
-	wake chan struct{}    // the first request held starts the ticking
-	out  []due            // send's buffer (run's goroutine only)
+	mu        sync.Mutex
+	held      map[*kept]struct{}
+	byControl map[string]*kept // the latest held under each control subject
+	wake      chan struct{}    // the first request held starts the ticking
+	out       []due            // send's buffer (run's goroutine only)
 }
 
 // kept is one held request.
@@ -54,9 +55,10 @@ func newKeeper(nc *nats.Conn, ackWait time.Duration) *keeper {
 		// 1.25 HeartbeatInterval after the last sign of life, well within
 		// the 2 HeartbeatInterval after which a caller may serve a
 		// redelivered request again.
-		tick: min(messages.HeartbeatInterval, progress) / 4,
-		held: make(map[string]*kept),
-		wake: make(chan struct{}, 1),
+		tick:      min(messages.HeartbeatInterval, progress) / 4,
+		held:      make(map[*kept]struct{}),
+		byControl: make(map[string]*kept),
+		wake:      make(chan struct{}, 1),
 	}
 }
 
@@ -66,7 +68,8 @@ func (k *keeper) hold(m *pulled, inbox, control string) (stop func()) {
 	e := &kept{m: m, inbox: inbox, control: control,
 		nextProgress: now.Add(k.progress), nextBeat: now.Add(messages.HeartbeatInterval)}
 	k.mu.Lock()
-	k.held[control] = e
+	k.held[e] = struct{}{}
+	k.byControl[control] = e
 	first := len(k.held) == 1
 	k.mu.Unlock()
 	if first {
@@ -77,11 +80,22 @@ func (k *keeper) hold(m *pulled, inbox, control string) (stop func()) {
 	}
 	return func() {
 		k.mu.Lock()
-		if k.held[control] == e {
-			delete(k.held, control)
+		delete(k.held, e)
+		if k.byControl[control] == e {
+			delete(k.byControl, control)
 		}
 		k.mu.Unlock()
 	}
+}
+
+// inboxOf is the caller's inbox of the request held under control, or "".
+func (k *keeper) inboxOf(control string) string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if e := k.byControl[control]; e != nil {
+		return e.inbox
+	}
+	return ""
 }
 
 // redeliverIn is how long after now JetStream redelivers the request held
@@ -90,7 +104,7 @@ func (k *keeper) hold(m *pulled, inbox, control string) (stop func()) {
 func (k *keeper) redeliverIn(control string, now time.Time) time.Duration {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	e := k.held[control]
+	e := k.byControl[control]
 	if e == nil {
 		return k.ackWait
 	}
@@ -143,7 +157,7 @@ func (k *keeper) send(now time.Time) bool {
 	k.mu.Lock()
 	held := len(k.held)
 	out := k.out[:0]
-	for _, e := range k.held {
+	for e := range k.held {
 		a := due{e: e, progress: !now.Before(e.nextProgress), beats: !now.Before(e.nextBeat)}
 		if a.progress {
 			e.nextProgress = now.Add(k.progress)

@@ -237,8 +237,9 @@ func TestReliabilityGatewayReconnectKeepsAnswers(t *testing.T) {
 // TestReliabilityGatewayLongOutageKeepsAnswers: the gateway's connection to
 // NATS stays cut for 15 s (a NATS node restart, a failover) while two
 // requests are at the provider and two wait in the queue; the worker stays
-// connected. The worker finishes both calls and tries to pick up the queued
-// requests while nobody listens on the gateway's inbox. It must hold both
+// connected. The calls go on although the worker's heartbeats find nobody
+// on the gateway's inbox; the worker finishes them and tries to pick up the
+// queued requests while nobody listens there. It must hold both
 // answers and both pickups for as long as the callers still wait (their
 // answer and queue deadlines, a minute here), not for a few seconds: once
 // the gateway is back, every caller gets its answer (200), and the provider
@@ -291,14 +292,26 @@ func TestReliabilityGatewayLongOutageKeepsAnswers(t *testing.T) {
 	}) {
 		t.Fatal("the gateway did not notice that its NATS connection dropped")
 	}
-	fake.Release() // the worker answers the calls, then tries to pick up the queued requests
-	waitUpstream(t, fake, 2)
 	// The outage itself: 15 s, three times what the worker used to hold.
-	select {
-	case <-time.After(time.Until(cut.Add(outage))):
-	case <-t.Context().Done():
-		t.Fatal("the test ended during the outage")
+	// For its first half the calls go on at the provider while the worker's
+	// heartbeats find nobody on the gateway's inbox (which must not cancel
+	// them); then they answer, and the worker tries to deliver the answers
+	// and to pick up the queued requests.
+	wait := func(until time.Time) {
+		select {
+		case <-time.After(time.Until(until)):
+		case <-t.Context().Done():
+			t.Fatal("the test ended during the outage")
+		}
 	}
+	wait(cut.Add(outage / 2))
+	for _, r := range fake.Requests() {
+		if !r.Finished.IsZero() {
+			t.Errorf("the call %q ended (cancelled %v) while the gateway was away, before the provider answered", r.Content, r.Cancelled)
+		}
+	}
+	fake.Release()
+	wait(cut.Add(outage))
 	if n := fake.Count(); n != 2 {
 		t.Errorf("the provider was called %d times while the gateway was away, want 2 (no queued request may start while its caller cannot answer the pickup)", n)
 	}
