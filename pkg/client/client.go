@@ -33,8 +33,9 @@
 // for the request's band and group: the redelivery is fetched before any
 // lower band, like a new message. This costs nothing per request beyond the
 // timer (no message, no round trip), and one hint per request whose worker
-// died. A redelivery whose time has come is also accepted at pickup even if
-// the worker fell silent less than two heartbeats ago (a short ack wait).
+// died. The hint waits, if need be, until the worker has been silent for
+// two heartbeats, since only then is the redelivery's pickup accepted (with
+// a short ack wait, JetStream may redeliver sooner).
 package client
 
 import (
@@ -625,37 +626,38 @@ func (c *Client) endParked(w *waiter, m *nats.Msg, err error) {
 	}()
 }
 
-// Allowances for the difference between the redelivery time a worker
-// announces and the server's: the server starts the ack wait when it
-// receives an in-progress ack, a little after the worker sent it.
-const (
-	// hintDelay is how long after the announced time the wake-up hint goes
-	// out. A hint that comes before the server redelivers makes a worker
-	// fetch nothing (it tries again a few times, only while idle).
-	hintDelay = 25 * time.Millisecond
-	// redeliveryTolerance is how long before the announced time a second
-	// pickup is still taken for the redelivery.
-	redeliveryTolerance = 250 * time.Millisecond
-)
+// hintDelay is how long after the announced redelivery time the wake-up
+// hint goes out: the server starts the ack wait when it receives an
+// in-progress ack, a little after the worker sent it, and a hint that comes
+// before the server redelivers makes a worker fetch nothing (it tries again
+// a few times, only while idle).
+const hintDelay = 25 * time.Millisecond
 
 // workerGone reports whether the worker that picked w's request up has
 // gone quiet, so that a second pickup of it is a redelivery: it sent
-// nothing for two heartbeats, or the time it announced for the redelivery
-// has come.
+// nothing for two heartbeats. (A redelivery while it still sends them is a
+// late in-progress ack of a loaded worker: a second call would put the
+// request at two providers at once.)
 func (w *waiter) workerGone() bool {
-	now := time.Now()
-	if now.Sub(time.Unix(0, w.lastSeen.Load())) >= 2*messages.HeartbeatInterval {
-		return true
+	return time.Since(time.Unix(0, w.lastSeen.Load())) >= 2*messages.HeartbeatInterval
+}
+
+// hintAt is when the wake-up hint for w's redelivery is due: once the
+// announced redelivery time has come and the worker has been silent long
+// enough for the redelivery's pickup to be accepted (workerGone).
+func (w *waiter) hintAt() time.Time {
+	at := time.Unix(0, w.redeliverAt.Load())
+	if quiet := time.Unix(0, w.lastSeen.Load()).Add(2 * messages.HeartbeatInterval); quiet.After(at) {
+		at = quiet
 	}
-	at := w.redeliverAt.Load()
-	return at != 0 && !now.Before(time.Unix(0, at).Add(-redeliveryTolerance))
+	return at.Add(hintDelay)
 }
 
 // watchRedelivery sets w's redelivery time to at and its timer to fire
 // then (see the package doc).
 func (c *Client) watchRedelivery(w *waiter, at time.Time) {
 	w.redeliverAt.Store(at.UnixNano())
-	d := time.Until(at) + hintDelay
+	d := time.Until(w.hintAt())
 	if t := w.wake.Load(); t != nil {
 		t.Reset(d)
 		return
@@ -668,8 +670,8 @@ func (c *Client) watchRedelivery(w *waiter, at time.Time) {
 
 // redelivered runs when w's redelivery timer fires: if a heartbeat moved
 // the time on, the timer is set again; otherwise the worker went silent,
-// JetStream now redelivers the request, and a wake-up hint makes an idle
-// worker fetch it at once.
+// JetStream redelivers the request, and a wake-up hint makes an idle worker
+// fetch it at once.
 func (c *Client) redelivered(w *waiter) {
 	c.mu.Lock()
 	live := c.waiters[w.id] == w
@@ -677,7 +679,7 @@ func (c *Client) redelivered(w *waiter) {
 	if !live {
 		return
 	}
-	if d := time.Until(time.Unix(0, w.redeliverAt.Load()).Add(hintDelay)); d > 0 {
+	if d := time.Until(w.hintAt()); d > 0 {
 		w.wake.Load().Reset(d)
 		return
 	}

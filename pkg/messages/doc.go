@@ -49,16 +49,16 @@
 // the request if the worker acknowledges nothing more (it died). A
 // redelivery is not republished as a wake-up hint, so the caller, the one
 // party that can tell when it comes, publishes an empty message to
-// <prefix>.wake.<band>.<group> at that time (pkg/client does this); idle
+// <prefix>.wake.<band>.<group> at that time, once the worker has also been
+// silent for two heartbeats (pkg/client does this); idle
 // workers then fetch the request at once rather than at their next
 // safety-net poll.
 //
 // A worker that hands a request back unanswered (it is shutting down) sends
 // Llmq-Event "requeue" first. A caller accepts a second pickup of a plain
-// request only after "requeue", when its worker has been silent for two
-// heartbeats, or once its Llmq-Redeliver-In has passed (it died), so a
-// request is never at two providers at once; a stream is never picked up
-// twice.
+// request only after "requeue" or when its worker has been silent for two
+// heartbeats (it died), so a request is never at two providers at once; a
+// stream is never picked up twice.
 //
 // A pickup or an answer that finds nobody on the caller's inbox is held
 // (tried again, the request handed back for later) until the caller's
