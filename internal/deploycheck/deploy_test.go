@@ -547,20 +547,21 @@ func (d *deploy) needs() map[string]roleNeeds {
 		roleGateway: {
 			// GET /v1/queue reads the oldest message of each subject and
 			// the newest dead letters (internal/queuestatus), and mirrors
-			// the limiter state and the pauses.
-			pub: cat(requests, []string{inbox}, ensure, consumers, []string{api + "STREAM.MSG.GET." + req},
+			// the limiter state and the pauses; pkg/client wakes workers
+			// for a redelivery.
+			pub: cat(requests, wakes, []string{s.Gone(), inbox}, ensure, consumers, []string{api + "STREAM.MSG.GET." + req},
 				[]string{api + "STREAM.INFO." + dead, api + "STREAM.MSG.GET." + dead}, kvOpen, pausesOpen),
 			sub: []string{inbox},
 		},
 		roleWorker: {
 			pub: cat([]string{inbox}, deads, fetch, acks, infos, ensure, consumers, kvOpen, kvWrite, pausesOpen),
-			sub: cat(wakes, []string{inbox}),
+			sub: cat(wakes, []string{s.Gone(), inbox}),
 			// The v2 ack subject ($JS.ACK.<domain>.<account hash>.<stream>...),
 			// which nats-server 2.15 understands but does not send yet.
 			optPub: []string{"$JS.ACK.*.*." + req + ".>"},
 		},
 		roleService: {
-			pub:    cat(requests, []string{inbox}),
+			pub:    cat(requests, wakes, []string{s.Gone(), inbox}),
 			sub:    []string{inbox},
 			optPub: []string{api + "STREAM.INFO." + req},
 		},
@@ -2246,6 +2247,7 @@ func TestLive(t *testing.T) {
 		}
 	}
 	waitFor("gateway readiness", func() bool { return status(base+"/health/readiness") == http.StatusOK })
+	var conns []*nats.Conn // every connection connect made
 	connect := func(user string, opts ...nats.Option) *nats.Conn {
 		t.Helper()
 		u := conf.users[user]
@@ -2254,6 +2256,7 @@ func TestLive(t *testing.T) {
 			t.Fatalf("connect as %s: %v", user, err)
 		}
 		t.Cleanup(nc.Close)
+		conns = append(conns, nc)
 		return nc
 	}
 	rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
@@ -2277,7 +2280,7 @@ func TestLive(t *testing.T) {
 	wkEnv, metricsAddr := local(wkSvc)
 	workerDone := make(chan error, 1)
 	go func() { workerDone <- app.RunWorker(ctx, wkEnv, lookup, logs) }()
-	t.Cleanup(func() {
+	stopLLMQ := sync.OnceFunc(func() {
 		cancel()
 		_ = g.Wait()
 		select {
@@ -2286,6 +2289,7 @@ func TestLive(t *testing.T) {
 			t.Error("the worker did not stop")
 		}
 	})
+	t.Cleanup(stopLLMQ)
 	// The worker's metrics listener starts once it is connected and has set
 	// up JetStream: its probe path answering means the worker is up.
 	waitFor("the worker's "+workerMetricsPath, func() bool {
@@ -2340,7 +2344,6 @@ func TestLive(t *testing.T) {
 		if err != nil {
 			t.Fatalf("pkg/limiter as %s: %v", roleWorker, err)
 		}
-		defer set.Close()
 		sets = append(sets, set)
 	}
 	var wg sync.WaitGroup
@@ -2365,7 +2368,18 @@ func TestLive(t *testing.T) {
 		t.Errorf("limiter cooldown: %v", err)
 	}
 
-	time.Sleep(100 * time.Millisecond)
+	// Everything above has reached the server once every connection that
+	// did it is closed: a client flushes what it sent before it closes, and
+	// the server reads all of it (logging any violation) before it drops the
+	// connection.
+	for _, set := range sets {
+		_ = set.Close()
+	}
+	stopLLMQ()
+	for _, nc := range conns {
+		nc.Close()
+	}
+	waitFor("every connection to close", func() bool { return srv.NumClients() == 0 })
 	for _, v := range slog.take() {
 		t.Errorf("nats-server: %s", v)
 	}
@@ -2384,7 +2398,7 @@ func TestLive(t *testing.T) {
 			if !errors.Is(err, nats.ErrPermissionViolation) {
 				t.Errorf("%s %s: %v", user, what, err)
 			}
-		case <-time.After(3 * time.Second):
+		case <-time.After(20 * time.Second): // the refusal comes as soon as the server read it
 			t.Errorf("user %s may %s", user, what)
 		}
 	}

@@ -32,24 +32,27 @@ type deliveries struct {
 
 // delivery is one final answer waiting for its confirmation.
 type delivery struct {
-	msg    *nats.Msg // the answer; its reply subject is the confirm subject
-	tries  int
-	gen    int // raised when a timer is set or the delivery ends: older timers do nothing
-	timer  *time.Timer
-	settle func(replyOutcome)
+	msg      *nats.Msg // the answer; its reply subject is the confirm subject
+	deadline time.Time // the caller's answer deadline; zero if it gave none
+	timeouts int       // sends not confirmed in time
+	nobody   int       // sends that found nobody on the caller's inbox
+	hold     time.Time // until when nobody on the inbox may mean "reconnecting"; set at the first
+	gen      int       // raised when a timer is set or the delivery ends: older timers do nothing
+	timer    *time.Timer
+	settle   func(replyOutcome)
 }
 
 // deliver sends the final answer to the caller's inbox as a request that
 // the caller confirms, and calls settle once with what became of it, from
 // another goroutine. An answer that finds nobody on the inbox is sent again
-// (the caller's gateway may be reconnecting to NATS) up to
-// noResponderRetries times, retryGap apart; one that is not confirmed within
+// (the caller's gateway may be reconnecting to NATS) until the caller's
+// answer deadline (see hold.go); one that is not confirmed within
 // PickupTimeout is sent again up to 2×noResponderRetries times.
-func (p *Pool) deliver(inbox string, rep *messages.Reply, settle func(replyOutcome)) {
+func (p *Pool) deliver(inbox string, deadline time.Time, rep *messages.Reply, settle func(replyOutcome)) {
 	token := nuid.Next()
 	msg := messages.ReplyMsg(inbox, rep)
 	msg.Reply = p.confirmSubject(token)
-	d := &delivery{msg: msg, settle: settle}
+	d := &delivery{msg: msg, deadline: deadline, settle: settle}
 	p.inFlight.Add(1)
 	p.delivered.mu.Lock()
 	p.delivered.pending[token] = d
@@ -86,7 +89,7 @@ func (p *Pool) onConfirm(m *nats.Msg) {
 	p.finish(token, replyConfirmed)
 }
 
-// unconfirmed sends the answer again after retryGap, or gives up. gen is the
+// unconfirmed sends the answer again after a gap, or gives up. gen is the
 // generation of the timer that fired (0: a "no responders" answer, which is
 // always current).
 func (p *Pool) unconfirmed(token string, gen int, noResponders bool) {
@@ -97,21 +100,29 @@ func (p *Pool) unconfirmed(token string, gen int, noResponders bool) {
 		return
 	}
 	d.timer.Stop()
-	var outcome replyOutcome
-	switch {
-	case noResponders && d.tries >= noResponderRetries:
-		outcome = replyNobody
-	case d.tries >= 2*noResponderRetries:
-		outcome = replyUnconfirmed
-	default:
-		d.tries++
-		d.gen++
-		d.timer = time.AfterFunc(retryGap, func() { p.send(token) })
-		p.delivered.mu.Unlock()
-		return
+	now := time.Now()
+	gap := retryGap
+	if noResponders && d.hold.IsZero() {
+		d.hold = p.holdFor(d.msg.Subject, d.deadline, now)
 	}
+	switch {
+	case noResponders && (!now.Before(d.hold) || p.callers.closed(d.msg.Subject)):
+		p.delivered.mu.Unlock()
+		p.finish(token, replyNobody)
+		return
+	case noResponders:
+		gap = min(holdGap(d.nobody), d.hold.Sub(now))
+		d.nobody++
+	case d.timeouts >= 2*noResponderRetries:
+		p.delivered.mu.Unlock()
+		p.finish(token, replyUnconfirmed)
+		return
+	default:
+		d.timeouts++
+	}
+	d.gen++
+	d.timer = time.AfterFunc(gap, func() { p.send(token) })
 	p.delivered.mu.Unlock()
-	p.finish(token, outcome)
 }
 
 // finish ends a delivery with outcome, once.
@@ -126,6 +137,9 @@ func (p *Pool) finish(token string, outcome replyOutcome) {
 	p.delivered.mu.Unlock()
 	if d == nil {
 		return
+	}
+	if outcome == replyConfirmed {
+		p.callers.heard(inboxPrefix(d.msg.Subject), false)
 	}
 	d.settle(outcome)
 	p.inFlight.Done()

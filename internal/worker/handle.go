@@ -16,12 +16,22 @@ import (
 
 // onControl cancels a call when its caller says so, or when NATS reports
 // that nobody listens on the caller's inbox any more ("no responders" to a
-// heartbeat or chunk sent with this control subject as reply), unless this
-// worker's connection came back only just now (see reconnectWatch).
+// heartbeat or chunk sent with this control subject as reply), unless the
+// caller is one that may be reconnecting (see hold.go: the answer of a known
+// caller's call is held for it instead) or this worker's own connection came
+// back only just now (see reconnectWatch).
 func (p *Pool) onControl(m *nats.Msg) {
 	id := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
-	if m.Header.Get(messages.HeaderEvent) != messages.EventCancel &&
-		(m.Header.Get("Status") != "503" || p.reconnect.settling(time.Now())) {
+	switch {
+	case m.Header.Get(messages.HeaderEvent) == messages.EventCancel:
+	case m.Header.Get("Status") == "503":
+		if p.reconnect.settling(time.Now()) {
+			return
+		}
+		if inbox := p.keeper.inboxOf(m.Subject); inbox != "" && p.callers.known(inbox) {
+			return
+		}
+	default:
 		return
 	}
 	if cancel, ok := p.calls.Load(id); ok {
@@ -132,14 +142,18 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 		}
 	}
 	d := lease.Deployment()
-	switch p.pickup(req, control, d.ID) {
+	switch p.pickup(m, req, control, d.ID) {
 	case pickupGone:
 		log.Info("dropping request whose caller is gone")
 		_ = m.TermWithReason("caller gone")
 		return
-	case pickupUnsure: // e.g. the caller's gateway is reconnecting to NATS
+	case pickupUnsure:
 		log.Info("the caller did not answer the pickup; the request goes back to the queue")
 		p.nakAndHint(m, req)
+		return
+	case pickupLater: // e.g. the caller's gateway is reconnecting to NATS
+		log.Info("nobody listens on the caller's inbox yet; the request goes back to the queue for a later try")
+		p.nakLater(m, req)
 		return
 	}
 
@@ -195,7 +209,7 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 	// settles the message.
 	keep = false
 	failed := err != nil
-	p.deliver(req.ReplyTo, rep, func(o replyOutcome) {
+	p.deliver(req.ReplyTo, req.AnswerDeadline, rep, func(o replyOutcome) {
 		defer stop()
 		switch o {
 		case replyUnconfirmed:
@@ -258,39 +272,42 @@ type pickupAnswer int
 
 const (
 	pickupGo     pickupAnswer = iota // the caller waits: call the provider
-	pickupGone                       // the caller said no, or nobody listens on its inbox
-	pickupUnsure                     // no answer in time: try again later
+	pickupGone                       // the caller said no, or stopped waiting and nobody listens on its inbox
+	pickupUnsure                     // no answer in time: try again now
+	pickupLater                      // nobody listens on the caller's inbox, but it may still wait: try again later (see hold.go)
 )
 
-// noResponderRetries is how often a pickup or reply that found nobody on
-// the caller's inbox is tried again, retryGap apart, before the caller
-// counts as gone: its gateway may be reconnecting to NATS. A gateway cut off
-// for less than about five seconds loses nothing; one that stays away longer
-// (it died) has its requests dropped without a provider call.
-const (
-	noResponderRetries = 10
-	retryGap           = 500 * time.Millisecond
-)
-
-// pickup asks the caller whether it still waits for req, and names the
-// control subject it can cancel the call on.
-func (p *Pool) pickup(req *messages.Request, control, deployment string) pickupAnswer {
+// pickup asks the caller whether it still waits for m's request req, and
+// names the control subject it can cancel the call on. A pickup that finds
+// nobody on the caller's inbox is tried again (see hold.go).
+func (p *Pool) pickup(m *pulled, req *messages.Request, control, deployment string) pickupAnswer {
 	msg := messages.EventMsg(req.ReplyTo, messages.EventPickup, 0, nil)
 	msg.Header.Set(messages.HeaderControl, control)
 	msg.Header.Set(messages.HeaderDeployment, deployment)
+	var hold time.Time // until when nobody on the inbox may mean "reconnecting"
 	for try := 0; ; try++ {
+		messages.SetRedeliverIn(msg, p.keeper.redeliverIn(control, time.Now()))
 		resp, err := p.nc.RequestMsg(msg, p.opts.PickupTimeout)
 		switch {
 		case err == nil && string(resp.Data) == messages.PickupAccept:
+			p.callers.heard(inboxPrefix(req.ReplyTo), false)
 			return pickupGo
 		case err == nil:
+			p.callers.heard(inboxPrefix(req.ReplyTo), false)
 			return pickupGone
-		case errors.Is(err, nats.ErrNoResponders) && try < noResponderRetries:
-			time.Sleep(retryGap)
-		case errors.Is(err, nats.ErrNoResponders):
-			return pickupGone
-		default:
+		case !errors.Is(err, nats.ErrNoResponders):
 			return pickupUnsure
 		}
+		now := time.Now()
+		if hold.IsZero() {
+			hold = p.holdFor(req.ReplyTo, pickupDeadline(req), now)
+		}
+		switch {
+		case !now.Before(hold) || p.callers.closed(req.ReplyTo):
+			return pickupGone
+		case try >= noResponderRetries || timesDelivered(m) > 1:
+			return pickupLater
+		}
+		time.Sleep(min(retryGap, hold.Sub(now)))
 	}
 }

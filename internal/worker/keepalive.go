@@ -15,16 +15,26 @@ import (
 // heartbeat to its caller every HeartbeatInterval, sent with the request's
 // control subject as reply so that a vanished caller is noticed. One
 // goroutine does it for all of them, ticking only while some request is
-// held: a request costs a map entry, not a goroutine and two tickers.
+// held: a request costs two map entries, not a goroutine and two tickers.
+//
+// Each heartbeat (and the pickup, see redeliverIn) tells the caller when
+// JetStream would redeliver the request if this worker fell silent: its last
+// in-progress ack plus the ack wait. A redelivery publishes no wake-up hint,
+// and the worker that could announce it is the one that died; the caller is
+// the only party left that knows when it comes, so the caller announces it
+// (pkg/client). It costs one header on messages sent anyway, and one hint
+// per dead worker's request.
 type keeper struct {
 	nc       *nats.Conn
+	ackWait  time.Duration
 	progress time.Duration // in-progress ack interval
 	tick     time.Duration // how late a keep-alive may be
 
-	mu   sync.Mutex
-	held map[*kept]struct{}
-	wake chan struct{} // the first request held starts the ticking
-	out  []due         // send's buffer (run's goroutine only)
+	mu        sync.Mutex
+	held      map[*kept]struct{}
+	byControl map[string]*kept // the latest held under each control subject
+	wake      chan struct{}    // the first request held starts the ticking
+	out       []due            // send's buffer (run's goroutine only)
 }
 
 // kept is one held request.
@@ -39,14 +49,16 @@ func newKeeper(nc *nats.Conn, ackWait time.Duration) *keeper {
 	progress := ackWait / 3
 	return &keeper{
 		nc:       nc,
+		ackWait:  ackWait,
 		progress: progress,
 		// A quarter of the shorter interval: a heartbeat goes out at most
 		// 1.25 HeartbeatInterval after the last sign of life, well within
 		// the 2 HeartbeatInterval after which a caller may serve a
 		// redelivered request again.
-		tick: min(messages.HeartbeatInterval, progress) / 4,
-		held: make(map[*kept]struct{}),
-		wake: make(chan struct{}, 1),
+		tick:      min(messages.HeartbeatInterval, progress) / 4,
+		held:      make(map[*kept]struct{}),
+		byControl: make(map[string]*kept),
+		wake:      make(chan struct{}, 1),
 	}
 }
 
@@ -57,6 +69,7 @@ func (k *keeper) hold(m *pulled, inbox, control string) (stop func()) {
 		nextProgress: now.Add(k.progress), nextBeat: now.Add(messages.HeartbeatInterval)}
 	k.mu.Lock()
 	k.held[e] = struct{}{}
+	k.byControl[control] = e
 	first := len(k.held) == 1
 	k.mu.Unlock()
 	if first {
@@ -68,8 +81,42 @@ func (k *keeper) hold(m *pulled, inbox, control string) (stop func()) {
 	return func() {
 		k.mu.Lock()
 		delete(k.held, e)
+		if k.byControl[control] == e {
+			delete(k.byControl, control)
+		}
 		k.mu.Unlock()
 	}
+}
+
+// inboxOf is the caller's inbox of the request held under control, or "".
+func (k *keeper) inboxOf(control string) string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if e := k.byControl[control]; e != nil {
+		return e.inbox
+	}
+	return ""
+}
+
+// redeliverIn is how long after now JetStream redelivers the request held
+// under control if no more in-progress acks go out (the ack wait, when the
+// request is not held).
+func (k *keeper) redeliverIn(control string, now time.Time) time.Duration {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	e := k.byControl[control]
+	if e == nil {
+		return k.ackWait
+	}
+	return e.redeliverAt(k).Sub(now)
+}
+
+// redeliverAt is when JetStream redelivers e's request if no more
+// in-progress acks go out: the last one (or the fetch) plus the ack wait.
+// The server starts the ack wait when it receives the ack, a little after
+// this worker sent it, so this is a little early; pkg/client allows for that.
+func (e *kept) redeliverAt(k *keeper) time.Time {
+	return e.nextProgress.Add(k.ackWait - k.progress)
 }
 
 // run sends the keep-alives until ctx ends. It must outlive every call and
@@ -98,6 +145,7 @@ func (k *keeper) run(ctx context.Context) {
 type due struct {
 	e               *kept
 	progress, beats bool
+	redeliverIn     time.Duration // after this tick's in-progress ack, if any
 }
 
 // send sends what is due at now and reports whether any request is held.
@@ -117,6 +165,7 @@ func (k *keeper) send(now time.Time) bool {
 		if a.beats {
 			e.nextBeat = now.Add(messages.HeartbeatInterval)
 		}
+		a.redeliverIn = e.redeliverAt(k).Sub(now)
 		if a.progress || a.beats {
 			out = append(out, a)
 		}
@@ -129,6 +178,7 @@ func (k *keeper) send(now time.Time) bool {
 		if a.beats {
 			msg := messages.EventMsg(a.e.inbox, messages.EventAlive, 0, nil)
 			msg.Reply = a.e.control
+			messages.SetRedeliverIn(msg, a.redeliverIn)
 			_ = k.nc.PublishMsg(msg)
 		}
 	}

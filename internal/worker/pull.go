@@ -184,6 +184,11 @@ func (m *pulled) confirmAck() {
 // Nak hands the message back for redelivery.
 func (m *pulled) Nak() error { return m.ack(ackNak) }
 
+// NakWithDelay hands the message back for redelivery after delay.
+func (m *pulled) NakWithDelay(delay time.Duration) error {
+	return m.ack(append([]byte("-NAK "), delay.String()...))
+}
+
 // InProgress resets the message's ack wait.
 func (m *pulled) InProgress() error { return m.ack(ackProgress) }
 

@@ -61,7 +61,17 @@
 // that dies in between causes a redelivery, never a lost answer; the caller
 // keeps only the first answer it receives. The slot does not wait for the
 // confirmation: it takes the next request while the answer's delivery
-// (deliver.go) settles the message.
+// (deliver.go) settles the message. A pickup or an answer that finds nobody
+// on the caller's inbox is held for as long as the caller said it waits (its
+// gateway may be reconnecting; see hold.go).
+//
+// A worker that dies holding a message leaves it to JetStream, which
+// redelivers it after the ack wait but publishes no wake-up hint for it.
+// The caller announces it instead: the pickup and each heartbeat say when
+// the redelivery would come (keepalive.go), and pkg/client publishes the
+// hint then if the worker fell silent. Other workers cannot tell which
+// messages a dead worker held without a round trip per request; the caller
+// already hears from the worker every second.
 //
 // # Shutdown
 //
@@ -147,6 +157,7 @@ type Pool struct {
 	calls     sync.Map       // request id -> context.CancelCauseFunc of its call
 	reconnect reconnectWatch // onControl's
 	delivered deliveries
+	callers   callers
 	keeper    *keeper
 }
 
@@ -251,6 +262,11 @@ func (p *Pool) Run(ctx context.Context) error {
 		return fmt.Errorf("worker: subscribe confirmations: %w", err)
 	}
 	defer conf.Unsubscribe()
+	gone, err := p.nc.Subscribe(p.opts.Subjects.Gone(), p.onGone)
+	if err != nil {
+		return fmt.Errorf("worker: subscribe closed callers: %w", err)
+	}
+	defer gone.Unsubscribe()
 
 	// The keep-alives go on until Run returns: calls and deliveries outlive
 	// ctx by the drain.

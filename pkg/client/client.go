@@ -21,6 +21,27 @@
 // returns at once and the request is abandoned; the worker that later finds
 // it drops it without a provider call. A request with a [Parker] may be
 // handed over while it waits: the client then owns it until Parker.Done.
+//
+// # Waking workers for a redelivery
+//
+// A worker that dies while it holds a request leaves it to JetStream, which
+// redelivers it once the ack wait has passed since the worker's last
+// in-progress ack. Unlike a new message, a redelivery is not republished as
+// a wake-up hint, so workers would find it only at their safety-net poll
+// (seconds later), and a busy pool would serve lower bands before it in the
+// meantime. The dead worker cannot announce it, and no other worker knows
+// which requests it held; the caller does: it hears the worker's
+// heartbeats, and each one (and the pickup) says when JetStream will
+// redeliver the request if nothing more comes (Llmq-Redeliver-In, see
+// pkg/messages). So the client keeps one timer per picked request, set at
+// pickup and moved on only when it fires early (a heartbeat pushed the time
+// on), and when it fires with the worker silent it publishes a wake-up hint
+// for the request's band and group: the redelivery is fetched before any
+// lower band, like a new message. This costs nothing per request beyond the
+// timer (no message, no round trip), and one hint per request whose worker
+// died. The hint waits, if need be, until the worker has been silent for
+// two heartbeats, since only then is the redelivery's pickup accepted (with
+// a short ack wait, JetStream may redeliver sooner).
 package client
 
 import (
@@ -55,7 +76,9 @@ type Options struct {
 	PublishTimeout time.Duration
 	// StreamBuffer bounds the chunks buffered per stream for a slow reader;
 	// default 256. A stream whose reader falls further behind is ended with
-	// ErrSlowReader, so memory per stream is bounded and nothing else waits.
+	// ErrSlowReader as soon as its reader returns (the chunks still buffered
+	// are dropped), and its worker is told to stop at once, so memory per
+	// stream is bounded and nothing else waits.
 	StreamBuffer int
 }
 
@@ -184,10 +207,17 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 
 // Close unsubscribes the inbox and stops following the connection's status.
 // Pending Do calls end by their own contexts, parked requests at their
-// deadlines.
+// deadlines. It tells the workers that nobody will answer on this client's
+// inbox any more, so they drop its requests rather than hold them for a
+// reconnect (see pkg/messages).
 func (c *Client) Close() error {
 	c.stopWatch()
-	return c.sub.Unsubscribe()
+	err := c.sub.Unsubscribe()
+	if c.nc.IsConnected() {
+		_ = c.nc.Publish(c.subjects.Gone(), []byte(c.inbox))
+		_ = c.nc.FlushTimeout(time.Second)
+	}
+	return err
 }
 
 // watch follows the connection's status until stopWatch.
@@ -232,7 +262,10 @@ type Request struct {
 	// AnswerDeadline bounds the whole wait, queue and provider call; past
 	// it Do fails with messages.OutcomeProviderTimeout and tells the worker
 	// to stop. Zero means no bound other than ctx's. Do waits on one timer
-	// for both deadlines, where a context deadline would add a second.
+	// for both deadlines, where a context deadline would add a second. It
+	// travels with the request (Llmq-Answer-Deadline, with ctx's deadline
+	// if earlier): while this client's connection reconnects, workers hold
+	// its answers and pickups until then (about five seconds without one).
 	AnswerDeadline time.Time
 	// Parker, when set on a request that is not a stream, lets Do hand
 	// the request over after it waited ParkAfter in the queue (see Parker).
@@ -266,6 +299,7 @@ const (
 
 type waiter struct {
 	id                            string
+	group                         string
 	band                          int
 	start                         time.Time // of the publish
 	queueDeadline, answerDeadline time.Time
@@ -276,10 +310,15 @@ type waiter struct {
 	lastSeen atomic.Int64 // unix nanos of the last message from the worker
 	control  atomic.Pointer[string]
 	deploy   atomic.Pointer[string]
-	reply    chan *nats.Msg
-	chunks   chan *nats.Msg // streams only
-	abort    chan struct{}  // closed when the chunk buffer overflowed
-	once     sync.Once
+	// redeliverAt is when JetStream redelivers the request if its worker
+	// sends nothing more (unix nanos; 0: unknown); wake fires then (see the
+	// package doc).
+	redeliverAt atomic.Int64
+	wake        atomic.Pointer[time.Timer]
+	reply       chan *nats.Msg
+	chunks      chan *nats.Msg // streams only
+	abort       chan struct{}  // closed when the chunk buffer overflowed
+	once        sync.Once
 
 	// A parked request (see Parker): parked is set once, after timer.
 	parker  Parker
@@ -337,7 +376,7 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 		req.ID = nuid.Next()
 	}
 	w := &waiter{
-		id: req.ID, band: c.bands.Band(req.Priority), stream: req.OnChunk != nil, reply: make(chan *nats.Msg, 1),
+		id: req.ID, group: req.Group, band: c.bands.Band(req.Priority), stream: req.OnChunk != nil, reply: make(chan *nats.Msg, 1),
 		queueDeadline: req.Deadline, answerDeadline: req.AnswerDeadline,
 	}
 	if w.stream {
@@ -368,9 +407,17 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 	}()
 
 	w.start = time.Now()
+	// The workers hold an answer or a pickup that finds nobody on the
+	// inbox (this connection is reconnecting) until the caller stops
+	// waiting: its answer deadline, or its context's deadline for a request
+	// that cannot be parked (a parked request outlives its context).
+	answerBy := w.answerDeadline
+	if dl, ok := ctx.Deadline(); ok && w.parker == nil {
+		answerBy = earliest(answerBy, dl)
+	}
 	msg := c.subjects.Msg(&messages.Request{
 		ID: w.id, Kind: req.Kind, Group: req.Group, Band: w.band, Priority: req.Priority,
-		ReplyTo: c.inbox + "." + w.id, Deadline: w.queueDeadline, Stream: w.stream, Body: req.Body,
+		ReplyTo: c.inbox + "." + w.id, Deadline: w.queueDeadline, AnswerDeadline: answerBy, Stream: w.stream, Body: req.Body,
 	}, w.start)
 	req = nil // see above
 	if err := c.publish(ctx, msg); err != nil {
@@ -427,13 +474,33 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 		}
 		return onChunk(m.Data)
 	}
+	// slow ends a stream whose buffer overflowed. It goes before any event
+	// still buffered: the stream ends where the reader fell behind, and no
+	// more events are relayed once that was decided.
+	slow := func() bool {
+		select {
+		case <-w.abort:
+			return true
+		default:
+			return false
+		}
+	}
+	slowErr := func() (*Response, Result, error) {
+		return fail(fmt.Errorf("%w: more than %d events were waiting", ErrSlowReader, c.buffer))
+	}
 	for {
 		select {
 		case m := <-w.chunks:
+			if slow() {
+				return slowErr()
+			}
 			if err := chunk(m); err != nil {
 				return fail(err)
 			}
 		case m := <-w.reply:
+			if slow() {
+				return slowErr()
+			}
 			for drained := false; !drained; { // chunks sent before the reply are already queued
 				select {
 				case cm := <-w.chunks:
@@ -446,7 +513,7 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 			}
 			return w.answer(m, next)
 		case <-w.abort:
-			return fail(fmt.Errorf("%w: more than %d events were waiting", ErrSlowReader, c.buffer))
+			return slowErr()
 		case <-silence:
 			if seen := w.lastSeen.Load(); w.state.Load() == statePicked && time.Since(time.Unix(0, seen)) > messages.StreamSilence {
 				return fail(fmt.Errorf("%w: nothing for %s", ErrWorkerLost, messages.StreamSilence))
@@ -492,6 +559,9 @@ func (c *Client) forget(w *waiter) {
 		return
 	}
 	delete(c.waiters, w.id)
+	if t := w.wake.Load(); t != nil {
+		t.Stop()
+	}
 	// A Go map never shrinks: once a crowd of waiters has gone, the rest
 	// move to a map of their size, so the crowd's memory is returned.
 	if n := len(c.waiters); c.peak >= shrinkFrom && n < c.peak/4 {
@@ -572,6 +642,66 @@ func (c *Client) endParked(w *waiter, m *nats.Msg, err error) {
 		}
 		w.parker.Done(nil, w.result(), err)
 	}()
+}
+
+// hintDelay is how long after the announced redelivery time the wake-up
+// hint goes out: the server starts the ack wait when it receives an
+// in-progress ack, a little after the worker sent it, and a hint that comes
+// before the server redelivers makes a worker fetch nothing (it tries again
+// a few times, only while idle).
+const hintDelay = 25 * time.Millisecond
+
+// workerGone reports whether the worker that picked w's request up has
+// gone quiet, so that a second pickup of it is a redelivery: it sent
+// nothing for two heartbeats. (A redelivery while it still sends them is a
+// late in-progress ack of a loaded worker: a second call would put the
+// request at two providers at once.)
+func (w *waiter) workerGone() bool {
+	return time.Since(time.Unix(0, w.lastSeen.Load())) >= 2*messages.HeartbeatInterval
+}
+
+// hintAt is when the wake-up hint for w's redelivery is due: once the
+// announced redelivery time has come and the worker has been silent long
+// enough for the redelivery's pickup to be accepted (workerGone).
+func (w *waiter) hintAt() time.Time {
+	at := time.Unix(0, w.redeliverAt.Load())
+	if quiet := time.Unix(0, w.lastSeen.Load()).Add(2 * messages.HeartbeatInterval); quiet.After(at) {
+		at = quiet
+	}
+	return at.Add(hintDelay)
+}
+
+// watchRedelivery sets w's redelivery time to at and its timer to fire
+// then (see the package doc).
+func (c *Client) watchRedelivery(w *waiter, at time.Time) {
+	w.redeliverAt.Store(at.UnixNano())
+	d := time.Until(w.hintAt())
+	if t := w.wake.Load(); t != nil {
+		t.Reset(d)
+		return
+	}
+	// Stored before it can fire: redelivered uses w.wake.
+	t := time.AfterFunc(time.Hour, func() { c.redelivered(w) })
+	w.wake.Store(t)
+	t.Reset(d)
+}
+
+// redelivered runs when w's redelivery timer fires: if a heartbeat moved
+// the time on, the timer is set again; otherwise the worker went silent,
+// JetStream redelivers the request, and a wake-up hint makes an idle worker
+// fetch it at once.
+func (c *Client) redelivered(w *waiter) {
+	c.mu.Lock()
+	live := c.waiters[w.id] == w
+	c.mu.Unlock()
+	if !live {
+		return
+	}
+	if d := time.Until(w.hintAt()); d > 0 {
+		w.wake.Load().Reset(d)
+		return
+	}
+	_ = c.nc.Publish(c.subjects.Wake(w.band, w.group), nil)
 }
 
 // earliest returns the earlier of two times, a zero time meaning none.
@@ -699,7 +829,11 @@ func (c *Client) onInbox(m *nats.Msg) {
 	case event == messages.EventRequeue:
 		w.lastSeen.Store(0) // its worker let go: the next pickup may start it
 	default:
-		w.lastSeen.Store(time.Now().UnixNano()) // a sign of life of the serving worker
+		now := time.Now()
+		w.lastSeen.Store(now.UnixNano()) // a sign of life of the serving worker
+		if d, ok := messages.RedeliverIn(m.Header); ok {
+			w.redeliverAt.Store(now.Add(d).UnixNano())
+		}
 	}
 	switch event {
 	case messages.EventPickup:
@@ -758,17 +892,19 @@ func (c *Client) pickup(w *waiter, h nats.Header) string {
 	// the request at two providers at once. A stream never starts again,
 	// since part of it may have been relayed.
 	first := w.state.CompareAndSwap(stateWaiting, statePicked)
-	if !first && (w.stream || w.state.Load() != statePicked ||
-		time.Since(time.Unix(0, w.lastSeen.Load())) < 2*messages.HeartbeatInterval) {
+	if !first && (w.stream || w.state.Load() != statePicked || !w.workerGone()) {
 		return messages.PickupReject
 	}
 	control, deployment := h.Get(messages.HeaderControl), h.Get(messages.HeaderDeployment)
 	w.control.Store(&control)
 	w.deploy.Store(&deployment)
-	now := time.Now().UnixNano()
-	w.lastSeen.Store(now)
+	now := time.Now()
+	w.lastSeen.Store(now.UnixNano())
 	if first {
-		w.pickedAt.Store(now)
+		w.pickedAt.Store(now.UnixNano())
+	}
+	if d, ok := messages.RedeliverIn(h); ok {
+		c.watchRedelivery(w, now.Add(d))
 	}
 	c.startParked(w)
 	return messages.PickupAccept

@@ -23,6 +23,10 @@
 //	Llmq-Reply       the subject the answer goes to (the caller's inbox)
 //	Llmq-Deadline    queue deadline, Unix milliseconds; work that has not
 //	                 started by then is dropped without calling a provider
+//	Llmq-Answer-Deadline  optional, Unix milliseconds: when the caller stops
+//	                 waiting for the answer; a worker holds a pickup or an
+//	                 answer that finds nobody on the caller's inbox (its
+//	                 gateway is reconnecting to NATS) until then
 //	Nats-Msg-Id      the request id (JetStream deduplication)
 //	Nats-TTL         the time to the deadline (expired requests leave the stream)
 //
@@ -40,13 +44,38 @@
 // subject: if the caller is gone, NATS answers "no responders" there and the
 // worker cancels the provider call. A caller that gives up sends Llmq-Event
 // "cancel" to that control subject (also named in the pickup's Llmq-Control
-// header).
+// header). The pickup and every "alive" carry Llmq-Redeliver-In: the
+// milliseconds, from the event's sending, after which JetStream redelivers
+// the request if the worker acknowledges nothing more (it died). A
+// redelivery is not republished as a wake-up hint, so the caller, the one
+// party that can tell when it comes, publishes an empty message to
+// <prefix>.wake.<band>.<group> at that time, once the worker has also been
+// silent for two heartbeats (pkg/client does this); idle
+// workers then fetch the request at once rather than at their next
+// safety-net poll.
 //
 // A worker that hands a request back unanswered (it is shutting down) sends
 // Llmq-Event "requeue" first. A caller accepts a second pickup of a plain
 // request only after "requeue" or when its worker has been silent for two
 // heartbeats (it died), so a request is never at two providers at once; a
 // stream is never picked up twice.
+//
+// A pickup or an answer that finds nobody on the caller's inbox is held
+// (tried again, the request handed back for later) until the caller's
+// Llmq-Answer-Deadline, or, for a pickup, its queue deadline if earlier: a
+// caller's connection may be reconnecting. A worker holds them so only for a
+// caller it has heard from (a pickup answered, an answer confirmed) in the
+// last hour, and for others about five seconds, so that the requests of a
+// gateway that stopped before the worker started leave the queue. A caller
+// that closes for good publishes its inbox prefix (Llmq-Reply up to its last
+// '.') to <prefix>.gone; workers then drop its requests' pickups and answers
+// that find nobody, at once.
+//
+// Headers added within version "1" are optional: a reader that does not know
+// them ignores them, and a message without them means what it meant before
+// (Llmq-Answer-Deadline: workers hold answers for a default bound;
+// Llmq-Redeliver-In: no wake-up hint, the safety-net poll finds the
+// redelivery).
 //
 // A streamed request (Llmq-Stream "1") is answered by "chunk" events, each
 // carrying one server-sent-event payload of the provider (the JSON after

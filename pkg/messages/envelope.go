@@ -15,23 +15,32 @@ const Version = "1"
 
 // Header names. Nats-Msg-Id and Nats-TTL are JetStream's own.
 const (
-	HeaderVersion    = "Llmq-Version"
-	HeaderRequestID  = "Llmq-Request-Id"
-	HeaderKind       = "Llmq-Kind"
-	HeaderPriority   = "Llmq-Priority"
-	HeaderReply      = "Llmq-Reply"
-	HeaderDeadline   = "Llmq-Deadline"
-	HeaderStream     = "Llmq-Stream"
-	HeaderEvent      = "Llmq-Event"
-	HeaderStatus     = "Llmq-Status"
-	HeaderOutcome    = "Llmq-Outcome"
-	HeaderDeployment = "Llmq-Deployment"
-	HeaderRetryAfter = "Llmq-Retry-After"
-	HeaderSeq        = "Llmq-Seq"
-	HeaderControl    = "Llmq-Control"
-	HeaderDeadReason = "Llmq-Dead-Reason"
-	HeaderMsgID      = "Nats-Msg-Id"
-	HeaderTTL        = "Nats-TTL"
+	HeaderVersion   = "Llmq-Version"
+	HeaderRequestID = "Llmq-Request-Id"
+	HeaderKind      = "Llmq-Kind"
+	HeaderPriority  = "Llmq-Priority"
+	HeaderReply     = "Llmq-Reply"
+	HeaderDeadline  = "Llmq-Deadline"
+	// HeaderAnswerDeadline is when the caller stops waiting for the answer
+	// (Unix milliseconds; optional): a worker holds an answer or a pickup
+	// that finds nobody on the caller's inbox until then.
+	HeaderAnswerDeadline = "Llmq-Answer-Deadline"
+	// HeaderRedeliverIn, on pickup and alive events, is how long (in
+	// milliseconds, from the event's sending) JetStream waits before it
+	// redelivers the request if the worker sends nothing more: its last
+	// in-progress ack plus the ack wait. Optional.
+	HeaderRedeliverIn = "Llmq-Redeliver-In"
+	HeaderStream      = "Llmq-Stream"
+	HeaderEvent       = "Llmq-Event"
+	HeaderStatus      = "Llmq-Status"
+	HeaderOutcome     = "Llmq-Outcome"
+	HeaderDeployment  = "Llmq-Deployment"
+	HeaderRetryAfter  = "Llmq-Retry-After"
+	HeaderSeq         = "Llmq-Seq"
+	HeaderControl     = "Llmq-Control"
+	HeaderDeadReason  = "Llmq-Dead-Reason"
+	HeaderMsgID       = "Nats-Msg-Id"
+	HeaderTTL         = "Nats-TTL"
 )
 
 // Events carried in HeaderEvent on messages to a caller's inbox.
@@ -102,8 +111,11 @@ type Request struct {
 	Priority int64
 	ReplyTo  string    // the caller's inbox subject
 	Deadline time.Time // queue deadline; zero means none
-	Stream   bool      // the caller asked for server-sent events
-	Body     []byte    // the OpenAI request body without llmq-only fields
+	// AnswerDeadline is when the caller stops waiting for the answer; zero
+	// means the caller did not say.
+	AnswerDeadline time.Time
+	Stream         bool   // the caller asked for server-sent events
+	Body           []byte // the OpenAI request body without llmq-only fields
 }
 
 // Msg builds the JetStream message for r on the subjects s. The TTL is the
@@ -124,6 +136,9 @@ func (s Subjects) Msg(r *Request, now time.Time) *nats.Msg {
 		h[HeaderDeadline] = []string{strconv.FormatInt(r.Deadline.UnixMilli(), 10)}
 		ttl := max(r.Deadline.Sub(now).Round(time.Second), time.Second)
 		h[HeaderTTL] = []string{strconv.FormatInt(int64(ttl/time.Second), 10) + "s"}
+	}
+	if !r.AnswerDeadline.IsZero() {
+		h[HeaderAnswerDeadline] = []string{strconv.FormatInt(r.AnswerDeadline.UnixMilli(), 10)}
 	}
 	m.Data = r.Body
 	return m
@@ -167,6 +182,13 @@ func (s Subjects) DecodeRequest(subject string, h nats.Header, body []byte) (*Re
 			return nil, bad("header %s is %q, not Unix milliseconds", HeaderDeadline, d)
 		}
 		r.Deadline = time.UnixMilli(ms)
+	}
+	if d := h.Get(HeaderAnswerDeadline); d != "" {
+		ms, err := strconv.ParseInt(d, 10, 64)
+		if err != nil {
+			return nil, bad("header %s is %q, not Unix milliseconds", HeaderAnswerDeadline, d)
+		}
+		r.AnswerDeadline = time.UnixMilli(ms)
 	}
 	r.Stream = h.Get(HeaderStream) == "1"
 	if trimmed := bytes.TrimLeft(body, " \t\r\n"); len(trimmed) == 0 || trimmed[0] != '{' || !json.Valid(body) {
@@ -269,4 +291,20 @@ func ErrorBody(e *Error) []byte {
 	}
 	b, _ := json.Marshal(errorBody{Error: &d})
 	return b
+}
+
+// SetRedeliverIn writes HeaderRedeliverIn on an event message: JetStream
+// redelivers its request d from now unless the worker acks it again.
+func SetRedeliverIn(m *nats.Msg, d time.Duration) {
+	m.Header[HeaderRedeliverIn] = []string{strconv.FormatInt(max(d, 0).Milliseconds(), 10)}
+}
+
+// RedeliverIn reads HeaderRedeliverIn; ok is false when it is missing or
+// not a non-negative number of milliseconds.
+func RedeliverIn(h nats.Header) (d time.Duration, ok bool) {
+	ms, err := strconv.ParseInt(h.Get(HeaderRedeliverIn), 10, 64)
+	if err != nil || ms < 0 || ms > int64(365*24*time.Hour/time.Millisecond) {
+		return 0, false
+	}
+	return time.Duration(ms) * time.Millisecond, true
 }

@@ -29,8 +29,10 @@ func validRequest() *messages.Request {
 		Priority: 3,
 		ReplyTo:  "_INBOX.abc.req-1",
 		Deadline: testNow.Add(5 * time.Second),
-		Stream:   true,
-		Body:     []byte(chatBody),
+		// the gateway's answer deadline: the queue deadline plus the call's
+		AnswerDeadline: testNow.Add(95 * time.Second),
+		Stream:         true,
+		Body:           []byte(chatBody),
 	}
 }
 
@@ -53,6 +55,10 @@ func sameRequest(got, want *messages.Request) string {
 		return "Deadline " + got.Deadline.String() + " != " + want.Deadline.String()
 	case got.Deadline.IsZero() != want.Deadline.IsZero():
 		return "Deadline zero-ness differs"
+	case !got.AnswerDeadline.Equal(want.AnswerDeadline):
+		return "AnswerDeadline " + got.AnswerDeadline.String() + " != " + want.AnswerDeadline.String()
+	case got.AnswerDeadline.IsZero() != want.AnswerDeadline.IsZero():
+		return "AnswerDeadline zero-ness differs"
 	case got.Stream != want.Stream:
 		return "Stream differs"
 	case !bytes.Equal(got.Body, want.Body):
@@ -73,6 +79,8 @@ func TestRequestRoundTrip(t *testing.T) {
 		}},
 		{"no deadline", func(r *messages.Request) { r.Deadline = time.Time{} }},
 		{"deadline in the past", func(r *messages.Request) { r.Deadline = testNow.Add(-time.Hour) }},
+		{"no answer deadline", func(r *messages.Request) { r.AnswerDeadline = time.Time{} }},
+		{"only an answer deadline", func(r *messages.Request) { r.Deadline = time.Time{} }},
 		{"negative priority", func(r *messages.Request) { r.Priority, r.Band = -1<<62, 0 }},
 		{"huge priority", func(r *messages.Request) { r.Priority, r.Band = 1<<62, 9 }},
 		{"empty group", func(r *messages.Request) { r.Group = "" }},
@@ -98,6 +106,9 @@ func TestRequestRoundTrip(t *testing.T) {
 			if !r.Deadline.IsZero() {
 				// The deadline travels in Unix milliseconds.
 				want.Deadline = time.UnixMilli(r.Deadline.UnixMilli())
+			}
+			if !r.AnswerDeadline.IsZero() {
+				want.AnswerDeadline = time.UnixMilli(r.AnswerDeadline.UnixMilli())
 			}
 			if d := sameRequest(got, &want); d != "" {
 				t.Errorf("round trip: %s", d)
@@ -162,15 +173,16 @@ func TestRequestHeaders(t *testing.T) {
 	s := mustSubjects(t, "")
 	m := s.Msg(validRequest(), testNow)
 	want := map[string]string{
-		messages.HeaderVersion:   messages.Version,
-		messages.HeaderRequestID: "req-1",
-		messages.HeaderMsgID:     "req-1",
-		messages.HeaderKind:      "chat",
-		messages.HeaderPriority:  "3",
-		messages.HeaderReply:     "_INBOX.abc.req-1",
-		messages.HeaderStream:    "1",
-		messages.HeaderDeadline:  "1741064772891",
-		messages.HeaderTTL:       "5s",
+		messages.HeaderVersion:        messages.Version,
+		messages.HeaderRequestID:      "req-1",
+		messages.HeaderMsgID:          "req-1",
+		messages.HeaderKind:           "chat",
+		messages.HeaderPriority:       "3",
+		messages.HeaderReply:          "_INBOX.abc.req-1",
+		messages.HeaderStream:         "1",
+		messages.HeaderDeadline:       "1741064772891",
+		messages.HeaderTTL:            "5s",
+		messages.HeaderAnswerDeadline: "1741064862891",
 	}
 	got := make(map[string]string)
 	for k, v := range m.Header {
@@ -208,6 +220,8 @@ func TestDecodeRequestErrors(t *testing.T) {
 		{name: "priority overflow", header: map[string]string{messages.HeaderPriority: "9223372036854775808"}},
 		{name: "deadline not a number", header: map[string]string{messages.HeaderDeadline: "soon"}},
 		{name: "deadline RFC 3339", header: map[string]string{messages.HeaderDeadline: "2025-03-04T05:06:07Z"}},
+		{name: "answer deadline not a number", header: map[string]string{messages.HeaderAnswerDeadline: "later"}},
+		{name: "answer deadline in seconds with a fraction", header: map[string]string{messages.HeaderAnswerDeadline: "1741064862.891"}},
 		{name: "empty body", body: new("")},
 		{name: "truncated body", body: new(`{"model":"m"`)},
 		{name: "non-JSON body", body: new("hello")},
@@ -265,15 +279,15 @@ func TestDecodeRequestRejectsNonObjectBody(t *testing.T) {
 func TestDecodeRequestOptionalHeaders(t *testing.T) {
 	s := mustSubjects(t, "")
 	m := s.Msg(validRequest(), testNow)
-	for _, h := range []string{messages.HeaderPriority, messages.HeaderDeadline, messages.HeaderStream, messages.HeaderTTL, messages.HeaderMsgID} {
+	for _, h := range []string{messages.HeaderPriority, messages.HeaderDeadline, messages.HeaderAnswerDeadline, messages.HeaderStream, messages.HeaderTTL, messages.HeaderMsgID} {
 		delete(m.Header, h)
 	}
 	r, err := s.DecodeRequest(m.Subject, m.Header, m.Data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Priority != 0 || !r.Deadline.IsZero() || r.Stream {
-		t.Errorf("without optional headers: priority %d, deadline %v, stream %v; want 0, zero, false", r.Priority, r.Deadline, r.Stream)
+	if r.Priority != 0 || !r.Deadline.IsZero() || !r.AnswerDeadline.IsZero() || r.Stream {
+		t.Errorf("without optional headers: priority %d, deadline %v, answer deadline %v, stream %v; want 0, zero, zero, false", r.Priority, r.Deadline, r.AnswerDeadline, r.Stream)
 	}
 	// Only "1" means a stream.
 	m.Header[messages.HeaderStream] = []string{"true"}
@@ -484,39 +498,41 @@ func TestKindPath(t *testing.T) {
 }
 
 func FuzzDecodeRequest(f *testing.F) {
-	// subject, version, id, kind, reply, priority, deadline, stream, body
-	f.Add("llmq.req.3.openai=2Fgpt-4=2E1", "1", "req-1", "chat", "_INBOX.a.b", "3", "1741064772891", "1", []byte(chatBody))
-	f.Add("llmq.req.0.gpt-4o", "1", "x", "completion", "_INBOX.a.b", "", "", "", []byte(`{"model":"gpt-4o","prompt":["a","b"]}`))
-	f.Add("llmq.wake.9.=", "1", "x", "chat", "r", "-9223372036854775808", "-62135596800000", "0", []byte(`{}`))
-	f.Add("llmq.dead.62.a=20b", "1", "x", "chat", "r", "+7", "0", "1", []byte(`{"a":[1,2,{"b":null}]}`))
-	f.Add("llmq.req.007.a", "1", "id", "chat", "r", "9223372036854775807", "9223372036854775807", "1", []byte(`{"x":"\u00e9\ud800"}`))
-	f.Add("llmq.req.0.a", "2", "id", "chat", "r", "1", "1", "", []byte(`{}`))
-	f.Add("llmq.req.0.a", "1", "", "chat", "r", "1", "1", "", []byte(`{}`))
-	f.Add("llmq.req.0.a", "1", "id", "embedding", "r", "1", "1", "", []byte(`{}`))
-	f.Add("llmq.req.0.a", "1", "id", "chat", "", "1", "1", "", []byte(`{}`))
-	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1.5", "1", "", []byte(`{}`))
-	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "soon", "", []byte(`{}`))
-	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{`))
-	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte{})
-	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte("\xff"))
-	f.Add("llmq.req.-1.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`))
-	f.Add("llmq.req.0.a=Z", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`))
-	f.Add("llmq.req.0.", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`))
-	f.Add("llmq.req.0.a.b", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`))
-	f.Add("other.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`))
-	f.Add("", "", "", "", "", "", "", "", []byte(nil))
+	// subject, version, id, kind, reply, priority, deadline, stream, body, answer deadline
+	f.Add("llmq.req.3.openai=2Fgpt-4=2E1", "1", "req-1", "chat", "_INBOX.a.b", "3", "1741064772891", "1", []byte(chatBody), "1741064862891")
+	f.Add("llmq.req.0.gpt-4o", "1", "x", "completion", "_INBOX.a.b", "", "", "", []byte(`{"model":"gpt-4o","prompt":["a","b"]}`), "")
+	f.Add("llmq.wake.9.=", "1", "x", "chat", "r", "-9223372036854775808", "-62135596800000", "0", []byte(`{}`), "-62135596800000")
+	f.Add("llmq.dead.62.a=20b", "1", "x", "chat", "r", "+7", "0", "1", []byte(`{"a":[1,2,{"b":null}]}`), "0")
+	f.Add("llmq.req.007.a", "1", "id", "chat", "r", "9223372036854775807", "9223372036854775807", "1", []byte(`{"x":"\u00e9\ud800"}`), "9223372036854775807")
+	f.Add("llmq.req.0.a", "2", "id", "chat", "r", "1", "1", "", []byte(`{}`), "")
+	f.Add("llmq.req.0.a", "1", "", "chat", "r", "1", "1", "", []byte(`{}`), "")
+	f.Add("llmq.req.0.a", "1", "id", "embedding", "r", "1", "1", "", []byte(`{}`), "")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "", "1", "1", "", []byte(`{}`), "")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1.5", "1", "", []byte(`{}`), "")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "soon", "", []byte(`{}`), "")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{`), "")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte{}, "")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte("\xff"), "")
+	f.Add("llmq.req.-1.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "")
+	f.Add("llmq.req.0.a=Z", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "")
+	f.Add("llmq.req.0.", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "")
+	f.Add("llmq.req.0.a.b", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "")
+	f.Add("other.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "later")
+	f.Add("", "", "", "", "", "", "", "", []byte(nil), "")
 
 	s := mustSubjects(f, "")
-	f.Fuzz(func(t *testing.T, subject, version, id, kind, reply, priority, deadline, stream string, body []byte) {
+	f.Fuzz(func(t *testing.T, subject, version, id, kind, reply, priority, deadline, stream string, body []byte, answerDeadline string) {
 		h := nats.Header{}
 		for k, v := range map[string]string{
-			messages.HeaderVersion:   version,
-			messages.HeaderRequestID: id,
-			messages.HeaderKind:      kind,
-			messages.HeaderReply:     reply,
-			messages.HeaderPriority:  priority,
-			messages.HeaderDeadline:  deadline,
-			messages.HeaderStream:    stream,
+			messages.HeaderVersion:        version,
+			messages.HeaderRequestID:      id,
+			messages.HeaderKind:           kind,
+			messages.HeaderReply:          reply,
+			messages.HeaderPriority:       priority,
+			messages.HeaderDeadline:       deadline,
+			messages.HeaderStream:         stream,
+			messages.HeaderAnswerDeadline: answerDeadline,
 		} {
 			if v != "" {
 				h.Set(k, v)
@@ -571,5 +587,37 @@ func BenchmarkEncodeDecodeRequest(b *testing.B) {
 		if err != nil || got.ID != r.ID {
 			b.Fatalf("DecodeRequest: %v", err)
 		}
+	}
+}
+
+func TestRedeliverIn(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		set  *time.Duration // nil: the header is written raw
+		raw  string
+		want time.Duration
+		ok   bool
+	}{
+		{name: "ack wait", set: new(30 * time.Second), want: 30 * time.Second, ok: true},
+		{name: "rounded down to milliseconds", set: new(1500*time.Microsecond + 999), want: time.Millisecond, ok: true},
+		{name: "past written as zero", set: new(-time.Second), want: 0, ok: true},
+		{name: "missing", raw: ""},
+		{name: "not a number", raw: "soon"},
+		{name: "negative", raw: "-5"},
+		{name: "a duration string", raw: "30s"},
+		{name: "beyond a year", raw: "99999999999999"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m := messages.EventMsg("_INBOX.a.b", messages.EventAlive, 0, nil)
+			if tt.set != nil {
+				messages.SetRedeliverIn(m, *tt.set)
+			} else if tt.raw != "" {
+				m.Header.Set(messages.HeaderRedeliverIn, tt.raw)
+			}
+			d, ok := messages.RedeliverIn(m.Header)
+			if d != tt.want || ok != tt.ok {
+				t.Errorf("RedeliverIn = %v, %v; want %v, %v", d, ok, tt.want, tt.ok)
+			}
+		})
 	}
 }

@@ -47,6 +47,11 @@ func (s Subjects) Wake(band int, group string) string {
 	return s.prefix + ".wake." + strconv.Itoa(band) + "." + EncodeToken(group)
 }
 
+// Gone is the subject on which a client that closes announces its inbox
+// prefix (the payload): its requests' pickups and answers that find nobody
+// on the inbox are dropped at once instead of being held for a reconnect.
+func (s Subjects) Gone() string { return s.prefix + ".gone" }
+
 // RequestStream is the name of the JetStream work-queue stream holding requests.
 func (s Subjects) RequestStream() string { return strings.ToUpper(s.prefix) + "_REQUESTS" }
 

@@ -322,8 +322,8 @@ func TestQueueDeadline(t *testing.T) {
 	if typ := checkError(t, r, http.StatusRequestTimeout, ""); typ != "" && typ != "timeout_error" {
 		t.Errorf("error type %q, want timeout_error", typ)
 	}
-	if waited < 900*time.Millisecond || waited > 5*time.Second {
-		t.Errorf("the 408 came after %v, want about 1 s", waited)
+	if waited < 900*time.Millisecond {
+		t.Errorf("the 408 came after %v, before the 1 s queue timeout", waited)
 	}
 	if r.Header.Get("x-llmq-request-id") == "" {
 		t.Error("the 408 has no x-llmq-request-id")

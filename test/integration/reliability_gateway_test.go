@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -31,23 +33,22 @@ func TestReliabilityGatewayRestartAbandonsItsRequests(t *testing.T) {
 	q.waitMsgs(t, queued)
 
 	start := time.Now()
-	err := g.Stop()
-	took := time.Since(start)
-	t.Logf("the gateway stopped after %s with %v", took.Round(time.Millisecond), err)
-	if bound := env.ShutdownTimeout + 2*time.Second; took > bound {
-		t.Errorf("the gateway took %s to stop, over its bound of %s", took.Round(time.Millisecond), bound)
-	}
+	err := g.Stop() // bounded by relWait: an error if the gateway does not stop
+	t.Logf("the gateway stopped after %s with %v", time.Since(start).Round(time.Millisecond), err)
 	if err != nil {
 		t.Errorf("the gateway's Wait returned %v after a shutdown with requests still queued; want nil (an unfinished caller is expected at shutdown, not a failure)", err)
 	}
-	// Its callers: each gets an answer or a closed connection, promptly.
-	grace := time.Now().Add(2 * time.Second)
+	// Its callers: the stopped gateway has no HTTP server left, so each gets
+	// an answer or a closed connection rather than waiting for its deadline.
 	for i, ch := range answers {
 		select {
 		case a := <-ch:
 			t.Logf("caller %d after the stop: %v", i, a)
-		case <-time.After(time.Until(grace)):
-			t.Errorf("caller %d still waits %s after its gateway began to stop: the stopped gateway left the HTTP request open",
+			if errors.Is(a.err, context.DeadlineExceeded) {
+				t.Errorf("caller %d waited until its own timeout: the stopped gateway left the HTTP request open", i)
+			}
+		case <-time.After(relWait + time.Second):
+			t.Errorf("caller %d still waits %s after its gateway stopped: the stopped gateway left the HTTP request open",
 				i, time.Since(start).Round(time.Millisecond))
 		}
 	}

@@ -398,8 +398,8 @@ type relRawWorker struct {
 }
 
 // relStartRawWorker serves the one-deployment group of a relOneGroup config
-// whose deployment is on fake.
-func relStartRawWorker(t *testing.T, natsURL, group, deploymentID string, fake *fakeupstream.Server, ackWait time.Duration, slots int) *relRawWorker {
+// whose deployment is on fake; edit, if given, changes the pool's options.
+func relStartRawWorker(t *testing.T, natsURL, group, deploymentID string, fake *fakeupstream.Server, ackWait time.Duration, slots int, edit ...func(*worker.Options)) *relRawWorker {
 	t.Helper()
 	nc, err := nats.Connect(natsURL, nats.Name("llmq-raw-worker"))
 	if err != nil {
@@ -409,10 +409,14 @@ func relStartRawWorker(t *testing.T, natsURL, group, deploymentID string, fake *
 		ID: deploymentID, Group: group,
 		Value: provider.NewOpenAI(provider.OpenAIOptions{BaseURL: fake.URL, APIKey: "test", Model: upstreamModel(group), Timeout: 30 * time.Second}),
 	}}, nil)
-	pool, err := worker.New(nc, worker.Options{
+	opts := worker.Options{
 		Subjects: relSubjects, Bands: messages.DefaultBands().Count(), Groups: []string{group}, Slots: slots,
 		Router: rt, AckWait: ackWait, DrainTimeout: time.Second, Logger: app.NewLogger(baseEnv(""), newTestLog(t)).With("component", "raw-worker"),
-	})
+	}
+	for _, e := range edit {
+		e(&opts)
+	}
+	pool, err := worker.New(nc, opts)
 	if err != nil {
 		nc.Close()
 		t.Fatalf("raw worker: %v", err)
@@ -431,6 +435,11 @@ func relStartRawWorker(t *testing.T, natsURL, group, deploymentID string, fake *
 	})
 	return w
 }
+
+// relHintsOnly sets a raw worker's safety-net poll an hour apart, so it finds
+// requests by their wake-up hints only: a request whose hint is lost waits
+// for as long as the test does.
+func relHintsOnly(o *worker.Options) { o.PollInterval = time.Hour }
 
 // Kill closes the worker's NATS connection at once.
 func (w *relRawWorker) Kill() { w.nc.Close() }
