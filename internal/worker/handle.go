@@ -81,8 +81,7 @@ func (p *Pool) handle(ctx context.Context, m *pulled, lease *router.Lease) {
 	}
 	log := slog.New(requestLog{Handler: p.log.Handler(), req: req})
 	if !req.Deadline.IsZero() && time.Now().After(req.Deadline) {
-		log.Info("dropping request past its queue deadline")
-		_ = m.TermWithReason("queue deadline passed")
+		p.expire(log, m, req, "dropping request past its queue deadline")
 		return
 	}
 	control := p.control + "." + req.ID

@@ -249,8 +249,7 @@ func (p *Pool) abandon(log *slog.Logger, m *pulled, req *messages.Request, err e
 	var e *messages.Error
 	switch {
 	case errors.Is(err, messages.ErrQueueTimeout):
-		log.Info("dropping request: its queue deadline passed while waiting for capacity")
-		_ = m.TermWithReason("queue deadline passed")
+		p.expire(log, m, req, "dropping request: its queue deadline passed while waiting for capacity")
 	case errors.As(err, &e):
 		log.Info("refusing request", "error", e.Message)
 		_ = p.nc.PublishMsg(messages.ReplyMsg(req.ReplyTo, &messages.Reply{Outcome: e.Outcome, Status: e.HTTPStatus(), Body: messages.ErrorBody(e)}))
@@ -299,6 +298,18 @@ func sleep(ctx context.Context, d time.Duration, deadline time.Time) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// expire drops a request whose queue deadline passed before a provider was
+// called, and tells its caller. A caller that counted the deadline itself
+// has gone and nobody hears it; one that already saw the request picked up
+// (a redelivery after its worker died) would otherwise wait for its answer
+// deadline.
+func (p *Pool) expire(log *slog.Logger, m *pulled, req *messages.Request, msg string) {
+	log.Info(msg)
+	_ = p.nc.PublishMsg(messages.ReplyMsg(req.ReplyTo, &messages.Reply{
+		Outcome: queueTimeout.Outcome, Status: queueTimeout.HTTPStatus(), Body: messages.ErrorBody(queueTimeout)}))
+	_ = m.TermWithReason("queue deadline passed")
 }
 
 // queueTimeout is the end of a request whose queue deadline passed after

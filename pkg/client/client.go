@@ -41,7 +41,10 @@
 // timer (no message, no round trip), and one hint per request whose worker
 // died. The hint waits, if need be, until the worker has been silent for
 // two heartbeats, since only then is the redelivery's pickup accepted (with
-// a short ack wait, JetStream may redeliver sooner).
+// a short ack wait, JetStream may redeliver sooner). When that time comes
+// after the request's queue deadline, nothing will serve it again (it left
+// the stream at the deadline, and workers drop redeliveries past it): the
+// request ends there with 502 worker_lost instead of at its answer deadline.
 package client
 
 import (
@@ -701,6 +704,14 @@ func (c *Client) redelivered(w *waiter) {
 		w.wake.Load().Reset(d)
 		return
 	}
+	if !w.queueDeadline.IsZero() && time.Now().After(w.queueDeadline) {
+		// No worker may start the request again: it left the stream at its
+		// queue deadline (Nats-TTL), and a redelivery past it is dropped.
+		lost := &messages.Error{Outcome: messages.OutcomeProviderError, Code: "worker_lost",
+			Message: "the worker serving the request stopped responding after its queue deadline, so no other worker may start it"}
+		c.answered(w, messages.ReplyMsg(c.inbox+"."+w.id, &messages.Reply{Outcome: lost.Outcome, Status: lost.HTTPStatus(), Body: messages.ErrorBody(lost)}))
+		return
+	}
 	_ = c.nc.Publish(c.subjects.Wake(w.band, w.group), nil)
 }
 
@@ -856,20 +867,25 @@ func (c *Client) onInbox(m *nats.Msg) {
 		// Confirm receipt, so the worker acks the request; a worker that
 		// gets no confirmation serves the request again.
 		_ = m.Respond(nil)
-		if w == nil {
-			return
+		if w != nil {
+			c.answered(w, m)
 		}
+	}
+}
+
+// answered hands the reply m to whoever waits for w: Do, or the parked
+// request's end. The first answer wins; a duplicate is dropped.
+func (c *Client) answered(w *waiter, m *nats.Msg) {
+	select {
+	case w.reply <- m:
+	default:
+		return
+	}
+	if w.parked.Load() { // see hand
 		select {
-		case w.reply <- m: // the first answer wins; a duplicate is dropped
+		case m := <-w.reply:
+			c.endParked(w, m, nil)
 		default:
-			return
-		}
-		if w.parked.Load() { // see hand
-			select {
-			case m := <-w.reply:
-				c.endParked(w, m, nil)
-			default:
-			}
 		}
 	}
 }

@@ -188,3 +188,38 @@ func TestReliabilityLongCallOutlastsAckWait(t *testing.T) {
 		t.Errorf("the consumer delivered %d times, want once: the in-progress acks did not hold the request", d)
 	}
 }
+
+// TestReliabilityWorkerDiesPastTheDeadline: a request whose worker died
+// mid-call cannot be served again once its queue deadline has passed (it
+// left the stream then, by its Nats-TTL, and a worker drops a redelivery
+// past it). Its caller gets 502 worker_lost when the redelivery would have
+// come, rather than waiting for its answer deadline (which binds the
+// provider call it saw start), and no other worker calls the provider.
+func TestReliabilityWorkerDiesPastTheDeadline(t *testing.T) {
+	fake := newFake(t)
+	const group = "late"
+	cfg := relOneGroup(t, group, fake, 0, map[string]any{"ack_wait": relKillAckWait.Seconds()})
+	natsURL := startNATS(t)
+	g := startRemoteGateway(t, cfg, natsURL)
+
+	fake.Hold()
+	doomed := relStartRawWorker(t, natsURL, group, "doomed-0", fake, relKillAckWait, 2)
+	// The queue deadline (0.2 s) passes while the doomed worker holds it.
+	answer := relPostAsync(t, "request", g.URL+"/v1/chat/completions", chatBody(group, "too-late", `"timeout":0.2`), relWait)
+	waitUpstream(t, fake, 1)
+	doomed.Kill()
+	relStartWorker(t, relEnv(cfg, natsURL))
+
+	a := relAwait(t, answer)
+	if a.err != nil {
+		t.Fatalf("the caller got no answer: %v", a)
+	}
+	if a.r.Status != http.StatusBadGateway || relErrorCode(a.r.Body) != "worker_lost" {
+		t.Errorf("answer %s, want 502 worker_lost", a.r)
+	}
+	fake.Release()
+	waitIdle(t, fake)
+	if n := fake.Count(); n != 1 {
+		t.Errorf("the upstream saw %d calls, want only the dead worker's", n)
+	}
+}
