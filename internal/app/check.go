@@ -25,7 +25,7 @@ func CheckConfig(w io.Writer, path string, lookup func(string) (string, bool)) e
 	if cfg == nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
-	problems := splitErrors(err)
+	problems := config.Problems(err)
 	fmt.Fprintf(w, "config %s: %d errors, %d warnings, %d deployments\n", path, len(problems), len(cfg.Warnings), len(cfg.ModelList))
 	section := func(title string, lines []string) {
 		if len(lines) == 0 {
@@ -87,19 +87,4 @@ func headerNames(h map[string]string) []string {
 		out = append(out, "header "+k)
 	}
 	return out
-}
-
-// splitErrors returns the messages of a joined error, one per problem.
-func splitErrors(err error) []string {
-	if err == nil {
-		return nil
-	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []string
-		for _, e := range j.Unwrap() {
-			out = append(out, e.Error())
-		}
-		return out
-	}
-	return []string{err.Error()}
 }

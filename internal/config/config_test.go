@@ -212,19 +212,7 @@ model_list:
 }
 
 // problems returns the messages joined in err, one per problem.
-func problems(err error) []string {
-	if err == nil {
-		return nil
-	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []string
-		for _, e := range j.Unwrap() {
-			out = append(out, e.Error())
-		}
-		return out
-	}
-	return []string{err.Error()}
-}
+func problems(err error) []string { return Problems(err) }
 
 func TestParseErrors(t *testing.T) {
 	const okModel = "model_list: [{model_name: m, litellm_params: {model: m}}]\n"

@@ -249,3 +249,19 @@ func covered(path, under string) bool {
 	return under == "" || path == under ||
 		strings.HasPrefix(path, under+".") || strings.HasPrefix(path, under+"[")
 }
+
+// Problems returns the messages of an error that Load or Validate joined
+// with errors.Join, one per problem (nil for nil).
+func Problems(err error) []string {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []string
+		for _, e := range j.Unwrap() {
+			out = append(out, e.Error())
+		}
+		return out
+	}
+	return []string{err.Error()}
+}

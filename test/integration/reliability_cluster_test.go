@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -234,25 +233,7 @@ func TestReliabilityClusterLeaderLoss(t *testing.T) {
 	relWaitStreamMsgs(t, js, requestStream, 0)
 	waitIdle(t, fake)
 
-	calls := map[string][]int{}
-	recs := fake.Requests()
-	for i, r := range recs {
-		calls[r.Content] = append(calls[r.Content], i)
-	}
-	var twice []string
-	for content, idx := range calls {
-		if len(idx) < 2 {
-			continue
-		}
-		twice = append(twice, content)
-		for k := 1; k < len(idx); k++ {
-			prev, next := recs[idx[k-1]], recs[idx[k]]
-			if prev.Finished.IsZero() || next.Received.Before(prev.Finished) {
-				t.Errorf("%s was at the provider twice at once", content)
-			}
-		}
-	}
-	sort.Strings(twice)
+	recs, distinct, twice := relNeverTwiceAtOnce(t, fake)
 	t.Logf("new stream leader %s; the provider received %d calls for %d distinct requests; called more than once: %q",
-		newLeader, len(recs), len(calls), twice)
+		newLeader, recs, distinct, twice)
 }

@@ -356,26 +356,8 @@ func TestReliabilityProcClusterLeaderSIGKILL(t *testing.T) {
 	}
 	relWaitStreamMsgs(t, js, requestStream, 0)
 	waitIdle(t, fake)
-	recs := fake.Requests()
-	calls := map[string][]int{}
-	for i, r := range recs {
-		calls[r.Content] = append(calls[r.Content], i)
-	}
-	var twice []string
-	for content, idx := range calls {
-		if len(idx) < 2 {
-			continue
-		}
-		twice = append(twice, content)
-		for k := 1; k < len(idx); k++ {
-			prev, next := recs[idx[k-1]], recs[idx[k]]
-			if prev.Finished.IsZero() || next.Received.Before(prev.Finished) {
-				t.Errorf("%s was at the provider twice at once", content)
-			}
-		}
-	}
-	slices.Sort(twice)
-	t.Logf("the provider received %d calls for %d distinct requests; called more than once: %q", len(recs), len(calls), twice)
+	recs, distinct, twice := relNeverTwiceAtOnce(t, fake)
+	t.Logf("the provider received %d calls for %d distinct requests; called more than once: %q", recs, distinct, twice)
 	if gone := sys.exited(); len(gone) != 1 {
 		t.Errorf("processes exited: %q, want only the killed node", gone)
 	}

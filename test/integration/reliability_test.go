@@ -729,3 +729,30 @@ func relErrorCode(body []byte) string {
 	}
 	return string(rest[:j])
 }
+
+// relNeverTwiceAtOnce checks that no request (told by its content) was at
+// fake's provider twice at once: a second call of the same request may only
+// begin after the first ended. It returns the number of calls, of distinct
+// requests, and the requests called more than once, sorted.
+func relNeverTwiceAtOnce(t *testing.T, fake *fakeupstream.Server) (calls, distinct int, twice []string) {
+	t.Helper()
+	recs := fake.Requests()
+	byContent := map[string][]int{}
+	for i, r := range recs {
+		byContent[r.Content] = append(byContent[r.Content], i)
+	}
+	for content, idx := range byContent {
+		if len(idx) < 2 {
+			continue
+		}
+		twice = append(twice, content)
+		for k := 1; k < len(idx); k++ {
+			prev, next := recs[idx[k-1]], recs[idx[k]]
+			if prev.Finished.IsZero() || next.Received.Before(prev.Finished) {
+				t.Errorf("%s was at the provider twice at once", content)
+			}
+		}
+	}
+	slices.Sort(twice)
+	return len(recs), len(byContent), twice
+}
