@@ -280,19 +280,30 @@ func (s *setup) setUp(ctx context.Context, nc *nats.Conn, log *slog.Logger, prog
 	if !s.hasLimits() {
 		return nil, nil
 	}
-	bucket := s.subjects.LimitsBucket()
-	prog.set("the shared limits bucket " + bucket)
-	var set *limiter.Set
-	err = converge(ctx, log, "the shared limits bucket "+bucket, func(ctx context.Context) (bool, error) {
-		octx, cancel := context.WithTimeout(ctx, limitsOpenTimeout)
+	return openBucket(ctx, log, prog, "the shared limits bucket "+s.subjects.LimitsBucket(), func(ctx context.Context) (*limiter.Set, bool, error) {
+		set, err := limiter.Open(ctx, js, s.limiterOptions())
+		return set, errors.Is(err, limiter.ErrUnavailable), err
+	})
+}
+
+// openBucket opens the mirror of a KV bucket (what names it, for the logs
+// and readiness) with open, each attempt bounded by bucketOpenTimeout and
+// repeated while open says retry and ctx lasts (see converge).
+func openBucket[T any](ctx context.Context, log *slog.Logger, prog *progress, what string, open func(context.Context) (T, bool, error)) (T, error) {
+	prog.set(what)
+	var v T
+	err := converge(ctx, log, what, func(ctx context.Context) (bool, error) {
+		octx, cancel := context.WithTimeout(ctx, bucketOpenTimeout)
 		defer cancel()
-		set, err = limiter.Open(octx, js, s.limiterOptions())
-		return errors.Is(err, limiter.ErrUnavailable), err
+		var retry bool
+		var err error
+		v, retry, err = open(octx)
+		return retry, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("open the shared limits bucket %s: %w", bucket, err)
+		return v, fmt.Errorf("open %s: %w", what, err)
 	}
-	return set, nil
+	return v, nil
 }
 
 // limiterOptions are the options of the shared limits bucket.
@@ -300,9 +311,9 @@ func (s *setup) limiterOptions() limiter.Options {
 	return limiter.Options{Bucket: s.subjects.LimitsBucket(), Replicas: s.cfg.LLMQ.Replicas, Period: s.cfg.LLMQ.LimitsPeriod.D()}
 }
 
-// limitsOpenTimeout bounds one attempt to open the limits bucket (create
-// or update it, then read it whole).
-const limitsOpenTimeout = 3 * time.Second
+// bucketOpenTimeout bounds one attempt to open a KV bucket (create or
+// update it, then read it whole).
+const bucketOpenTimeout = 3 * time.Second
 
 // progress is what a starting process still waits for, for its readiness
 // answer. It is safe for concurrent use.

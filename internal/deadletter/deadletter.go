@@ -1,4 +1,4 @@
-// Package deadletter reads and edits the dead-letter stream (<PREFIX>_DEAD),
+// Package deadletter writes, reads and edits the dead-letter stream (<PREFIX>_DEAD),
 // where workers keep a copy of every request that ended for good without an
 // answer: undecodable, failed after its retries and fallbacks, or published
 // to a subject no worker serves. Each copy keeps the request's headers (less
@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,6 +25,22 @@ import (
 
 	"github.com/llmq/llmq/pkg/messages"
 )
+
+// Msg is the dead letter of a request stored on subject with headers h and
+// body data: its copy, less JetStream's own Nats-* headers, on the
+// dead-letter subject of its band and group, with reason in
+// Llmq-Dead-Reason. Workers publish it to JetStream.
+func Msg(subjects messages.Subjects, subject string, h nats.Header, data []byte, reason string) *nats.Msg {
+	dead := nats.NewMsg(subjects.DeadLetter(subject))
+	for k, v := range h {
+		if !strings.HasPrefix(k, "Nats-") {
+			dead.Header[k] = v
+		}
+	}
+	dead.Header.Set(messages.HeaderDeadReason, reason)
+	dead.Data = data
+	return dead
+}
 
 // ErrNotFound reports a sequence number that names no dead letter.
 var ErrNotFound = errors.New("no such dead letter")

@@ -20,6 +20,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -305,11 +306,8 @@ func (s *Server) answer(w http.ResponseWriter, callerGone bool, ids idHeaders, l
 // jsonObject is a cheap check that body is an answer: it begins as a JSON
 // object does (the worker checked it whole).
 func jsonObject(body []byte) bool {
-	i := 0
-	for i < len(body) && (body[i] == ' ' || body[i] == '\n' || body[i] == '\r' || body[i] == '\t') {
-		i++
-	}
-	return i < len(body) && body[i] == '{'
+	body = bytes.TrimLeft(body, " \t\r\n")
+	return len(body) > 0 && body[0] == '{'
 }
 
 // idHeaders are the headers every answer to a submitted request carries. They

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/llmq/llmq/internal/deadletter"
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/pkg/limiter"
 	"github.com/llmq/llmq/pkg/messages"
@@ -241,14 +242,7 @@ func (p *Pool) deadLetter(m *pulled, class, reason string) {
 
 // copyDead stores a copy of a request in the dead-letter stream.
 func (p *Pool) copyDead(subject string, h nats.Header, data []byte, class, reason string) {
-	dead := nats.NewMsg(p.opts.Subjects.DeadLetter(subject))
-	for k, v := range h {
-		if !strings.HasPrefix(k, "Nats-") {
-			dead.Header[k] = v
-		}
-	}
-	dead.Header.Set(messages.HeaderDeadReason, reason)
-	dead.Data = data
+	dead := deadletter.Msg(p.opts.Subjects, subject, h, data, reason)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := p.js.PublishMsg(ctx, dead); err != nil {
