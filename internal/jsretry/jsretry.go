@@ -93,18 +93,31 @@ func Publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, opts ..
 	if msg.Header.Get(jetstream.MsgIDHeader) == "" {
 		return nil, 0, fmt.Errorf("jsretry: publish to %s without %s cannot be repeated safely", msg.Subject, jetstream.MsgIDHeader)
 	}
-	// nats.go repeats on "no responders" by itself; this loop does it,
-	// with its own pauses, so one bound holds.
+	// nats.go repeats on "no responders" by itself; Do does it, with its
+	// own pauses, so one bound holds.
 	opts = append(opts, jetstream.WithRetryAttempts(0))
+	attempts, err = Do(ctx, func(ctx context.Context) error {
+		ack, err = js.PublishMsg(ctx, msg, opts...)
+		return err
+	})
+	return ack, attempts, err
+}
+
+// Do calls f, which must be safe to repeat (creating a stream with the same
+// configuration, reading, a publish with a Nats-Msg-Id), until it succeeds,
+// fails with an error that is not Retryable, or ctx ends, each call bounded
+// by Attempt and the pauses between them by Backoff. It returns how many
+// calls it made and the last call's error.
+func Do(ctx context.Context, f func(context.Context) error) (attempts int, err error) {
 	for n := 0; ; n++ {
 		actx, cancel := context.WithTimeout(ctx, Attempt)
-		ack, err := js.PublishMsg(actx, msg, opts...)
+		err = f(actx)
 		cancel()
 		if err == nil || ctx.Err() != nil || !Retryable(err) {
-			return ack, n + 1, err
+			return n + 1, err
 		}
 		if !Sleep(ctx, Backoff(n)) {
-			return nil, n + 1, err
+			return n + 1, err
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmq/llmq/internal/jsretry"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -61,16 +62,27 @@ func TestCluster(t *testing.T) {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	s, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "T", Subjects: []string{"t.>"}, Replicas: 3})
-	if err != nil {
+	// A ready cluster may still move its meta leader, losing a request or
+	// answering "not available": repeat as llmq's own processes do.
+	var s jetstream.Stream
+	if _, err := jsretry.Do(ctx, func(ctx context.Context) (err error) {
+		s, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: "T", Subjects: []string{"t.>"}, Replicas: 3})
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("stream created after %s", time.Since(start))
-	if _, err := js.Publish(ctx, "t.x", []byte("x")); err != nil {
+	msg := nats.NewMsg("t.x")
+	msg.Data = []byte("x")
+	msg.Header.Set(jetstream.MsgIDHeader, "x")
+	if _, _, err := jsretry.Publish(ctx, js, msg); err != nil {
 		t.Fatal(err)
 	}
-	info, err := s.Info(ctx)
-	if err != nil {
+	var info *jetstream.StreamInfo
+	if _, err := jsretry.Do(ctx, func(ctx context.Context) (err error) {
+		info, err = s.Info(ctx)
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if got := len(info.Cluster.Replicas) + 1; got != 3 || info.State.Msgs != 1 {
