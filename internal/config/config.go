@@ -108,6 +108,9 @@ const (
 )
 
 // Defaults and limits.
+// DefaultSubjectPrefix is llmq_settings.subject_prefix when the file sets none.
+const DefaultSubjectPrefix = "llmq"
+
 const (
 	defaultRoutingStrategy = StrategySimpleShuffle
 	defaultPriority        = int64(5)
@@ -116,7 +119,6 @@ const (
 	defaultCooldownTime    = 5 * time.Second
 	defaultAllowedFails    = 3
 	defaultRequestTimeout  = 600 * time.Second
-	defaultSubjectPrefix   = "llmq"
 	defaultAckWait         = 30 * time.Second
 	defaultReplicas        = 1
 	maxModelNameBytes      = 200
@@ -335,7 +337,7 @@ func (c *Config) ApplyDefaults() {
 		l.PriorityBands = []int64{0, 1, 2, 3, 4, 5, 6, 7, 8}
 	}
 	if l.SubjectPrefix == "" {
-		l.SubjectPrefix = defaultSubjectPrefix
+		l.SubjectPrefix = DefaultSubjectPrefix
 	}
 	if l.AckWait == 0 {
 		l.AckWait = Seconds(defaultAckWait)

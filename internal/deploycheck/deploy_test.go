@@ -551,11 +551,12 @@ func (d *deploy) needs() map[string]roleNeeds {
 			// for a redelivery.
 			pub: cat(requests, wakes, []string{s.Gone(), inbox}, ensure, consumers, []string{api + "STREAM.MSG.GET." + req},
 				[]string{api + "STREAM.INFO." + dead, api + "STREAM.MSG.GET." + dead}, kvOpen, pausesOpen),
-			sub: []string{inbox},
+			// llmqctl reload asks on s.Reload (internal/reload).
+			sub: []string{inbox, s.Reload()},
 		},
 		roleWorker: {
 			pub: cat([]string{inbox}, deads, fetch, acks, infos, ensure, consumers, kvOpen, kvWrite, pausesOpen),
-			sub: cat(wakes, []string{s.Gone(), inbox}),
+			sub: cat(wakes, []string{s.Gone(), inbox, s.Reload()}),
 			// The v2 ack subject ($JS.ACK.<domain>.<account hash>.<stream>...),
 			// which nats-server 2.15 understands but does not send yet.
 			optPub: []string{"$JS.ACK.*.*." + req + ".>"},

@@ -29,6 +29,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nuid"
@@ -105,10 +106,29 @@ type Options struct {
 // Server serves the HTTP API. It is safe for concurrent use.
 type Server struct {
 	opts   Options
-	groups messages.Groups
-	keys   *keyring // nil: no authentication
+	cur    atomic.Pointer[current] // what SetPolicy may change
 	log    *slog.Logger
 	parked parkedSet
+}
+
+// Policy is what a configuration reload may change in a running Server:
+// the model groups it accepts, its keys and its priorities and deadlines.
+type Policy struct {
+	Groups          []string
+	MasterKey       string
+	Keys            []Key
+	DefaultPriority int64
+	QueueTimeout    time.Duration
+	AnswerTimeout   time.Duration
+}
+
+// current is the Policy in force with what is derived from it. A request
+// reads it once per step; one that started under the previous Policy ends
+// under it.
+type current struct {
+	Policy
+	groups messages.Groups
+	keys   *keyring // nil: no authentication
 }
 
 // Metric label values for requests whose band or group is not known.
@@ -119,7 +139,9 @@ const (
 
 // New returns a Server.
 func New(opts Options) *Server {
-	s := &Server{opts: opts, groups: messages.NewGroups(opts.Groups), keys: newKeyring(opts.MasterKey, opts.Keys), log: opts.Logger}
+	s := &Server{opts: opts, log: opts.Logger}
+	s.SetPolicy(Policy{Groups: opts.Groups, MasterKey: opts.MasterKey, Keys: opts.Keys,
+		DefaultPriority: opts.DefaultPriority, QueueTimeout: opts.QueueTimeout, AnswerTimeout: opts.AnswerTimeout})
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -127,6 +149,17 @@ func New(opts Options) *Server {
 		s.opts.Metrics = metrics.New(prometheus.NewRegistry())
 	}
 	return s
+}
+
+// SetPolicy puts p in force for the requests that arrive from now on.
+// Requests in flight keep what they were admitted with. A key whose name
+// and rpm_limit stay the same keeps its count of the last minute.
+func (s *Server) SetPolicy(p Policy) {
+	c := &current{Policy: p, groups: messages.NewGroups(p.Groups), keys: newKeyring(p.MasterKey, p.Keys)}
+	if old := s.cur.Load(); old != nil {
+		c.keys.carry(old.keys)
+	}
+	s.cur.Store(c)
 }
 
 // Handler returns the HTTP routes.
@@ -221,7 +254,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	}
 	// A model no group names goes to the wildcard group that matches it,
 	// if any; the body keeps the requested model (see messages.Groups).
-	group, ok := s.groups.Match(p.Model)
+	c := s.cur.Load()
+	group, ok := c.groups.Match(p.Model)
 	if !ok {
 		return fail(&messages.Error{Outcome: messages.OutcomeUnknownModel, Param: "model", Code: "model_not_found",
 			Message: "the model group " + strconv.Quote(p.Model) + " does not exist; GET /v1/models lists them"})
@@ -235,15 +269,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	if e := pol.admit(time.Now()); e != nil {
 		return fail(e)
 	}
-	priority := pol.priority(p.Priority, s.opts.DefaultPriority)
-	queueTimeout := s.opts.QueueTimeout
+	priority := pol.priority(p.Priority, c.DefaultPriority)
+	queueTimeout := c.QueueTimeout
 	if p.Timeout > 0 && p.Timeout < queueTimeout {
 		queueTimeout = p.Timeout
 	}
 	now := time.Now()
 	req := &client.Request{ID: nuid.Next(), Kind: kind, Group: group, Priority: priority, Body: p.Body, Deadline: now.Add(queueTimeout)}
-	if s.opts.AnswerTimeout > 0 {
-		req.AnswerDeadline = now.Add(queueTimeout + s.opts.AnswerTimeout)
+	if c.AnswerTimeout > 0 {
+		req.AnswerDeadline = now.Add(queueTimeout + c.AnswerTimeout)
 	}
 	ids := idHeaders{id: req.ID, priority: priority, band: s.opts.Client.Bands().Band(priority)}
 	l.band = metrics.Band(ids.band)
@@ -361,9 +395,10 @@ func (s *Server) models(w http.ResponseWriter, r *http.Request) {
 		Created int64  `json:"created"`
 		OwnedBy string `json:"owned_by"`
 	}
-	data := make([]model, 0, len(s.opts.Groups))
+	groups := s.cur.Load().Groups
+	data := make([]model, 0, len(groups))
 	pol := policyOf(r.Context())
-	for _, g := range s.opts.Groups {
+	for _, g := range groups {
 		if pol.allows(g) {
 			data = append(data, model{ID: g, Object: "model", OwnedBy: "llmq"})
 		}
