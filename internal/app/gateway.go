@@ -24,6 +24,7 @@ import (
 	"github.com/llmq/llmq/internal/queuestatus"
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/internal/topology"
+	"github.com/llmq/llmq/internal/waitstats"
 	"github.com/llmq/llmq/pkg/client"
 	"github.com/llmq/llmq/pkg/limiter"
 	"github.com/llmq/llmq/pkg/messages"
@@ -266,7 +267,9 @@ func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn
 	js, _ := jetstream.New(nc)
 	met, metricsHandler := newRegistry()
 	p := s.gatewayPolicy()
+	waits := waitstats.New()
 	return gateway.New(gateway.Options{
+		Waits:           waits,
 		Metrics:         met,
 		MetricsHandler:  metricsHandler,
 		Client:          cl,
@@ -288,6 +291,7 @@ func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn
 			if ps := paused.Load(); ps != nil {
 				st.Paused = ps.List()
 			}
+			st.QueueWait = waits.Read(time.Now())
 			return st, nil
 		},
 		Ready: func(ctx context.Context) error {

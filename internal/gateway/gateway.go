@@ -37,6 +37,7 @@ import (
 
 	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/queuepage"
+	"github.com/llmq/llmq/internal/waitstats"
 
 	"github.com/llmq/llmq/pkg/client"
 	"github.com/llmq/llmq/pkg/messages"
@@ -101,6 +102,8 @@ type Options struct {
 	MetricsHandler http.Handler
 	// QueueStatus, when set, serves GET /v1/queue (behind the master key).
 	QueueStatus func(ctx context.Context) (any, error)
+	// Waits, when set, records the queue wait of every request picked up.
+	Waits *waitstats.Window
 }
 
 // Server serves the HTTP API. It is safe for concurrent use.
@@ -364,6 +367,9 @@ func (s *Server) picked(h http.Header, l *labels, info client.Result) {
 	if info.Picked && !l.picked {
 		l.picked = true
 		s.opts.Metrics.QueueWait(l.band, l.group, info.QueueWait)
+		if s.opts.Waits != nil {
+			s.opts.Waits.Add(info.Band, time.Now(), info.QueueWait)
+		}
 		h.Set(HeaderQueueMs, strconv.FormatInt(info.QueueWait.Milliseconds(), 10))
 		h.Set(HeaderDeployment, info.Deployment)
 	}
