@@ -221,6 +221,9 @@ type APIKey struct {
 	RPMLimit int64 `yaml:"rpm_limit"`
 	// Models lists the model groups the key may use; empty = all.
 	Models []string `yaml:"models"`
+	// ReadQueue lets the key read the queue status (GET /v1/queue and the
+	// /ui page), as the master key may; nothing else of the master key's.
+	ReadQueue bool `yaml:"read_queue"`
 }
 
 // Load reads the file at path, resolves every scalar value of the form "os.environ/NAME"

@@ -100,7 +100,8 @@ type Options struct {
 	Metrics *metrics.Metrics
 	// MetricsHandler serves GET /metrics when set.
 	MetricsHandler http.Handler
-	// QueueStatus, when set, serves GET /v1/queue (behind the master key).
+	// QueueStatus, when set, serves GET /v1/queue (to the master key and
+	// keys with ReadQueue).
 	QueueStatus func(ctx context.Context) (any, error)
 	// Waits, when set, records the queue wait of every request picked up.
 	Waits *waitstats.Window
@@ -187,7 +188,7 @@ func (s *Server) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /health/readiness", s.readiness)
 	if s.opts.QueueStatus != nil {
-		mux.Handle("GET /v1/queue", s.auth(s.masterOnly(http.HandlerFunc(s.queue))))
+		mux.Handle("GET /v1/queue", s.auth(s.queueReaders(http.HandlerFunc(s.queue))))
 		// The live page: static, without data; its script reads /v1/queue.
 		mux.Handle("GET "+queuepage.Path, queuepage.Handler())
 		mux.Handle("GET "+queuepage.Path+"/", queuepage.Handler())

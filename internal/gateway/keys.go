@@ -27,6 +27,8 @@ type Key struct {
 	RPMLimit int64
 	// Models are the groups the key may use; empty = all.
 	Models []string
+	// ReadQueue lets the key read the queue status, as the master key may.
+	ReadQueue bool
 }
 
 // keyring authenticates callers. Keys are compared as SHA-256 digests in
@@ -182,11 +184,12 @@ func (s *Server) auth(next http.Handler) http.Handler {
 	})
 }
 
-// masterOnly lets only the master key through (when authentication is on).
-func (s *Server) masterOnly(next http.Handler) http.Handler {
+// queueReaders lets only the master key and keys with ReadQueue through
+// (when authentication is on).
+func (s *Server) queueReaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if p := policyOf(r.Context()); p != nil && p.Name != masterName {
-			writeError(w, messages.Errorf(messages.OutcomeForbidden, "", "only the master key may read the queue status"))
+		if p := policyOf(r.Context()); p != nil && p.Name != masterName && !p.ReadQueue {
+			writeError(w, messages.Errorf(messages.OutcomeForbidden, "", "only the master key and keys with read_queue may read the queue status"))
 			return
 		}
 		next.ServeHTTP(w, r)

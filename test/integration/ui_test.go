@@ -52,6 +52,7 @@ func TestUIPage(t *testing.T) {
 	const (
 		master = "sk-master-ui"
 		other  = "sk-other-ui"
+		viewer = "sk-viewer-ui" // read_queue: may read the queue status
 	)
 	fake := newFake(t)
 	cfg := writeYAMLConfig(t, map[string]any{
@@ -62,7 +63,7 @@ func TestUIPage(t *testing.T) {
 		},
 		"router_settings":  map[string]any{"num_retries": 0, "allowed_fails": 100},
 		"general_settings": map[string]any{"master_key": master},
-		"llmq_settings":    map[string]any{"keys": []map[string]any{{"name": "other", "key": other}}},
+		"llmq_settings":    map[string]any{"keys": []map[string]any{{"name": "other", "key": other}, {"name": "viewer", "key": viewer, "read_queue": true}}},
 	})
 	g := startEmbeddedGateway(t, cfg, 4)
 	chat := g.URL + "/v1/chat/completions"
@@ -157,6 +158,13 @@ func TestUIPage(t *testing.T) {
 		st.QueueWait[0].Band != 0 || st.QueueWait[0].Count != 3 || st.QueueWait[1].Band != bandOf(5) || st.QueueWait[1].Count != 1 ||
 		st.QueueWait[2].Band != bandOf(9) || st.QueueWait[2].Count != 5 {
 		t.Errorf("GET /v1/queue queue_wait: %s, want 3 in band 0, 1 in band %d and 5 in band %d", r.Body, bandOf(5), bandOf(9))
+	}
+	// A key with read_queue reads the status, as the master key does; others may not.
+	if r := mustGet(t, g.URL+"/v1/queue", viewer); r.Status != http.StatusOK || !bytes.Contains(r.Body, []byte(`"queue_wait"`)) {
+		t.Errorf("GET /v1/queue with a read_queue key: %s, want 200 with the status", r)
+	}
+	if r := mustGet(t, g.URL+"/v1/queue", other); r.Status != http.StatusForbidden || !bytes.Contains(r.Body, []byte("read_queue")) {
+		t.Errorf("GET /v1/queue with a key without read_queue: %s, want 403 naming read_queue", r)
 	}
 	shot := filepath.Join(out, "ui.png")
 	png, err := os.ReadFile(shot)

@@ -156,7 +156,7 @@ async function poll(gen) {
       sessionStorage.removeItem(KEY);
       stop();
       clear();
-      $("login-error").textContent = key ? (r.status === 403 ? "This key may not see the queue: only the master key may." : "The key was refused.") : "";
+      $("login-error").textContent = key ? (r.status === 403 ? "This key may not see the queue: only the master key and keys with read_queue may." : "The key was refused.") : "";
       show("login");
       $("key").focus();
       return;
