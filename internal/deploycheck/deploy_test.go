@@ -794,6 +794,22 @@ func TestPermissionCheckerFailsOnGaps(t *testing.T) {
 	if len(rec.errs) == 0 {
 		t.Error("checkUser did not notice a worker that may not subscribe to the wake-up hints")
 	}
+	// An admin that may not purge the dead letters, or may also purge the
+	// requests.
+	api := jetstream.DefaultAPIPrefix
+	a := d.natsServers["nats/single.conf"].users[roleAdmin]
+	a.PubAllow = slices.DeleteFunc(slices.Clone(a.PubAllow), func(s string) bool { return s == api+"STREAM.PURGE."+d.subj.DeadLetterStream() })
+	rec = &recorder{}
+	checkUser(rec, "probe", a, d.needs()[roleAdmin], false)
+	if len(rec.errs) == 0 {
+		t.Error("checkUser did not notice an admin that may not purge the dead letters")
+	}
+	a.PubAllow = append(a.PubAllow, api+"STREAM.PURGE."+d.subj.DeadLetterStream(), api+"STREAM.PURGE."+d.subj.RequestStream())
+	rec = &recorder{}
+	checkUser(rec, "probe", a, d.needs()[roleAdmin], true)
+	if len(rec.errs) != 1 {
+		t.Errorf("checkUser on an admin that may purge the requests: %q, want one error", rec.errs)
+	}
 	if covers("llmq.req.>", "llmq.wake.0.x") || !covers("llmq.req.>", "llmq.req.0.x") || covers("a.*", "a.>") || !covers("a.>", "a.*.b") {
 		t.Error("covers is wrong")
 	}
