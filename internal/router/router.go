@@ -321,6 +321,17 @@ func (l *Lease) Reserve(ctx context.Context, tokens int64) error {
 	return nil
 }
 
+// Restamp moves the lease's global reservation to the present when it is
+// old enough for the provider to count the call in a later window than the
+// limiter did (limiter.Reservation.Restamp); call it just before the call.
+// A refusal matches limiter.ErrLimited and names when to try again.
+func (l *Lease) Restamp(ctx context.Context) error {
+	if l.res == nil {
+		return nil
+	}
+	return l.res.Restamp(ctx)
+}
+
 // Finish ends a lease whose call was made: the reservation is settled with
 // the tokens the provider reported (negative: unknown, keep the estimate) and
 // the capacity is released. Finish and Release are safe to call more than
