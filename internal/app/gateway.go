@@ -219,6 +219,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 				Router: s.newRouter(providerHTTPClient(), set), LimitsChanged: changed(set), Logger: base.With("component", "worker"), AckWait: s.spec.AckWait, Metrics: met,
 				DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
 				DefaultCompletionTokens: s.cfg.LLMQ.DefaultCompletionTokens,
+				Tenants:                 s.cfg.ListedTenants(),
 			})
 			if err != nil {
 				return fail(err)
@@ -263,6 +264,7 @@ func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn
 		Groups:          s.cfg.Groups(),
 		MasterKey:       s.cfg.GeneralSettings.MasterKey,
 		Keys:            s.keys(),
+		Tenants:         s.cfg.ListedTenants(),
 		DefaultPriority: *s.cfg.RouterSettings.DefaultPriority,
 		QueueTimeout:    s.cfg.RouterSettings.Timeout.D(),
 		AnswerTimeout:   s.answerTimeout(),

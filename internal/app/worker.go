@@ -94,6 +94,7 @@ func serveWorker(ctx context.Context, env config.Env, s *setup, met *metrics.Met
 		Router: s.newRouter(providerHTTPClient(), set), LimitsChanged: changed(set), Logger: log, AckWait: s.spec.AckWait,
 		DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
 		DefaultCompletionTokens: s.cfg.LLMQ.DefaultCompletionTokens,
+		Tenants:                 s.cfg.ListedTenants(),
 	})
 	if err != nil {
 		return err

@@ -48,6 +48,9 @@ const (
 	HeaderBand       = "x-llmq-band"
 	HeaderQueueMs    = "x-llmq-queue-ms"
 	HeaderDeployment = "x-llmq-deployment"
+	// HeaderTenant, on a request from a trusted key, names the tenant it is
+	// for; on an answer, the tenant it was served for.
+	HeaderTenant = "x-llmq-tenant"
 )
 
 // errorOf turns any error from the client into a *messages.Error. A
@@ -100,15 +103,19 @@ type Options struct {
 	MetricsHandler http.Handler
 	// QueueStatus, when set, serves GET /v1/queue (behind the master key).
 	QueueStatus func(ctx context.Context) (any, error)
+	// Tenants are the tenants whose names may be metric labels (the
+	// operator's list: config.ListedTenants); any other is "other".
+	Tenants []string
 }
 
 // Server serves the HTTP API. It is safe for concurrent use.
 type Server struct {
-	opts   Options
-	groups messages.Groups
-	keys   *keyring // nil: no authentication
-	log    *slog.Logger
-	parked parkedSet
+	opts    Options
+	groups  messages.Groups
+	keys    *keyring // nil: no authentication
+	log     *slog.Logger
+	parked  parkedSet
+	tenants metrics.TenantLabels
 }
 
 // Metric label values for requests whose band or group is not known.
@@ -119,7 +126,8 @@ const (
 
 // New returns a Server.
 func New(opts Options) *Server {
-	s := &Server{opts: opts, groups: messages.NewGroups(opts.Groups), keys: newKeyring(opts.MasterKey, opts.Keys), log: opts.Logger}
+	s := &Server{opts: opts, groups: messages.NewGroups(opts.Groups), keys: newKeyring(opts.MasterKey, opts.Keys), log: opts.Logger,
+		tenants: metrics.NewTenantLabels(opts.Tenants)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -185,9 +193,12 @@ func (s *Server) completion(kind messages.Kind) http.Handler {
 // record counts a request that ended and logs it at debug level.
 func (s *Server) record(ctx context.Context, l *labels, path, id string, outcome messages.Outcome, status int) {
 	s.opts.Metrics.Request(l.band, l.group, outcome.String())
+	if l.tenant != "" {
+		s.opts.Metrics.TenantRequest(s.tenants.Label(l.tenant), outcome.String())
+	}
 	if s.log.Enabled(ctx, slog.LevelDebug) { // spares the arguments' allocations
 		s.log.Debug("request", "path", path, "outcome", outcome, "status", status,
-			"band", l.band, "group", l.group, "request_id", id, "duration", time.Since(l.start))
+			"band", l.band, "group", l.group, "tenant", l.tenant, "request_id", id, "duration", time.Since(l.start))
 	}
 }
 
@@ -195,8 +206,9 @@ func (s *Server) record(ctx context.Context, l *labels, path, id string, outcome
 // and what its end is recorded with.
 type labels struct {
 	band, group string
-	picked      bool // the pickup was recorded
-	parked      bool // parked: its end is recorded by parked.Done
+	tenant      string // "" until it is known
+	picked      bool   // the pickup was recorded
+	parked      bool   // parked: its end is recorded by parked.Done
 	start       time.Time
 }
 
@@ -205,6 +217,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	fail := func(e *messages.Error) (messages.Outcome, int) {
 		writeError(w, e)
 		return e.Outcome, e.HTTPStatus()
+	}
+	pol := policyOf(r.Context())
+	tenant, terr := pol.tenant(r.Header)
+	l.tenant = tenant
+	if terr != nil {
+		return fail(terr)
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
@@ -227,7 +245,6 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 			Message: "the model group " + strconv.Quote(p.Model) + " does not exist; GET /v1/models lists them"})
 	}
 	l.group = group
-	pol := policyOf(r.Context())
 	if !pol.allows(group) {
 		return fail(&messages.Error{Outcome: messages.OutcomeForbidden, Param: "model", Code: "model_not_allowed",
 			Message: "this key may not use the model group " + strconv.Quote(group)})
@@ -241,11 +258,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 		queueTimeout = p.Timeout
 	}
 	now := time.Now()
-	req := &client.Request{ID: nuid.Next(), Kind: kind, Group: group, Priority: priority, Body: p.Body, Deadline: now.Add(queueTimeout)}
+	req := &client.Request{ID: nuid.Next(), Kind: kind, Group: group, Priority: priority, Tenant: tenant, Body: p.Body, Deadline: now.Add(queueTimeout)}
 	if s.opts.AnswerTimeout > 0 {
 		req.AnswerDeadline = now.Add(queueTimeout + s.opts.AnswerTimeout)
 	}
-	ids := idHeaders{id: req.ID, priority: priority, band: s.opts.Client.Bands().Band(priority)}
+	ids := idHeaders{id: req.ID, priority: priority, band: s.opts.Client.Bands().Band(priority), tenant: tenant}
 	l.band = metrics.Band(ids.band)
 	h := w.Header()
 
@@ -317,10 +334,12 @@ type idHeaders struct {
 	id       string
 	priority int64
 	band     int
+	tenant   string
 }
 
 func (v idHeaders) set(h http.Header) {
 	h.Set(HeaderRequestID, v.id)
+	h.Set(HeaderTenant, v.tenant)
 	h.Set(HeaderPriority, strconv.FormatInt(v.priority, 10))
 	h.Set(HeaderBand, strconv.Itoa(v.band))
 }

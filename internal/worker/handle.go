@@ -40,7 +40,7 @@ func (p *Pool) onControl(m *nats.Msg) {
 	}
 }
 
-// requestLog adds a request's id, band and group to every record, like
+// requestLog adds a request's id, band, group and tenant to every record, like
 // Logger.With, but formats them only for records that are written: With
 // formats them at once, for every request, most of which log nothing.
 type requestLog struct {
@@ -49,7 +49,7 @@ type requestLog struct {
 }
 
 func (h requestLog) attrs() []slog.Attr {
-	return []slog.Attr{slog.String("request_id", h.req.ID), slog.Int("band", h.req.Band), slog.String("group", h.req.Group)}
+	return []slog.Attr{slog.String("request_id", h.req.ID), slog.Int("band", h.req.Band), slog.String("group", h.req.Group), slog.String("tenant", h.req.Tenant)}
 }
 
 func (h requestLog) Handle(ctx context.Context, r slog.Record) error {
@@ -203,6 +203,7 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 		log.Warn("provider call failed", "outcome", e.Outcome, "status", rep.Status, "error", e.Message, "duration", time.Since(started))
 	default:
 		rep.Outcome, rep.Status = messages.OutcomeServed, 200
+		p.opts.Metrics.TenantTokens(p.tenants.Label(req.Tenant), usage.PromptTokens+usage.CompletionTokens)
 		log.Debug("served", "duration", time.Since(started), "prompt_tokens", usage.PromptTokens, "completion_tokens", usage.CompletionTokens)
 	}
 	// The slot is free once the answer is out; the caller's confirmation

@@ -130,6 +130,9 @@ type Options struct {
 	DefaultCompletionTokens int64
 	// Policy is the retry, cooldown and fallback policy.
 	Policy Policy
+	// Tenants are the tenants whose names may be metric labels (the
+	// operator's list); any other is counted as "other".
+	Tenants []string
 	// DrainTimeout bounds how long Run waits, after its context ends, for the
 	// calls in progress; calls still running then are cancelled and their
 	// requests handed back to JetStream for another worker. Default 30 s.
@@ -159,6 +162,7 @@ type Pool struct {
 	delivered deliveries
 	callers   callers
 	keeper    *keeper
+	tenants   metrics.TenantLabels
 }
 
 // Causes of a cancelled call.
@@ -212,6 +216,7 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 		wake:     make(chan struct{}, opts.Slots),
 		control:  nc.NewRespInbox(),
 		keeper:   newKeeper(nc, opts.AckWait),
+		tenants:  metrics.NewTenantLabels(opts.Tenants),
 	}
 	p.reconnect.nc = nc
 	p.delivered.pending = make(map[string]*delivery)

@@ -27,6 +27,12 @@
 //	                 waiting for the answer; a worker holds a pickup or an
 //	                 answer that finds nobody on the caller's inbox (its
 //	                 gateway is reconnecting to NATS) until then
+//	Llmq-Tenant      optional: the tenant the request is for (ValidTenant:
+//	                 1 to 128 bytes of printable ASCII); absent means
+//	                 "anonymous" (TenantAnonymous). Dispatch shares a band's
+//	                 capacity between tenants. The gateway sets it from the
+//	                 caller's key; a service that publishes directly sets it
+//	                 itself
 //	Nats-Msg-Id      the request id (JetStream deduplication)
 //	Nats-TTL         the time to the deadline (expired requests leave the stream)
 //
@@ -111,4 +117,16 @@
 // followed by two upper-case hex digits, so "gpt-4o" stays "gpt-4o" and
 // "openai/gpt-4.1" becomes "openai=2Fgpt-4=2E1". The encoding is reversible
 // with [DecodeToken].
+//
+// # Versions
+//
+// Llmq-Version is "1". Additions that every reader of version 1 can ignore
+// keep the version and are listed here; a change an older reader would get
+// wrong raises it (and a reader refuses a version it does not know, so it
+// never serves what it would misread).
+//
+//	1    the headers above without Llmq-Tenant
+//	1+t  Llmq-Tenant: readers before it serve every request as one tenant
+//	     (strict bands, first come first served); requests without it are
+//	     the anonymous tenant's
 package messages

@@ -39,8 +39,11 @@ const (
 	HeaderSeq         = "Llmq-Seq"
 	HeaderControl     = "Llmq-Control"
 	HeaderDeadReason  = "Llmq-Dead-Reason"
-	HeaderMsgID       = "Nats-Msg-Id"
-	HeaderTTL         = "Nats-TTL"
+	// HeaderTenant names the tenant a request is for (see ValidTenant);
+	// absent means TenantAnonymous.
+	HeaderTenant = "Llmq-Tenant"
+	HeaderMsgID  = "Nats-Msg-Id"
+	HeaderTTL    = "Nats-TTL"
 )
 
 // Events carried in HeaderEvent on messages to a caller's inbox.
@@ -114,8 +117,12 @@ type Request struct {
 	// AnswerDeadline is when the caller stops waiting for the answer; zero
 	// means the caller did not say.
 	AnswerDeadline time.Time
-	Stream         bool   // the caller asked for server-sent events
-	Body           []byte // the OpenAI request body without llmq-only fields
+	Stream         bool // the caller asked for server-sent events
+	// Tenant is who the request is for; DecodeRequest sets TenantAnonymous
+	// when the message names none, and Msg leaves the header out when it is
+	// empty.
+	Tenant string
+	Body   []byte // the OpenAI request body without llmq-only fields
 }
 
 // Msg builds the JetStream message for r on the subjects s. The TTL is the
@@ -131,6 +138,9 @@ func (s Subjects) Msg(r *Request, now time.Time) *nats.Msg {
 	h[HeaderReply] = []string{r.ReplyTo}
 	if r.Stream {
 		h[HeaderStream] = []string{"1"}
+	}
+	if r.Tenant != "" {
+		h[HeaderTenant] = []string{r.Tenant}
 	}
 	if !r.Deadline.IsZero() {
 		h[HeaderDeadline] = []string{strconv.FormatInt(r.Deadline.UnixMilli(), 10)}
@@ -191,6 +201,12 @@ func (s Subjects) DecodeRequest(subject string, h nats.Header, body []byte) (*Re
 		r.AnswerDeadline = time.UnixMilli(ms)
 	}
 	r.Stream = h.Get(HeaderStream) == "1"
+	switch r.Tenant = h.Get(HeaderTenant); {
+	case r.Tenant == "":
+		r.Tenant = TenantAnonymous
+	case ValidTenant(r.Tenant) != nil:
+		return nil, bad("header %s: %v", HeaderTenant, ValidTenant(r.Tenant))
+	}
 	if trimmed := bytes.TrimLeft(body, " \t\r\n"); len(trimmed) == 0 || trimmed[0] != '{' || !json.Valid(body) {
 		return nil, bad("body is not a JSON object")
 	}
