@@ -67,8 +67,9 @@ func (h requestLog) WithGroup(name string) slog.Handler {
 	return h.Handler.WithAttrs(h.attrs()).WithGroup(name)
 }
 
-// handle serves one message under lease and settles it.
-func (p *Pool) handle(ctx context.Context, m *pulled, lease *router.Lease) {
+// handle serves one job (a message under its lease) and settles it.
+func (p *Pool) handle(ctx context.Context, j job) {
+	m, lease := j.m, j.lease
 	defer func() {
 		if lease != nil {
 			lease.Release()
@@ -88,23 +89,15 @@ func (p *Pool) handle(ctx context.Context, m *pulled, lease *router.Lease) {
 	control := p.control + "." + req.ID
 	stop := p.keeper.hold(m, req.ReplyTo, control) // start owns it
 
-	// Complete the global reservation: the sweep reserved a guess (recent
-	// request sizes) before the fetch; it is resized to this request's
-	// estimate. If a larger size is refused (the tokens are not there yet),
+	// Complete the global reservation: the dispatcher reserved a guess
+	// (recent request sizes) before the fetch; it is resized to this
+	// request's estimate (only shared limits count tokens: without them it
+	// is 0). If a larger size is refused (the tokens are not there yet),
 	// the request goes back to the queue, first in its band again, and the
 	// guess has grown to its size: the next admission, in whichever process
 	// has room for it first, takes it. Holding it here instead would let a
 	// process whose guess fits the room sooner serve the requests behind it.
-	var tokens int64 // only shared limits count tokens: no estimate without them
-	if p.limits {
-		tokens = limiter.EstimateTokens(req.Body, p.opts.DefaultCompletionTokens)
-	}
-	if gi, ok := p.groupIdx[req.Group]; ok && p.limited[gi] != nil && !p.opts.Router.TooLarge(req.Group, tokens) {
-		// (A request no deployment can take is refused below; as a guess it
-		// would keep every later admission of the group waiting for room
-		// that never comes.)
-		p.limited[gi].sawTokens(tokens)
-	}
+	tokens := j.tokens
 	if err := lease.Reserve(ctx, tokens); err != nil {
 		lease.Release()
 		lease = nil

@@ -1,25 +1,39 @@
-// Package worker is llmq's dispatch loop: worker slots that take requests from
-// JetStream in strict priority order, call a deployment with headroom, and
-// reply to the caller's inbox.
+// Package worker is llmq's dispatch: one loop per process that takes requests
+// from JetStream in strict priority order and hands them to worker slots,
+// which call a deployment with headroom and reply to the caller's inbox.
+//
+// # One owner for dispatch
+//
+// One loop per worker process, the dispatcher (dispatch.go), alone owns
+// what the process knows is pending, the retry timers and the admission
+// state, and it alone decides what is fetched next. It hears wake-up hints,
+// fetch answers, timers, the safety-net poll, changes of capacity and slots
+// that finished, as events on one channel; slots only pick up, call and
+// deliver: they receive (message, lease) over a channel. This is the shape
+// of llm-d's flow-control processor (a single writer over its queues),
+// applied to queues that live in JetStream.
 //
 // # The policy
 //
-// Every free slot sweeps the bands from 0 (most important) to the last. Inside
-// a band it looks only at model groups that (a) may have pending messages and
-// (b) have a deployment with headroom, and it leases that headroom before it
-// fetches, so a slot never holds a request it cannot start. For a group with
-// shared limits the lease includes the global reservation (one slot of the
-// process at a time admits the group): only an admitted slot fetches, so the
-// limit releases the head of the queue whichever process wins the room. It
-// fetches one message with a no-wait pull request (see puller) from the
-// durable consumer of that band and group; the first hit wins. So a lower
-// band gets a slot only when no higher band of the same group has a message,
-// or when that group is saturated — and then the higher band's request could
-// not have started anyway; a group refused at one band is not admitted at a
-// worse one in the same sweep. Priority cannot invert within a group except
-// for the time a wake-up hint takes to arrive (well under a millisecond on
-// one machine). Inside one band and group, the consumer delivers in stream
-// order: first come, first served.
+// Bands strictly, 0 first; inside a band, model groups from a rotating
+// start; inside a band and group, stream order: first come, first served.
+// The policy, and why priority cannot invert, is written next to the
+// function that applies it (policy.go). For a free slot, the loop picks the
+// first queue in that order that may hold a message no fetch in flight will
+// take, and whose group has a deployment with headroom: it leases that
+// headroom before it fetches, so a slot never holds a request it cannot
+// start. For a group with shared limits the fetch first takes the global
+// reservation (one admission of the process at a time per group): only an
+// admitted process fetches, so the limit releases the head of the queue
+// whichever process wins the room. It fetches one message with a no-wait
+// pull request (see puller) from the durable consumer of that band and
+// group, in a goroutine of its own, and hands the message with its lease to
+// the slot it kept free for it. So a lower band gets a slot only when no
+// higher band of the same group has a message, or when that group is
+// saturated — and then the higher band's request could not have started
+// anyway; a group refused at one band is not admitted at a worse one in the
+// same pass. Priority cannot invert within a group except for the time a
+// wake-up hint takes to arrive (well under a millisecond on one machine).
 //
 // # Knowing what is pending without polling
 //
@@ -27,9 +41,10 @@
 // to <prefix>.wake.<band>.<group>. Each worker process subscribes to these
 // hints (a plain subscription, not a queue group: with a queue group only one
 // process would learn about a message, and a busy process's view would go
-// stale, letting a later sweep take a lower band first), marks the pair as
-// pending, and wakes one idle slot. A fetched message's metadata carries the
-// consumer's remaining count, which keeps the pair marked while it has more.
+// stale, letting a later pass take a lower band first), and the dispatcher
+// marks the pair as pending and gives a free slot a fetch. A fetched
+// message's metadata carries the consumer's remaining count, which keeps the
+// pair marked while it has more.
 // A slow safety-net poll (one stream-info request listing the subjects that
 // hold messages) repairs the view after lost hints or reconnects. An idle pool
 // sends nothing but that poll.
@@ -37,22 +52,23 @@
 // # One fetch per message
 //
 // A fetch that finds nothing costs a round trip and the server's parsing of
-// a pull request, so slots avoid them. A hint names the stored message's
-// stream sequence, and a fetched message its own; a consumer delivers in
+// a pull request, so the dispatcher avoids them. A hint names the stored
+// message's stream sequence, and a fetched message its own; a consumer delivers in
 // stream order, so once the pool has fetched a sequence at least as high as
 // the last hinted one, a marked pair holds nothing the pool knows of and is
-// not fetched. While fetches are in flight for a pair, another slot fetches
+// not fetched. While fetches are in flight for a pair, another is started
 // only if they are fewer than the messages known to wait (hinted and not
 // fetched here, or left by the last answer); an answer that leaves more
-// wakes a slot. Marks no sequence explains (start, the safety-net poll, a
-// request handed back) make the next sweep fetch regardless. A release of
-// capacity wakes slots only when it can let a refused admission through.
+// starts another. Marks no sequence explains (start, the safety-net poll, a
+// request handed back) make the next pass fetch regardless. A release of
+// capacity wakes the dispatcher only when it can let a refused admission
+// through.
 // Under a closed loop this brought fetches from about seven per request to
 // about one.
 //
 // # Ownership of a message
 //
-// The slot that fetched a message owns it until it acks or terminates it.
+// The slot a message is handed to owns it until it acks or terminates it.
 // Before calling a provider it checks the queue deadline and asks the caller
 // (a pickup request to the caller's inbox) whether it still waits; if not, it
 // terminates the message and no provider is called. During the call it sends
@@ -75,8 +91,9 @@
 //
 // # Shutdown
 //
-// When the context passed to Run ends, slots stop taking work; calls in
-// progress finish within DrainTimeout, the rest are cancelled and their
+// When the context passed to Run ends, the dispatcher starts no more
+// fetches, hands what the fetches in flight bring to their slots, and
+// closes the slots' channel; calls in progress finish within DrainTimeout, the rest are cancelled and their
 // messages negatively acknowledged, so another worker serves them at once;
 // then Run returns.
 package worker
@@ -87,7 +104,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -148,12 +164,9 @@ type Pool struct {
 	stream jetstream.Stream
 
 	pullers  [][]*puller // [band][group]
-	pairs    [][]pair    // [band][group]: what is known about its messages
 	groupIdx map[string]int
-	limited  []*limitedGroup // per group: nil unless some deployment has a shared limiter
-	limits   bool            // some deployment (of any group, fallbacks included) has a shared limiter
-	wake     chan struct{}
-	rotate   atomic.Uint32
+	limits   bool        // some deployment (of any group, fallbacks included) has a shared limiter
+	d        *dispatcher // the one owner of what is pending and who fetches next
 	inFlight workCount
 
 	control   string         // prefix of this pool's control subjects
@@ -213,29 +226,24 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 	p := &Pool{
 		nc: nc, js: js, opts: opts, log: opts.Logger,
 		groupIdx: make(map[string]int, len(opts.Groups)),
-		wake:     make(chan struct{}, opts.Slots),
 		control:  nc.NewRespInbox(),
 		keeper:   newKeeper(nc, opts.AckWait),
 		tenants:  metrics.NewTenantLabels(opts.Tenants),
 	}
 	p.reconnect.nc = nc
 	p.delivered.pending = make(map[string]*delivery)
-	p.limited = make([]*limitedGroup, len(opts.Groups))
+	limited := make([]*limitedGroup, len(opts.Groups))
 	for i, g := range opts.Groups {
 		p.groupIdx[g] = i
 	}
 	for _, d := range opts.Router.Deployments() {
 		p.limits = p.limits || d.Limiter != nil
-		if gi, ok := p.groupIdx[d.Group]; ok && d.Limiter != nil && p.limited[gi] == nil {
-			p.limited[gi] = &limitedGroup{}
-			p.limited[gi].tokens.Store(opts.DefaultCompletionTokens)
+		if gi, ok := p.groupIdx[d.Group]; ok && d.Limiter != nil && limited[gi] == nil {
+			limited[gi] = &limitedGroup{tokens: opts.DefaultCompletionTokens}
 		}
 	}
-	p.pairs = make([][]pair, opts.Bands)
-	for b := range p.pairs {
-		p.pairs[b] = make([]pair, len(opts.Groups))
-	}
-	opts.Router.SetOnRelease(func(string) { p.signal() })
+	p.d = newDispatcher(p, limited)
+	opts.Router.SetOnRelease(func(string) { p.d.wake() })
 	return p, nil
 }
 
@@ -279,8 +287,9 @@ func (p *Pool) Run(ctx context.Context) error {
 	defer stopKeeper()
 	go p.keeper.run(kctx)
 
-	p.markAll() // requests queued before we started
 	var wg sync.WaitGroup
+	wg.Go(func() { p.d.run(ctx) })
+	p.d.post(event{kind: evMarkAll}) // requests queued before we started
 	wg.Go(func() { p.poll(ctx) })
 	if p.opts.LimitsChanged != nil {
 		wg.Go(func() {
@@ -301,7 +310,7 @@ func (p *Pool) Run(ctx context.Context) error {
 				case <-ctx.Done():
 					return
 				case <-p.opts.PausesChanged:
-					p.markAll()
+					p.d.post(event{kind: evMarkAll})
 				}
 			}
 		})
