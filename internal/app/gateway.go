@@ -220,6 +220,8 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 				DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
 				DefaultCompletionTokens: s.cfg.LLMQ.DefaultCompletionTokens,
 				Tenants:                 s.cfg.ListedTenants(),
+				TenantWeights:           s.cfg.TenantWeights(),
+				Replicas:                s.spec.Replicas,
 			})
 			if err != nil {
 				return fail(err)

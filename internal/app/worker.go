@@ -95,6 +95,8 @@ func serveWorker(ctx context.Context, env config.Env, s *setup, met *metrics.Met
 		DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
 		DefaultCompletionTokens: s.cfg.LLMQ.DefaultCompletionTokens,
 		Tenants:                 s.cfg.ListedTenants(),
+		TenantWeights:           s.cfg.TenantWeights(),
+		Replicas:                s.spec.Replicas,
 	})
 	if err != nil {
 		return err

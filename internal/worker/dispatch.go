@@ -12,6 +12,7 @@ import (
 	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/pkg/limiter"
+	"github.com/llmq/llmq/pkg/messages"
 )
 
 // dispatcher is the one owner of a pool's dispatch state: what it knows is
@@ -31,7 +32,8 @@ import (
 // work channel never blocks the loop.
 type dispatcher struct {
 	p       *Pool
-	pairs   [][]pair        // [band][group]
+	pairs   [][][]pair      // [band][group][lane index]: see laneIndex
+	fair    [][]fairness    // [band][group]: the tenant lanes' shares
 	limited []*limitedGroup // per group: nil unless some deployment has a shared limiter
 	free    int             // slots idle and not promised to a fetch in flight
 	fetches int             // fetches in flight
@@ -49,45 +51,63 @@ type dispatcher struct {
 	stopping bool
 
 	// startFetch starts a fetch for a slot (go d.fetch; tests record it).
-	startFetch func(ctx context.Context, band, gi int, guess int64, f *fetchResult)
+	startFetch func(ctx context.Context, band, gi, li int, guess int64, f *fetchResult)
 }
 
-// job is a fetched message, the lease it runs under, and (for shared
-// limits) its token estimate.
+// job is a fetched message, the lease it runs under, (for shared limits)
+// the tokens to reserve, and its token estimate, which its lane was charged.
 type job struct {
-	m      *pulled
-	lease  *router.Lease
-	tokens int64
+	m        *pulled
+	lease    *router.Lease
+	tokens   int64
+	estimate int64
 }
 
 type eventKind uint8
 
 const (
-	evHint    eventKind = iota // a wake-up hint for a pair; seq 0: it names no sequence
+	evHint    eventKind = iota // a wake-up hint for a lane; seq 0: it names no sequence
 	evFetched                  // a fetch answered, failed, or was refused its reservation
-	evRetry                    // a pair's retry time came
-	evMark                     // the safety-net poll found messages in a pair
-	evMarkAll                  // look at every pair again (start, pauses changed)
+	evRetry                    // a lane's retry time came
+	evMark                     // the safety-net poll found messages in a lane
+	evMarkAll                  // look at every lane again (start, pauses changed)
+	evServed                   // a served-tokens hint
 )
 
 type event struct {
-	kind     eventKind
-	band, gi int
-	seq      uint64
-	at       time.Time // evHint: when it arrived
-	f        *fetchResult
+	kind         eventKind
+	band, gi, li int // li: lane index (laneIndex)
+	seq          uint64
+	at           time.Time // evHint: when it arrived
+	f            *fetchResult
+	tenant       string // evHint, evServed: the tenant named, if any
+	tokens       int64  // evServed: tokens served
+	estimate     int64  // evServed: what the serving worker charged, when it is this one
 }
+
+// laneIndex maps a lane (messages.Lane) to its index in a band and group's
+// pairs: the group's own lane (NoLane) is 0, tenant lane n is n+1.
+func laneIndex(lane int) int { return lane + 1 }
+
+// laneOf is laneIndex's inverse.
+func laneOf(li int) int { return li - 1 }
+
+// lanes is the number of lanes of a band and group.
+const lanes = messages.TenantLanes + 1
 
 // fetchResult is what one fetch goroutine found.
 type fetchResult struct {
-	m       *pulled
-	md      *nats.MsgMetadata // nil when m is nil or its metadata is unreadable
-	err     error
-	lease   *router.Lease // nil when refused
-	refused bool          // the shared limiter refused the reservation
-	tokens  int64         // m's estimate, when some deployment has shared limits
-	gen     uint64        // the pair's mark generation when the fetch started
-	blind   uint64        // the pair's blind marks when the fetch started
+	m        *pulled
+	md       *nats.MsgMetadata // nil when m is nil or its metadata is unreadable
+	err      error
+	lease    *router.Lease // nil when refused
+	refused  bool          // the shared limiter refused the reservation
+	estimate int64         // m's token estimate
+	charged  int64         // what the lane was charged when the fetch started
+	gen      uint64        // the pair's mark generation when the fetch started
+	blind    uint64        // the pair's blind marks when the fetch started
+	create   bool          // create the lane's consumer first
+	created  bool          // the consumer exists (created or found)
 }
 
 func newDispatcher(p *Pool, limited []*limitedGroup) *dispatcher {
@@ -102,12 +122,19 @@ func newDispatcher(p *Pool, limited []*limitedGroup) *dispatcher {
 		paced:   time.NewTimer(time.Hour),
 	}
 	d.paced.Stop()
-	d.startFetch = func(ctx context.Context, band, gi int, guess int64, f *fetchResult) {
-		go d.fetch(ctx, band, gi, guess, f)
+	d.startFetch = func(ctx context.Context, band, gi, li int, guess int64, f *fetchResult) {
+		go d.fetch(ctx, band, gi, li, guess, f)
 	}
-	d.pairs = make([][]pair, p.opts.Bands)
+	d.pairs = make([][][]pair, p.opts.Bands)
+	d.fair = make([][]fairness, p.opts.Bands)
 	for b := range d.pairs {
-		d.pairs[b] = make([]pair, len(p.opts.Groups))
+		d.pairs[b] = make([][]pair, len(p.opts.Groups))
+		d.fair[b] = make([]fairness, len(p.opts.Groups))
+		for gi := range d.pairs[b] {
+			d.pairs[b][gi] = make([]pair, lanes)
+			d.pairs[b][gi][0].consumer = true // topology.Ensure made it
+			d.fair[b][gi] = newFairness(p.opts.DefaultCompletionTokens)
+		}
 	}
 	return d
 }
@@ -176,7 +203,11 @@ func (d *dispatcher) run(ctx context.Context) {
 func (d *dispatcher) apply(ctx context.Context, e event) {
 	switch e.kind {
 	case evHint:
-		pr := &d.pairs[e.band][e.gi]
+		pr := &d.pairs[e.band][e.gi][e.li]
+		d.activate(e.band, e.gi, e.li)
+		if e.tenant != "" {
+			d.fair[e.band][e.gi].setWeight(e.li, d.weight(e.tenant))
+		}
 		pr.hinted = e.at
 		if e.seq != 0 {
 			pr.hintSeq = max(pr.hintSeq, e.seq)
@@ -186,22 +217,52 @@ func (d *dispatcher) apply(ctx context.Context, e event) {
 			pr.markBlind()
 		}
 	case evFetched:
-		d.fetched(ctx, e.band, e.gi, e.f)
+		d.fetched(ctx, e.band, e.gi, e.li, e.f)
 	case evRetry:
-		pr := &d.pairs[e.band][e.gi]
+		pr := &d.pairs[e.band][e.gi][e.li]
 		pr.retry.at = time.Time{}
 		if !pr.explained() {
+			d.activate(e.band, e.gi, e.li)
 			pr.mark()
 		}
 	case evMark:
-		d.pairs[e.band][e.gi].markBlind()
+		d.activate(e.band, e.gi, e.li)
+		d.pairs[e.band][e.gi][e.li].markBlind()
 	case evMarkAll:
+		// Only the lanes whose consumers this process knows of: the poll
+		// finds the others' messages.
 		for b := range d.pairs {
 			for gi := range d.pairs[b] {
-				d.pairs[b][gi].markBlind()
+				for li := range d.pairs[b][gi] {
+					if d.pairs[b][gi][li].consumer {
+						d.activate(b, gi, li)
+						d.pairs[b][gi][li].markBlind()
+					}
+				}
 			}
 		}
+	case evServed:
+		f := &d.fair[e.band][e.gi]
+		w := d.weight(e.tenant)
+		f.setWeight(e.li, w)
+		f.charge(e.li, float64(e.tokens-e.estimate)/w)
 	}
+}
+
+// activate starts a lane's share afresh when it becomes pending (see
+// fairness.activate).
+func (d *dispatcher) activate(band, gi, li int) {
+	if !d.pairs[band][gi][li].pending {
+		d.fair[band][gi].activate(li)
+	}
+}
+
+// weight returns a tenant's weight.
+func (d *dispatcher) weight(tenant string) float64 {
+	if w, ok := d.p.opts.TenantWeights[tenant]; ok && w > 0 {
+		return w
+	}
+	return 1
 }
 
 // dispatch gives every free slot a fetch, as the policy orders, until no
@@ -233,11 +294,11 @@ func (d *dispatcher) dispatch(ctx context.Context) {
 		return d.p.opts.Paused != nil && d.p.opts.Paused(band, d.p.opts.Groups[gi])
 	}
 	for d.free > 0 {
-		band, gi, ok := pick(d.pairs, start, skip)
+		band, gi, li, ok := pick(d.pairs, d.fair, start, skip)
 		if !ok {
 			break
 		}
-		pr := &d.pairs[band][gi]
+		pr := &d.pairs[band][gi][li]
 		lease, guess, settle, ok := d.admit(gi, pr)
 		if !ok {
 			paced = paced || d.limited[gi] != nil || settle
@@ -247,8 +308,12 @@ func (d *dispatcher) dispatch(ctx context.Context) {
 		d.free--
 		d.fetches++
 		pr.fetching++
-		f := &fetchResult{lease: lease, gen: pr.gen, blind: pr.blind}
-		d.startFetch(ctx, band, gi, guess, f)
+		f := &fetchResult{lease: lease, gen: pr.gen, blind: pr.blind, create: !pr.consumer}
+		// Charge the lane its usual size now, so the next pick sees it
+		// (corrected when the message's estimate is known, and again when
+		// the served tokens are).
+		f.charged = d.fair[band][gi].pick(li)
+		d.startFetch(ctx, band, gi, li, guess, f)
 	}
 	if paced && !d.pacedSet {
 		// A group held back by rpm or tpm gets room as time passes, which
@@ -287,10 +352,12 @@ func (d *dispatcher) admit(gi int, pr *pair) (lease *router.Lease, guess int64, 
 // fetch runs in a goroutine of its own: for a group with shared limits it
 // takes the global reservation first (only an admitted process fetches, so
 // the limit releases the head of the queue whichever process wins the
-// room), then it takes one message with a no-wait pull, and posts what it
-// found to the loop.
-func (d *dispatcher) fetch(ctx context.Context, band, gi int, guess int64, f *fetchResult) {
-	defer d.post(event{kind: evFetched, band: band, gi: gi, f: f})
+// room); for a tenant lane whose consumer this process has not seen it
+// creates the consumer (idempotent; the server removes it when idle,
+// topology.LaneIdle); then it takes one message with a no-wait pull, and
+// posts what it found to the loop.
+func (d *dispatcher) fetch(ctx context.Context, band, gi, li int, guess int64, f *fetchResult) {
+	defer d.post(event{kind: evFetched, band: band, gi: gi, li: li, f: f})
 	if d.limited[gi] != nil {
 		if err := f.lease.Reserve(ctx, guess); err != nil {
 			f.lease.Release()
@@ -301,27 +368,35 @@ func (d *dispatcher) fetch(ctx context.Context, band, gi int, guess int64, f *fe
 			return
 		}
 	}
-	f.m, f.err = d.p.pullers[band][gi].fetch()
+	if f.create {
+		if f.err = d.p.createLane(ctx, band, gi, laneOf(li)); f.err != nil {
+			return
+		}
+	}
+	f.created = true
+	f.m, f.err = d.p.puller(band, gi, li).fetch()
 	if f.m == nil {
 		return
 	}
 	if md, err := f.m.msg.Metadata(); err == nil {
 		f.md = md
 	}
-	if d.p.limits {
-		f.tokens = limiter.EstimateTokens(f.m.Data(), d.p.opts.DefaultCompletionTokens)
-	}
+	f.estimate = limiter.EstimateTokens(f.m.Data(), d.p.opts.DefaultCompletionTokens)
 }
 
 // fetched folds a fetch's answer into the state and hands its message, if
 // any, to a slot.
-func (d *dispatcher) fetched(ctx context.Context, band, gi int, f *fetchResult) {
-	pr := &d.pairs[band][gi]
+func (d *dispatcher) fetched(ctx context.Context, band, gi, li int, f *fetchResult) {
+	pr := &d.pairs[band][gi][li]
+	fair := &d.fair[band][gi]
 	lg := d.limited[gi]
 	d.fetches--
 	pr.fetching--
 	if lg != nil {
 		lg.admitting = false
+	}
+	if f.m == nil {
+		fair.charge(li, -float64(f.charged)/fair.weight[li]) // nothing served
 	}
 	if f.refused {
 		d.free++
@@ -332,14 +407,15 @@ func (d *dispatcher) fetched(ctx context.Context, band, gi int, f *fetchResult) 
 		}
 		return
 	}
+	pr.consumer = f.created && f.err == nil
 	if f.err != nil {
 		if ctx.Err() == nil {
-			d.p.log.Warn("fetch failed", "band", band, "group", d.p.opts.Groups[gi], "error", f.err)
+			d.p.log.Warn("fetch failed", "band", band, "group", d.p.opts.Groups[gi], "lane", laneOf(li), "error", f.err)
 		}
 		f.lease.Release()
 		d.free++
 		pr.clearIf(f.gen)
-		d.retryRecent(band, gi)
+		d.retryRecent(band, gi, li)
 		return
 	}
 	if pr.blind == f.blind {
@@ -353,7 +429,7 @@ func (d *dispatcher) fetched(ctx context.Context, band, gi int, f *fetchResult) 
 		f.lease.Release()
 		d.free++
 		pr.clearIf(f.gen)
-		d.retryRecent(band, gi)
+		d.retryRecent(band, gi, li)
 		return
 	}
 	var left uint64 // the consumer's remaining count
@@ -362,8 +438,12 @@ func (d *dispatcher) fetched(ctx context.Context, band, gi int, f *fetchResult) 
 	} else {
 		pr.took(f.md)
 		left = f.md.NumPending
-		d.p.opts.Metrics.QueueDepth(metrics.Band(band), d.p.opts.Groups[gi], left)
 		pr.left = left
+		var depth uint64 // what the lanes' last fetches left
+		for i := range d.pairs[band][gi] {
+			depth += d.pairs[band][gi][i].left
+		}
+		d.p.opts.Metrics.QueueDepth(metrics.Band(band), d.p.opts.Groups[gi], depth)
 		if lg != nil {
 			lg.backlog = left
 		}
@@ -377,14 +457,23 @@ func (d *dispatcher) fetched(ctx context.Context, band, gi int, f *fetchResult) 
 		pr.taken = pr.hints
 		pr.pending = false
 	}
-	if lg != nil && !d.p.opts.Router.TooLarge(d.p.opts.Groups[gi], f.tokens) {
+	// The message's tenant decides its lane's weight; its estimate
+	// replaces the guess the lane was charged.
+	fair.setWeight(li, d.weight(f.m.Headers().Get(messages.HeaderTenant)))
+	fair.saw(li, f.estimate)
+	fair.charge(li, float64(f.estimate-f.charged)/fair.weight[li])
+	var tokens int64 // reserved against shared limits: only they count tokens
+	if d.p.limits {
+		tokens = f.estimate
+	}
+	if lg != nil && !d.p.opts.Router.TooLarge(d.p.opts.Groups[gi], tokens) {
 		// (A request no deployment can take is refused by its slot; as a
 		// guess it would keep every later admission of the group waiting
 		// for room that never comes.)
-		lg.sawTokens(f.tokens)
+		lg.sawTokens(tokens)
 	}
 	d.p.inFlight.Add(1) // before the slot has it, so a drain cannot miss it
-	d.work <- job{m: f.m, lease: f.lease, tokens: f.tokens}
+	d.work <- job{m: f.m, lease: f.lease, tokens: tokens, estimate: f.estimate}
 }
 
 // pair is what the dispatcher knows about the messages of one band and
@@ -416,6 +505,8 @@ type pair struct {
 	hints, taken uint64
 	fetching     int
 	retry        retryState
+	// consumer says this process knows the lane's consumer exists.
+	consumer bool
 }
 
 func (pr *pair) mark() {
@@ -504,8 +595,8 @@ type retryState struct {
 // messages other processes also take, an empty fetch is explained only
 // once this pool fetches a later message; until then each hint costs at
 // most len(retryAt) empty fetches.
-func (d *dispatcher) retryRecent(band, gi int) {
-	pr := &d.pairs[band][gi]
+func (d *dispatcher) retryRecent(band, gi, li int) {
+	pr := &d.pairs[band][gi][li]
 	if pr.explained() || pr.hinted.IsZero() {
 		return
 	}
@@ -527,7 +618,7 @@ func (d *dispatcher) retryRecent(band, gi int) {
 	}
 	rs.at = at
 	if rs.timer == nil {
-		rs.timer = time.AfterFunc(time.Until(at), func() { d.post(event{kind: evRetry, band: band, gi: gi}) })
+		rs.timer = time.AfterFunc(time.Until(at), func() { d.post(event{kind: evRetry, band: band, gi: gi, li: li}) })
 		return
 	}
 	rs.timer.Reset(time.Until(at))
@@ -536,8 +627,10 @@ func (d *dispatcher) retryRecent(band, gi int) {
 func (d *dispatcher) stopRetries() {
 	for b := range d.pairs {
 		for gi := range d.pairs[b] {
-			if t := d.pairs[b][gi].retry.timer; t != nil {
-				t.Stop()
+			for li := range d.pairs[b][gi] {
+				if t := d.pairs[b][gi][li].retry.timer; t != nil {
+					t.Stop()
+				}
 			}
 		}
 	}
@@ -572,7 +665,7 @@ func (lg *limitedGroup) sawTokens(n int64) {
 
 // onWake turns a wake-up hint into an event for the loop.
 func (p *Pool) onWake(m *nats.Msg) {
-	band, group, err := p.opts.Subjects.ParseRequest(m.Subject)
+	band, group, lane, err := p.opts.Subjects.ParseLane(m.Subject)
 	if err != nil || band >= p.opts.Bands {
 		return
 	}
@@ -580,10 +673,46 @@ func (p *Pool) onWake(m *nats.Msg) {
 	if !ok {
 		return
 	}
-	// The stream's own hint names the stored message's sequence; a hint a
-	// worker publishes for a request it hands back names none.
+	// The stream's own hint names the stored message's sequence, and
+	// carries its headers (the tenant among them); a hint a worker or a
+	// caller publishes for a request handed back names neither.
 	seq, _ := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
-	p.d.post(event{kind: evHint, band: band, gi: gi, seq: seq, at: time.Now()})
+	p.d.post(event{kind: evHint, band: band, gi: gi, li: laneIndex(lane), seq: seq, at: time.Now(),
+		tenant: m.Header.Get(messages.HeaderTenant)})
+}
+
+// onServed turns a served-tokens hint into an event for the loop.
+func (p *Pool) onServed(m *nats.Msg) {
+	band, group, lane, err := p.opts.Subjects.ParseLane(m.Subject)
+	if err != nil || band >= p.opts.Bands {
+		return
+	}
+	gi, ok := p.groupIdx[group]
+	if !ok {
+		return
+	}
+	tokens, err := strconv.ParseInt(m.Header.Get(messages.HeaderTokens), 10, 64)
+	if err != nil || tokens < 0 {
+		return
+	}
+	e := event{kind: evServed, band: band, gi: gi, li: laneIndex(lane), tenant: m.Header.Get(messages.HeaderTenant), tokens: tokens}
+	if m.Header.Get(messages.HeaderWorker) == p.control {
+		// This process charged its estimate at the fetch: only the
+		// difference is left.
+		e.estimate, _ = strconv.ParseInt(m.Header.Get(messages.HeaderEstimate), 10, 64)
+	}
+	p.d.post(e)
+}
+
+// served tells every worker (and this one, through its own subscription)
+// how many tokens a request of a tenant lane was served with.
+func (p *Pool) served(req *messages.Request, tokens, estimate int64) {
+	m := nats.NewMsg(p.opts.Subjects.Served(req.Band, req.Group, messages.Lane(req.Tenant)))
+	m.Header[messages.HeaderTenant] = []string{req.Tenant}
+	m.Header[messages.HeaderTokens] = []string{strconv.FormatInt(tokens, 10)}
+	m.Header[messages.HeaderEstimate] = []string{strconv.FormatInt(estimate, 10)}
+	m.Header[messages.HeaderWorker] = []string{p.control}
+	_ = p.nc.PublishMsg(m)
 }
 
 // poll is the safety net: one stream-info request names every subject that
@@ -610,13 +739,13 @@ func (p *Pool) poll(ctx context.Context) {
 		}
 		var strays []string
 		for subj, n := range info.State.Subjects {
-			band, group, err := p.opts.Subjects.ParseRequest(subj)
+			band, group, lane, err := p.opts.Subjects.ParseLane(subj)
 			gi, ok := p.groupIdx[group]
 			switch {
 			case n == 0:
 			case err == nil && ok && band < p.opts.Bands:
-				depth[band][gi] = n
-				p.d.post(event{kind: evMark, band: band, gi: gi})
+				depth[band][gi] += n
+				p.d.post(event{kind: evMark, band: band, gi: gi, li: laneIndex(lane)})
 			default:
 				strays = append(strays, subj)
 			}

@@ -109,14 +109,16 @@ func (p *Pool) handle(ctx context.Context, j job) {
 		}
 		// ErrTooLarge, or the limiter is unavailable: start says so or waits.
 	}
-	p.start(ctx, log, m, req, lease, tokens, control, stop)
+	p.start(ctx, log, m, req, lease, tokens, j.estimate, control, stop)
 	lease = nil // start owns it
 }
 
 // start serves req under lease, or, when lease is nil, under a lease it
 // waits for (until the queue deadline), and settles m. It calls stop (which
 // ends m's keep-alive) once m is settled.
-func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *messages.Request, lease *router.Lease, tokens int64, control string, stop func()) {
+// estimate is what the dispatcher charged the request's tenant lane; the
+// served-tokens hint corrects it.
+func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *messages.Request, lease *router.Lease, tokens, estimate int64, control string, stop func()) {
 	keep := true // stop is called on return unless the answer's delivery took it over
 	defer func() {
 		if lease != nil {
@@ -197,6 +199,11 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 	default:
 		rep.Outcome, rep.Status = messages.OutcomeServed, 200
 		p.opts.Metrics.TenantTokens(p.tenants.Label(req.Tenant), usage.PromptTokens+usage.CompletionTokens)
+		served := usage.PromptTokens + usage.CompletionTokens
+		if served <= 0 {
+			served = estimate // the provider reported no usage
+		}
+		p.served(req, served, estimate)
 		log.Debug("served", "duration", time.Since(started), "prompt_tokens", usage.PromptTokens, "completion_tokens", usage.CompletionTokens)
 	}
 	// The slot is free once the answer is out; the caller's confirmation
@@ -251,7 +258,7 @@ func (p *Pool) copyDead(subject string, h nats.Header, data []byte, class, reaso
 func (p *Pool) nakAndHint(m *pulled, req *messages.Request) {
 	_ = p.nc.PublishMsg(messages.EventMsg(req.ReplyTo, messages.EventRequeue, 0, nil))
 	_ = m.Nak()
-	_ = p.nc.Publish(p.opts.Subjects.Wake(req.Band, req.Group), nil)
+	_ = p.nc.Publish(p.opts.Subjects.WakeLane(req.Band, req.Group, messages.Lane(req.Tenant)), nil)
 }
 
 // pickupAnswer is what a pickup check found out.

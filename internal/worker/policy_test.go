@@ -32,60 +32,172 @@ var (
 	coveredBlind = pair{pending: true, hintSeq: 7, hints: 1, fetching: 1, blind: 1}
 )
 
+// at names a queue: band, group and lane index (0: the group's own lane).
+type at struct{ band, group, lane int }
+
+// grid builds the pairs and shares of bands x groups, every lane empty but
+// those in set.
+func grid(bands, groups int, set map[at]pair) ([][][]pair, [][]fairness) {
+	pairs := make([][][]pair, bands)
+	fair := make([][]fairness, bands)
+	for b := range pairs {
+		pairs[b] = make([][]pair, groups)
+		fair[b] = make([]fairness, groups)
+		for g := range pairs[b] {
+			pairs[b][g] = make([]pair, lanes)
+			fair[b][g] = newFairness(100)
+		}
+	}
+	for q, pr := range set {
+		pairs[q.band][q.group][q.lane] = pr
+	}
+	return pairs, fair
+}
+
 func TestPick(t *testing.T) {
-	type at struct{ band, group int }
 	tests := []struct {
-		name  string
-		pairs [][]pair // [band][group]
-		start int
-		skip  []at // paused or refused in this pass
-		want  *at  // nil: nothing to fetch
+		name          string
+		bands, groups int
+		set           map[at]pair
+		vt            map[at]float64 // lanes' virtual finish times
+		start         int
+		skip          []at // band and group paused or refused in this pass
+		want          *at  // nil: nothing to fetch
 	}{
-		{name: "nothing pending", pairs: [][]pair{{empty, empty}, {empty, empty}}},
-		{name: "the better band first", pairs: [][]pair{{empty, hinted}, {hinted, empty}}, want: &at{0, 1}},
-		{name: "a worse band when the better is empty", pairs: [][]pair{{empty, empty}, {empty, backlog}}, want: &at{1, 1}},
-		{name: "band 9 under band 0 waits", pairs: append([][]pair{{backlog}}, repeat(8, []pair{empty})...), want: &at{0, 0}},
-		{name: "blind marks are fetched", pairs: [][]pair{{empty}, {blind}}, want: &at{1, 0}},
-		{name: "drained pair is not fetched", pairs: [][]pair{{drained}, {hinted}}, want: &at{1, 0}},
-		{name: "a pair whose messages are being fetched lets the next band go",
-			pairs: [][]pair{{covered}, {hinted}}, want: &at{1, 0}},
-		{name: "a backlog takes more fetches than are in flight", pairs: [][]pair{{busy}, {hinted}}, want: &at{0, 0}},
-		{name: "a blind mark since the fetch began fetches again", pairs: [][]pair{{coveredBlind}, {hinted}}, want: &at{0, 0}},
-		{name: "groups from the rotating start", pairs: [][]pair{{hinted, hinted, hinted}}, start: 1, want: &at{0, 1}},
-		{name: "rotation wraps", pairs: [][]pair{{hinted, empty, empty}}, start: 2, want: &at{0, 0}},
-		{name: "rotation never beats band order", pairs: [][]pair{{hinted, empty}, {empty, hinted}}, start: 1, want: &at{0, 0}},
-		{name: "a paused queue is passed over", pairs: [][]pair{{hinted, empty}, {hinted, hinted}}, skip: []at{{0, 0}}, want: &at{1, 0}},
-		{name: "everything skipped", pairs: [][]pair{{hinted}, {hinted}}, skip: []at{{0, 0}, {1, 0}}},
+		{name: "nothing pending", bands: 2, groups: 2},
+		{name: "the better band first", bands: 2, groups: 2,
+			set: map[at]pair{{0, 1, 0}: hinted, {1, 0, 0}: hinted}, want: &at{0, 1, 0}},
+		{name: "a worse band when the better is empty", bands: 2, groups: 2,
+			set: map[at]pair{{1, 1, 0}: backlog}, want: &at{1, 1, 0}},
+		{name: "band 9 under band 0 waits", bands: 10, groups: 1,
+			set: map[at]pair{{0, 0, 0}: backlog, {9, 0, 3}: backlog}, want: &at{0, 0, 0}},
+		{name: "blind marks are fetched", bands: 2, groups: 1,
+			set: map[at]pair{{1, 0, 5}: blind}, want: &at{1, 0, 5}},
+		{name: "drained lane is not fetched", bands: 2, groups: 1,
+			set: map[at]pair{{0, 0, 0}: drained, {1, 0, 0}: hinted}, want: &at{1, 0, 0}},
+		{name: "a lane whose messages are being fetched lets the next band go", bands: 2, groups: 1,
+			set: map[at]pair{{0, 0, 0}: covered, {1, 0, 0}: hinted}, want: &at{1, 0, 0}},
+		{name: "a backlog takes more fetches than are in flight", bands: 2, groups: 1,
+			set: map[at]pair{{0, 0, 0}: busy, {1, 0, 0}: hinted}, want: &at{0, 0, 0}},
+		{name: "a blind mark since the fetch began fetches again", bands: 2, groups: 1,
+			set: map[at]pair{{0, 0, 0}: coveredBlind, {1, 0, 0}: hinted}, want: &at{0, 0, 0}},
+		{name: "groups from the rotating start", bands: 1, groups: 3,
+			set: map[at]pair{{0, 0, 0}: hinted, {0, 1, 0}: hinted, {0, 2, 0}: hinted}, start: 1, want: &at{0, 1, 0}},
+		{name: "rotation wraps", bands: 1, groups: 3,
+			set: map[at]pair{{0, 0, 0}: hinted}, start: 2, want: &at{0, 0, 0}},
+		{name: "rotation never beats band order", bands: 2, groups: 2,
+			set: map[at]pair{{0, 0, 0}: hinted, {1, 1, 0}: hinted}, start: 1, want: &at{0, 0, 0}},
+		{name: "a paused queue is passed over", bands: 2, groups: 2,
+			set: map[at]pair{{0, 0, 0}: hinted, {1, 0, 0}: hinted, {1, 1, 0}: hinted}, skip: []at{{0, 0, 0}}, want: &at{1, 0, 0}},
+		{name: "everything skipped", bands: 2, groups: 1,
+			set: map[at]pair{{0, 0, 0}: hinted, {1, 0, 0}: hinted}, skip: []at{{0, 0, 0}, {1, 0, 0}}},
+		{name: "the tenant furthest behind its share goes first", bands: 1, groups: 1,
+			set: map[at]pair{{0, 0, 0}: backlog, {0, 0, 4}: backlog, {0, 0, 9}: hinted},
+			vt:  map[at]float64{{0, 0, 0}: 900, {0, 0, 4}: 500, {0, 0, 9}: 700}, want: &at{0, 0, 4}},
+		{name: "a tenant behind its share but empty does not block", bands: 1, groups: 1,
+			set: map[at]pair{{0, 0, 0}: backlog, {0, 0, 4}: drained},
+			vt:  map[at]float64{{0, 0, 0}: 900, {0, 0, 4}: 0}, want: &at{0, 0, 0}},
+		{name: "a flooding tenant of band 0 still beats every tenant of band 1", bands: 2, groups: 1,
+			set: map[at]pair{{0, 0, 2}: backlog, {1, 0, 7}: hinted},
+			vt:  map[at]float64{{0, 0, 2}: 1e12, {1, 0, 7}: 0}, want: &at{0, 0, 2}},
+		{name: "fairness is per band and group", bands: 1, groups: 2,
+			set: map[at]pair{{0, 0, 1}: backlog, {0, 1, 2}: hinted},
+			vt:  map[at]float64{{0, 0, 1}: 1e9, {0, 1, 2}: 0}, want: &at{0, 0, 1}},
+		{name: "equal shares: the lower lane", bands: 1, groups: 1,
+			set: map[at]pair{{0, 0, 6}: hinted, {0, 0, 3}: hinted}, want: &at{0, 0, 3}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			pairs, fair := grid(tt.bands, tt.groups, tt.set)
+			for q, v := range tt.vt {
+				fair[q.band][q.group].vt[q.lane] = v
+			}
 			skip := func(band, gi int) bool {
 				for _, s := range tt.skip {
-					if s == (at{band, gi}) {
+					if s.band == band && s.group == gi {
 						return true
 					}
 				}
 				return false
 			}
-			band, gi, ok := pick(tt.pairs, tt.start, skip)
+			band, gi, li, ok := pick(pairs, fair, tt.start, skip)
+			got := at{band, gi, li}
 			switch {
 			case tt.want == nil && ok:
-				t.Errorf("pick = (band %d, group %d), want nothing", band, gi)
+				t.Errorf("pick = %+v, want nothing", got)
 			case tt.want != nil && !ok:
-				t.Errorf("pick = nothing, want (band %d, group %d)", tt.want.band, tt.want.group)
-			case tt.want != nil && (at{band, gi}) != *tt.want:
-				t.Errorf("pick = (band %d, group %d), want (band %d, group %d)", band, gi, tt.want.band, tt.want.group)
+				t.Errorf("pick = nothing, want %+v", *tt.want)
+			case tt.want != nil && got != *tt.want:
+				t.Errorf("pick = %+v, want %+v", got, *tt.want)
 			}
 		})
 	}
 }
 
-func repeat(n int, row []pair) [][]pair {
-	out := make([][]pair, n)
-	for i := range out {
-		out[i] = append([]pair(nil), row...)
+// TestFairShares drives one band and group's shares the way the dispatcher
+// does (pick, then the served tokens) with every lane backlogged, and
+// checks the tokens each tenant gets.
+func TestFairShares(t *testing.T) {
+	tests := []struct {
+		name    string
+		weights []float64 // per lane 1..n
+		sizes   []int64   // tokens of each lane's requests
+		want    []float64 // share of the tokens served, per lane
+	}{
+		{name: "equal weights, equal sizes", weights: []float64{1, 1}, sizes: []int64{100, 100}, want: []float64{0.5, 0.5}},
+		{name: "weights 3:1", weights: []float64{3, 1}, sizes: []int64{100, 100}, want: []float64{0.75, 0.25}},
+		{name: "4,000-token against 100-token requests: shares in tokens", weights: []float64{1, 1}, sizes: []int64{4000, 100}, want: []float64{0.5, 0.5}},
+		{name: "three tenants 1:2:5", weights: []float64{1, 2, 5}, sizes: []int64{300, 50, 1000}, want: []float64{0.125, 0.25, 0.625}},
 	}
-	return out
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			set := map[at]pair{}
+			for i := range tt.weights {
+				set[at{0, 0, i + 1}] = backlog
+			}
+			pairs, fair := grid(1, 1, set)
+			f := &fair[0][0]
+			for i, w := range tt.weights {
+				f.setWeight(i+1, w)
+			}
+			served := make([]float64, len(tt.weights))
+			var total float64
+			for total < 2e6 {
+				_, _, li, ok := pick(pairs, fair, 0, nil)
+				if !ok {
+					t.Fatal("nothing to pick with every lane backlogged")
+				}
+				charged := f.pick(li)
+				size := tt.sizes[li-1]
+				f.saw(li, size)
+				f.charge(li, float64(size-charged)/f.weight[li])
+				served[li-1] += float64(size)
+				total += float64(size)
+			}
+			for i := range served {
+				if got := served[i] / total; got < tt.want[i]-0.01 || got > tt.want[i]+0.01 {
+					t.Errorf("lane %d (weight %v, %d-token requests) got %.3f of the tokens, want %.3f", i+1, tt.weights[i], tt.sizes[i], got, tt.want[i])
+				}
+			}
+		})
+	}
+}
+
+// TestFairnessIdleEarnsNoCredit: a lane that was idle while another was
+// served starts at the pool's virtual time, not at its old finish time, so
+// it does not then take every slot until it catches up.
+func TestFairnessIdleEarnsNoCredit(t *testing.T) {
+	f := newFairness(100)
+	for range 100 {
+		f.pick(1) // lane 1 alone is served 100 requests
+	}
+	f.activate(2) // lane 2 arrives
+	if f.vt[2] < f.v {
+		t.Fatalf("a lane that arrives starts at %v, behind the virtual time %v", f.vt[2], f.v)
+	}
+	if f.vt[1]-f.vt[2] > 100 {
+		t.Errorf("the newcomer starts %v tokens ahead of the busy lane: more than one request's credit", f.vt[1]-f.vt[2])
+	}
 }
 
 // TestDispatchPass runs the dispatcher's pass (admission through a real
@@ -93,7 +205,6 @@ func repeat(n int, row []pair) [][]pair {
 // policy order; a group refused capacity at a band is not admitted at a
 // worse band in the same pass, while another group goes on.
 func TestDispatchPass(t *testing.T) {
-	type at struct{ band, group int }
 	rt := router.New(router.LeastBusy, []router.Deployment{
 		{ID: "full-0", Group: "full", MaxParallel: 1},
 		{ID: "open-0", Group: "open"},
@@ -106,16 +217,16 @@ func TestDispatchPass(t *testing.T) {
 	p := &Pool{opts: Options{Bands: 3, Groups: []string{"full", "open"}, Slots: 3, Router: rt}, log: slog.New(slog.DiscardHandler)}
 	d := newDispatcher(p, make([]*limitedGroup, 2))
 	var started []at
-	d.startFetch = func(_ context.Context, band, gi int, _ int64, f *fetchResult) {
-		started = append(started, at{band, gi})
+	d.startFetch = func(_ context.Context, band, gi, li int, _ int64, f *fetchResult) {
+		started = append(started, at{band, gi, li})
 		f.lease.Release()
 	}
-	d.pairs[0] = []pair{hinted, hinted}
-	d.pairs[1] = []pair{hinted, backlog}
-	d.pairs[2] = []pair{hinted, hinted}
+	d.pairs[0][0][0], d.pairs[0][1][0] = hinted, hinted
+	d.pairs[1][0][0], d.pairs[1][1][0] = hinted, backlog
+	d.pairs[2][0][0], d.pairs[2][1][0] = hinted, hinted
 	d.rotate = -1 // the pass starts at group 0
 	d.dispatch(t.Context())
-	want := []at{{0, 1}, {1, 1}, {1, 1}}
+	want := []at{{0, 1, 0}, {1, 1, 0}, {1, 1, 0}}
 	if fmt.Sprint(started) != fmt.Sprint(want) {
 		t.Errorf("fetches started %v, want %v (the saturated group never; the open one by band, its backlog twice)", started, want)
 	}
@@ -155,5 +266,28 @@ func TestPairMarks(t *testing.T) {
 	pr.took(&nats.MsgMetadata{Sequence: nats.SequencePair{Stream: 2}, NumDelivered: 2}) // a redelivery
 	if pr.taken != 2 || pr.fetchedSeq != 5 {
 		t.Errorf("a redelivery changed taken to %d or fetchedSeq to %d", pr.taken, pr.fetchedSeq)
+	}
+}
+
+// TestDispatchPassTakesTurns: with slots free and two tenant lanes
+// backlogged in one band and group, one pass gives them fetches in turn:
+// each pick charges the lane at once, so the next pick sees it.
+func TestDispatchPassTakesTurns(t *testing.T) {
+	rt := router.New(router.LeastBusy, []router.Deployment{{ID: "g-0", Group: "g"}}, nil)
+	p := &Pool{opts: Options{Bands: 1, Groups: []string{"g"}, Slots: 6, Router: rt, DefaultCompletionTokens: 100,
+		TenantWeights: map[string]float64{}}, log: slog.New(slog.DiscardHandler)}
+	d := newDispatcher(p, make([]*limitedGroup, 1))
+	var started []int
+	d.startFetch = func(_ context.Context, _, _, li int, _ int64, f *fetchResult) {
+		started = append(started, li)
+		f.lease.Release()
+	}
+	busyLane := pair{pending: true, left: 10}
+	d.pairs[0][0][5], d.pairs[0][0][9] = busyLane, busyLane
+	d.fair[0][0].vt[9] = 250 // lane 9 was served 2.5 requests more
+	d.dispatch(t.Context())
+	want := []int{5, 5, 5, 9, 5, 9} // lane 5 catches up, then they alternate (ties: the lower lane)
+	if fmt.Sprint(started) != fmt.Sprint(want) {
+		t.Errorf("fetches went to lanes %v, want %v", started, want)
 	}
 }

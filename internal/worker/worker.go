@@ -35,6 +35,65 @@
 // same pass. Priority cannot invert within a group except for the time a
 // wake-up hint takes to arrive (well under a millisecond on one machine).
 //
+// # Tenants: fair shares across the pool
+//
+// Inside one band and group, tenants with waiting requests share the
+// capacity by weight, counted in tokens served (prompt plus completion, as
+// the provider reported them), not in requests; a tenant alone gets
+// everything; inside a tenant, first come, first served; between bands,
+// strictly as above. The design has three parts.
+//
+// Lanes, so the dispatcher sees the tenant before it fetches. A request of
+// a named tenant is published to a lane of its band and group,
+// <prefix>.req.<band>.<group>.t<n> with n = messages.Lane(tenant), a hash
+// of the name into messages.TenantLanes (32) lanes; the anonymous tenant
+// (and every publisher older than tenants) keeps the band and group's own
+// subject. Each lane has a durable consumer of its own (a work-queue stream
+// allows only consumers whose subjects do not overlap); the dispatcher
+// creates one the first time its lane has a message, and the server removes
+// it after topology.LaneIdle without a fetch. The wake-up hint names the
+// lane and carries the request's headers, its tenant among them. So the
+// consumers stay bounded by 33 per band and group in use however many
+// tenants there are, and an idle installation keeps only its own ones.
+// Tenants hashed to the same lane share it: first come, first served
+// between themselves, one share between them (the weight of the tenant seen
+// last in it).
+//
+// Fair queueing over the lanes (policy.go: fairness). Each lane has a
+// virtual finish time; the lane that wants a fetch with the least goes
+// next; a lane is charged tokens/weight for every request it is served. A
+// lane that becomes pending starts at the pool's virtual time, so an idle
+// tenant earns no credit, and a tenant alone is never held back.
+//
+// Shared state without a round trip. After a served call a worker
+// publishes a served-tokens hint (headers only: tenant, tokens, the
+// estimate it charged, its id) to <prefix>.served.<band>.<group>[.t<n>],
+// and every worker process subscribes to them, as to wake-up hints, so
+// every process charges every lane for what the whole pool served. The
+// process that fetched a request charges its lane at once (its usual size,
+// then the request's estimate when it is read) and corrects to the tokens
+// served when its own hint comes back.
+//
+// Unfairness bound. For two tenants i and j backlogged over an interval,
+// in separate lanes, start-time fair queueing in one process keeps the
+// tokens served within |S_i/w_i - S_j/w_j| <= L_i/w_i + L_j/w_j, L being
+// the largest request of each (in tokens). Across processes a lane is
+// charged for another process's request only when that request's served
+// hint arrives, after its call: every request in flight elsewhere may be
+// one the others did not count. So the bound is (N+1)(L_i/w_i + L_j/w_j)
+// for a pool with N slots in all, plus, in the process that served it, the
+// error of a request's estimate until its hint is back. It bounds the
+// difference, not the ratio: over a long backlog the shares converge to
+// the weights.
+//
+// Cost. Per served request, one headers-only publish (about 200 bytes),
+// delivered to every worker process; no request waits for it. Per lane in
+// use, one consumer (on the R3 cluster a replicated consumer, like the
+// others, created with one JetStream API call when its lane first has a
+// message after LaneIdle); the dispatcher keeps 33 small records per band
+// and group. The backlog cap (llmq_settings.max_queued) counts per subject,
+// so per lane: a flooding tenant fills its own lane, not its band's.
+//
 // # Knowing what is pending without polling
 //
 // The request stream republishes a headers-only copy of every stored message
@@ -112,6 +171,7 @@ import (
 
 	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/router"
+	"github.com/llmq/llmq/internal/topology"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -149,6 +209,12 @@ type Options struct {
 	// Tenants are the tenants whose names may be metric labels (the
 	// operator's list); any other is counted as "other".
 	Tenants []string
+	// TenantWeights are the tenants' weights; a tenant not in it has
+	// weight 1.
+	TenantWeights map[string]float64
+	// Replicas is the replica count of the tenant lanes' consumers, which
+	// workers create as they are needed; 0 means 1.
+	Replicas int
 	// DrainTimeout bounds how long Run waits, after its context ends, for the
 	// calls in progress; calls still running then are cancelled and their
 	// requests handed back to JetStream for another worker. Default 30 s.
@@ -163,7 +229,7 @@ type Pool struct {
 	log    *slog.Logger
 	stream jetstream.Stream
 
-	pullers  [][]*puller // [band][group]
+	pullers  [][][]*puller // [band][group][lane index]
 	groupIdx map[string]int
 	limits   bool        // some deployment (of any group, fallbacks included) has a shared limiter
 	d        *dispatcher // the one owner of what is pending and who fetches next
@@ -254,8 +320,10 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	defer func() {
 		for _, band := range p.pullers {
-			for _, pl := range band {
-				pl.close()
+			for _, group := range band {
+				for _, pl := range group {
+					pl.close()
+				}
 			}
 		}
 	}()
@@ -275,6 +343,12 @@ func (p *Pool) Run(ctx context.Context) error {
 		return fmt.Errorf("worker: subscribe confirmations: %w", err)
 	}
 	defer conf.Unsubscribe()
+	served, err := p.nc.Subscribe(p.opts.Subjects.ServedWildcard(), p.onServed)
+	if err != nil {
+		return fmt.Errorf("worker: subscribe served-tokens hints: %w", err)
+	}
+	defer served.Unsubscribe()
+	_ = served.SetPendingLimits(-1, -1)
 	gone, err := p.nc.Subscribe(p.opts.Subjects.Gone(), p.onGone)
 	if err != nil {
 		return fmt.Errorf("worker: subscribe closed callers: %w", err)
@@ -396,16 +470,32 @@ func (p *Pool) bind(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("worker: stream %s: %w", p.opts.Subjects.RequestStream(), err)
 	}
-	p.pullers = make([][]*puller, p.opts.Bands)
+	p.pullers = make([][][]*puller, p.opts.Bands)
 	for b := range p.opts.Bands {
-		p.pullers[b] = make([]*puller, len(p.opts.Groups))
+		p.pullers[b] = make([][]*puller, len(p.opts.Groups))
 		for gi, g := range p.opts.Groups {
 			name := p.opts.Subjects.Consumer(b, g)
 			if _, err := p.stream.Consumer(ctx, name); err != nil {
 				return fmt.Errorf("worker: consumer %s: %w", name, err)
 			}
-			p.pullers[b][gi] = newPuller(p.nc, p.opts.Subjects.RequestStream(), name, pullTimeout)
+			p.pullers[b][gi] = make([]*puller, lanes)
+			for li := range lanes {
+				name := p.opts.Subjects.ConsumerLane(b, g, laneOf(li))
+				p.pullers[b][gi][li] = newPuller(p.nc, p.opts.Subjects.RequestStream(), name, pullTimeout)
+			}
 		}
 	}
 	return nil
+}
+
+// puller returns the puller of one lane.
+func (p *Pool) puller(band, gi, li int) *puller { return p.pullers[band][gi][li] }
+
+// createLane creates (or finds) the consumer of a tenant lane.
+func (p *Pool) createLane(ctx context.Context, band, gi, lane int) error {
+	spec := topology.Spec{Subjects: p.opts.Subjects, Replicas: p.opts.Replicas, AckWait: p.opts.AckWait}
+	cctx, cancel := context.WithTimeout(ctx, topology.CallTimeout)
+	defer cancel()
+	_, err := p.stream.CreateOrUpdateConsumer(cctx, spec.LaneConsumerConfig(band, p.opts.Groups[gi], lane))
+	return err
 }

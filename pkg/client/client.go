@@ -308,6 +308,7 @@ type waiter struct {
 	id                            string
 	group                         string
 	band                          int
+	lane                          int       // the tenant's lane (messages.Lane)
 	start                         time.Time // of the publish
 	queueDeadline, answerDeadline time.Time
 	stream                        bool
@@ -388,7 +389,7 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 		}
 	}
 	w := &waiter{
-		id: req.ID, group: req.Group, band: c.bands.Band(req.Priority), stream: req.OnChunk != nil, reply: make(chan *nats.Msg, 1),
+		id: req.ID, group: req.Group, band: c.bands.Band(req.Priority), lane: messages.Lane(req.Tenant), stream: req.OnChunk != nil, reply: make(chan *nats.Msg, 1),
 		queueDeadline: req.Deadline, answerDeadline: req.AnswerDeadline,
 	}
 	if w.stream {
@@ -721,7 +722,7 @@ func (c *Client) redelivered(w *waiter) {
 		c.answered(w, messages.ReplyMsg(c.inbox+"."+w.id, &messages.Reply{Outcome: lost.Outcome, Status: lost.HTTPStatus(), Body: messages.ErrorBody(lost)}))
 		return
 	}
-	_ = c.nc.Publish(c.subjects.Wake(w.band, w.group), nil)
+	_ = c.nc.Publish(c.subjects.WakeLane(w.band, w.group, w.lane), nil)
 }
 
 // earliest returns the earlier of two times, a zero time meaning none.

@@ -12,7 +12,14 @@
 // where <prefix> is llmq_settings.subject_prefix ("llmq" by default), <band>
 // is the decimal band number (0 is the most important) computed from the
 // priority with [Bands.Band], and <group> is the model group (the public
-// model_name) encoded with [EncodeToken]. The body is the OpenAI request body
+// model_name) encoded with [EncodeToken]. A request of a named tenant (not
+// "anonymous") goes to its tenant lane, one more token:
+//
+//	<prefix>.req.<band>.<group>.t<lane>
+//
+// with <lane> = [Lane](tenant), 0 to [TenantLanes]-1 ([Subjects.RequestLane];
+// [Subjects.Msg] chooses it). Workers serve each lane from a consumer of its
+// own, so they can share a band between tenants before they fetch. The body is the OpenAI request body
 // (chat completions or text completions) as JSON, without llmq-only fields
 // such as "priority". The headers are:
 //
@@ -126,7 +133,10 @@
 // never serves what it would misread).
 //
 //	1    the headers above without Llmq-Tenant
-//	1+t  Llmq-Tenant: readers before it serve every request as one tenant
-//	     (strict bands, first come first served); requests without it are
-//	     the anonymous tenant's
+//	1+t  Llmq-Tenant, tenant lanes (<prefix>.req.<band>.<group>.t<lane>)
+//	     and served-tokens hints (<prefix>.served.>, see
+//	     [Subjects.Served]); requests without a tenant are the anonymous
+//	     tenant's, on the subject they always had. A worker older than
+//	     lanes does not serve a lane's requests: upgrade the workers first,
+//	     then the gateways and services that send tenants
 package messages

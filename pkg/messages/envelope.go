@@ -42,8 +42,14 @@ const (
 	// HeaderTenant names the tenant a request is for (see ValidTenant);
 	// absent means TenantAnonymous.
 	HeaderTenant = "Llmq-Tenant"
-	HeaderMsgID  = "Nats-Msg-Id"
-	HeaderTTL    = "Nats-TTL"
+	// HeaderTokens, on a served-tokens hint, is the prompt plus completion
+	// tokens of a served request; HeaderEstimate what the worker that
+	// served it charged before the call; HeaderWorker names that worker.
+	HeaderTokens   = "Llmq-Tokens"
+	HeaderEstimate = "Llmq-Estimate"
+	HeaderWorker   = "Llmq-Worker"
+	HeaderMsgID    = "Nats-Msg-Id"
+	HeaderTTL      = "Nats-TTL"
 )
 
 // Events carried in HeaderEvent on messages to a caller's inbox.
@@ -128,7 +134,7 @@ type Request struct {
 // Msg builds the JetStream message for r on the subjects s. The TTL is the
 // time from now to the deadline, at least one second.
 func (s Subjects) Msg(r *Request, now time.Time) *nats.Msg {
-	m := nats.NewMsg(s.Request(r.Band, r.Group))
+	m := nats.NewMsg(s.RequestLane(r.Band, r.Group, Lane(r.Tenant)))
 	h := m.Header
 	h[HeaderVersion] = []string{Version}
 	h[HeaderRequestID] = []string{r.ID}

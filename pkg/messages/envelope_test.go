@@ -96,7 +96,7 @@ func TestRequestRoundTrip(t *testing.T) {
 			r := validRequest()
 			tt.edit(r)
 			m := s.Msg(r, testNow)
-			if want := s.Request(r.Band, r.Group); m.Subject != want {
+			if want := s.RequestLane(r.Band, r.Group, messages.Lane(r.Tenant)); m.Subject != want {
 				t.Errorf("subject %q, want %q", m.Subject, want)
 			}
 			if got := m.Header.Get(messages.HeaderMsgID); got != r.ID {

@@ -8,11 +8,15 @@ import (
 	"bytes"
 	"context"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/llmq/llmq/internal/fakeupstream"
 	"github.com/llmq/llmq/pkg/client"
 	"github.com/llmq/llmq/pkg/messages"
 )
@@ -30,8 +34,9 @@ type tenantEntry struct {
 }
 
 type tenantLLMQ struct {
-	Keys    []tenantKey   `yaml:"keys,omitempty"`
-	Tenants []tenantEntry `yaml:"tenants,omitempty"`
+	Keys     []tenantKey   `yaml:"keys,omitempty"`
+	Tenants  []tenantEntry `yaml:"tenants,omitempty"`
+	Replicas int           `yaml:"replicas,omitempty"`
 }
 
 type tenantConfig struct {
@@ -173,4 +178,197 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// Keys of the flood tests: the flooding team-b's lane (messages.Lane: 3)
+// comes before the quiet team-a's (22), so lane order alone would not let
+// team-a through.
+const (
+	floodMaster = "sk-master-flood"
+	floodKey    = "sk-flooding-team"
+	quietKey    = "sk-quiet-team"
+)
+
+func floodConfig(t *testing.T, fake *fakeupstream.Server, replicas int) string {
+	return writeYAMLConfig(t, tenantConfig{
+		ModelList:       []deployment{fakeDeployment("shared", "shared-0", fake, 1)},
+		GeneralSettings: &generalSettings{MasterKey: floodMaster},
+		LLMQ: &tenantLLMQ{Replicas: replicas,
+			Keys: []tenantKey{{Name: "team-b", Key: floodKey}, {Name: "team-a", Key: quietKey}}},
+	})
+}
+
+// runFlood holds the group's one parallel call with a request of the
+// master tenant, queues floods requests of team-b ("a0", "a1", ...) and
+// then quiets of team-a ("b0", ...), all at priority 3, each stored before
+// the next is sent; releases the upstream, checks every answer and returns
+// the order in which the upstream saw the queued requests.
+func runFlood(t *testing.T, gatewayURL, natsURL string, fake *fakeupstream.Server, floods, quiets int) []string {
+	t.Helper()
+	q := observeQueue(t, natsURL)
+	chat := gatewayURL + "/v1/chat/completions"
+	ctx, cancel := context.WithTimeout(t.Context(), 3*waitLimit)
+	defer cancel()
+	results := make(chan *result, floods+quiets+1)
+	send := func(key, content string) {
+		r, err := post(ctx, chat, key, chatBody("shared", content, `"priority":3`))
+		if err != nil {
+			r = &result{Status: -1, Body: []byte(err.Error())}
+		}
+		results <- r
+	}
+	fake.Hold()
+	go send(floodMaster, "held")
+	waitUpstream(t, fake, 1)
+	first := q.state(t).LastSeq
+	sent := 1
+	for i := range floods {
+		go send(floodKey, "a"+strconv.Itoa(i))
+		q.waitStored(t, first+uint64(sent))
+		sent++
+	}
+	for i := range quiets {
+		go send(quietKey, "b"+strconv.Itoa(i))
+		q.waitStored(t, first+uint64(sent))
+		sent++
+	}
+	fake.Release()
+	for range sent {
+		select {
+		case r := <-results:
+			checkServed(t, r)
+		case <-ctx.Done():
+			t.Fatalf("not every request was answered; the upstream saw %q", contents(fake))
+		}
+	}
+	return contents(fake)[1:]
+}
+
+// checkTurns checks that the quiet tenant's requests all went out among the
+// first within requests of order, and the flooding tenant's in the order
+// sent.
+func checkTurns(t *testing.T, order []string, quiets, within int) {
+	t.Helper()
+	var quietAt []int
+	var floodOrder []string
+	for i, c := range order {
+		if strings.HasPrefix(c, "b") {
+			quietAt = append(quietAt, i)
+		} else {
+			floodOrder = append(floodOrder, c)
+		}
+	}
+	if len(quietAt) != quiets || quietAt[quiets-1] >= within {
+		t.Errorf("the upstream saw %q: the quiet tenant's requests at %v, want all among the first %d, not behind the flood", order, quietAt, within)
+	}
+	for i, c := range floodOrder {
+		if c != "a"+strconv.Itoa(i) {
+			t.Errorf("the flooding tenant's requests went out as %q, want in the order sent (first come, first served inside a tenant)", floodOrder)
+			break
+		}
+	}
+}
+
+// TestTenantFloodDoesNotHoldBackOthers: in one band and model group, a
+// tenant that floods the queue does not make another tenant wait behind
+// its whole backlog: with both waiting, they take turns (equal weights,
+// equal sizes), where first come, first served would serve the flood
+// first.
+func TestTenantFloodDoesNotHoldBackOthers(t *testing.T) {
+	fake := newFake(t)
+	g := startEmbeddedGateway(t, floodConfig(t, fake, 0), 4)
+	order := runFlood(t, g.URL, g.NATSURL(), fake, 8, 2)
+	// Taking turns, the first turn to either (a tie): both in the first 4.
+	checkTurns(t, order, 2, 4)
+}
+
+// TestTenantFloodClusterTwoWorkers: the same on a 3-node JetStream cluster
+// with replicated streams, a gateway and two worker processes sharing the
+// group's one parallel call (a shared limit): the lanes' consumers are
+// created (with three replicas) as tenants first need them, and the shares
+// hold across the processes, which learn what the other served from its
+// served-tokens hints. A process may pick a tenant before it hears of the
+// other's last call, so the bound is looser than in one process.
+func TestTenantFloodClusterTwoWorkers(t *testing.T) {
+	cluster := relStartCluster(t, 3)
+	fake := newFake(t)
+	cfg := floodConfig(t, fake, 3)
+	urls := cluster.URLs()
+	g := startRemoteGateway(t, cfg, urls)
+	for range 2 {
+		env := relEnv(cfg, urls)
+		env.WorkerSlots = 4
+		relStartWorker(t, env)
+	}
+	order := runFlood(t, g.URL, urls, fake, 12, 3)
+	checkTurns(t, order, 3, 9)
+
+	_, js := relJS(t, urls)
+	ctx := relCtx(t, 5*time.Second)
+	stream, err := js.Stream(ctx, requestStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tenant := range []string{"team-a", "team-b"} {
+		name := messages.DefaultPrefix + "_b3_shared_t" + strconv.Itoa(messages.Lane(tenant))
+		c, err := stream.Consumer(ctx, name)
+		if err != nil {
+			t.Fatalf("the lane consumer %s of tenant %s: %v", name, tenant, err)
+		}
+		if info := c.CachedInfo(); info.Config.Replicas != 3 || info.Config.InactiveThreshold <= 0 {
+			t.Errorf("lane consumer %s: replicas %d, inactive threshold %v; want 3 and a threshold (idle lanes are removed)", name, info.Config.Replicas, info.Config.InactiveThreshold)
+		}
+	}
+}
+
+// TestTenantLanesBounded: many tenants that each send one request cost at
+// most messages.TenantLanes consumers per band and group, whatever their
+// number, and every request is served.
+func TestTenantLanesBounded(t *testing.T) {
+	fake := newFake(t)
+	cfg := writeYAMLConfig(t, tenantConfig{ModelList: []deployment{fakeDeployment("alpha", "alpha-0", fake, 0)}})
+	g := startEmbeddedGateway(t, cfg, 8)
+	nc, err := nats.Connect(g.NATSURL(), nats.Name("llmq-test-many-tenants"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	cl, err := client.New(nc, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Close() })
+	const tenants = 300
+	ctx, cancel := context.WithTimeout(t.Context(), 3*waitLimit)
+	defer cancel()
+	errs := make(chan error, tenants)
+	for i := range tenants {
+		go func() {
+			_, _, err := cl.Do(ctx, &client.Request{Kind: messages.KindChat, Group: "alpha", Priority: 3,
+				Tenant: "customer-" + strconv.Itoa(i), Body: []byte(chatBody("alpha", "from customer "+strconv.Itoa(i)))})
+			errs <- err
+		}()
+	}
+	for range tenants {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(ctx, requestStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bands := messages.DefaultBands().Count()
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if max := bands + messages.TenantLanes; info.State.Consumers > max {
+		t.Errorf("%d tenants left %d consumers, want at most %d (one per band, and one per tenant lane of the band used)", tenants, info.State.Consumers, max)
+	}
+	t.Logf("%d tenants: %d consumers", tenants, info.State.Consumers)
 }
