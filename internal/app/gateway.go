@@ -222,6 +222,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 				Tenants:                 s.cfg.ListedTenants(),
 				TenantWeights:           s.cfg.TenantWeights(),
 				Replicas:                s.spec.Replicas,
+				Aging:                   worker.Aging{Step: s.cfg.LLMQ.Aging.Step.D(), LimitBand: s.cfg.LLMQ.Aging.LimitBand},
 			})
 			if err != nil {
 				return fail(err)

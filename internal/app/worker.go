@@ -97,6 +97,7 @@ func serveWorker(ctx context.Context, env config.Env, s *setup, met *metrics.Met
 		Tenants:                 s.cfg.ListedTenants(),
 		TenantWeights:           s.cfg.TenantWeights(),
 		Replicas:                s.spec.Replicas,
+		Aging:                   worker.Aging{Step: s.cfg.LLMQ.Aging.Step.D(), LimitBand: s.cfg.LLMQ.Aging.LimitBand},
 	})
 	if err != nil {
 		return err

@@ -195,6 +195,9 @@ type LLMQSettings struct {
 	// Tenants sets the weights of tenants that are not a key's own (see
 	// Tenant).
 	Tenants []Tenant `yaml:"tenants"`
+	// Aging lifts waiting requests to more important bands as they wait;
+	// off unless Step is set.
+	Aging Aging `yaml:"aging"`
 	// LimitsPeriod is the window rpm and tpm are counted over; default 60 s.
 	// Only tests and benchmarks change it (rpm then means "per period").
 	LimitsPeriod Seconds `yaml:"limits_period"`
@@ -234,6 +237,18 @@ type APIKey struct {
 	// Weight is the key's tenant's share of a band's capacity relative to
 	// other tenants waiting in the same band and model group; default 1.
 	Weight float64 `yaml:"weight"`
+}
+
+// Aging is llmq_settings.aging: a request that waits is treated as one band
+// more important for every Step it waits, up to LimitBand, so a steady
+// flood of important work cannot hold the lower bands back forever.
+type Aging struct {
+	// Step is the wait that lifts a request by one band; 0 (the default)
+	// turns aging off.
+	Step Seconds `yaml:"step"`
+	// LimitBand is the most important band aging lifts a request to;
+	// default 0.
+	LimitBand int `yaml:"limit_band"`
 }
 
 // Tenant sets the weight of a tenant that is not a key's own: one a trusted

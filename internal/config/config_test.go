@@ -356,6 +356,14 @@ llmq_settings:
 				"llmq_settings.tenants[4].weight: must be greater than 0",
 			},
 		},
+		{
+			name: "aging",
+			yaml: okModel + "llmq_settings: {priority_bands: [0, 1], aging: {step: -1, limit_band: 3}}\n",
+			want: []string{
+				"llmq_settings.aging.step: must not be negative",
+				"llmq_settings.aging.limit_band: must be a band, 0 to 2, got 3",
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -257,6 +257,12 @@ func (c *Config) validate() []*FieldError {
 	if len(q.Keys) > 0 && c.GeneralSettings.MasterKey == "" {
 		add("general_settings.master_key", "must be set when llmq_settings.keys are (otherwise every caller is let in)")
 	}
+	if q.Aging.Step < 0 {
+		add("llmq_settings.aging.step", "must not be negative (0 turns aging off)")
+	}
+	if bands := len(q.PriorityBands) + 1; q.Aging.LimitBand < 0 || q.Aging.LimitBand >= bands {
+		add("llmq_settings.aging.limit_band", "must be a band, 0 to %d, got %d", bands-1, q.Aging.LimitBand)
+	}
 	if q.Replicas < 1 || q.Replicas > maxReplicas {
 		add("llmq_settings.replicas", "must be between 1 and %d, got %d", maxReplicas, q.Replicas)
 	}

@@ -205,6 +205,14 @@ func (d *dispatcher) apply(ctx context.Context, e event) {
 	case evHint:
 		pr := &d.pairs[e.band][e.gi][e.li]
 		d.activate(e.band, e.gi, e.li)
+		if e.seq != 0 {
+			pr.arrived(e.seq, e.at)
+		}
+		if pr.since.IsZero() {
+			// The oldest request this process knows of in the lane; a
+			// blind mark (start, the poll) says nothing of when.
+			pr.since = e.at
+		}
 		if e.tenant != "" {
 			d.fair[e.band][e.gi].setWeight(e.li, d.weight(e.tenant))
 		}
@@ -294,7 +302,7 @@ func (d *dispatcher) dispatch(ctx context.Context) {
 		return d.p.opts.Paused != nil && d.p.opts.Paused(band, d.p.opts.Groups[gi])
 	}
 	for d.free > 0 {
-		band, gi, li, ok := pick(d.pairs, d.fair, start, skip)
+		band, gi, li, ok := pick(d.pairs, d.fair, start, skip, d.p.opts.Aging, now)
 		if !ok {
 			break
 		}
@@ -439,6 +447,7 @@ func (d *dispatcher) fetched(ctx context.Context, band, gi, li int, f *fetchResu
 		pr.took(f.md)
 		left = f.md.NumPending
 		pr.left = left
+		pr.since = pr.nextArrival(f.md.Sequence.Stream, f.md.Timestamp)
 		var depth uint64 // what the lanes' last fetches left
 		for i := range d.pairs[band][gi] {
 			depth += d.pairs[band][gi][i].left
@@ -455,7 +464,7 @@ func (d *dispatcher) fetched(ctx context.Context, band, gi, li int, f *fetchResu
 		// Every hinted message was fetched here: nothing is left to
 		// fetch, and hints another process took count for nothing more.
 		pr.taken = pr.hints
-		pr.pending = false
+		pr.pending, pr.since, pr.arrivals = false, time.Time{}, pr.arrivals[:0]
 	}
 	// The message's tenant decides its lane's weight; its estimate
 	// replaces the guess the lane was charged.
@@ -484,6 +493,11 @@ type pair struct {
 	// fetch started: a hint that races an empty fetch is never lost.
 	pending bool
 	gen     uint64
+	// since is when its oldest waiting request arrived, as far as this
+	// process knows (see Aging); zero while not pending or not known (a
+	// blind mark). arrivals are the hints since, oldest first.
+	since    time.Time
+	arrivals []arrival
 	// hinted is when the last wake-up hint arrived.
 	hinted time.Time
 	// hintSeq is the highest stream sequence a hint named; fetchedSeq the
@@ -524,8 +538,41 @@ func (pr *pair) markBlind() {
 // clearIf clears pending if nothing marked the pair since gen.
 func (pr *pair) clearIf(gen uint64) {
 	if pr.gen == gen {
-		pr.pending = false
+		pr.pending, pr.since, pr.arrivals = false, time.Time{}, pr.arrivals[:0]
 	}
+}
+
+// maxArrivals bounds the hinted arrivals a pair remembers; later ones are
+// not kept (the oldest are what aging needs).
+const maxArrivals = 4096
+
+// arrival is when a hint for a stream sequence arrived.
+type arrival struct {
+	seq uint64
+	at  time.Time
+}
+
+// arrived remembers when the hint for seq arrived.
+func (pr *pair) arrived(seq uint64, at time.Time) {
+	if len(pr.arrivals) < maxArrivals {
+		pr.arrivals = append(pr.arrivals, arrival{seq, at})
+	}
+}
+
+// nextArrival forgets the arrivals up to seq, which a fetch just returned
+// (the consumer delivers in order, so they are taken), and returns when
+// the next remembered one arrived; without one, stored (the fetched
+// request's store time: the next one arrived no earlier).
+func (pr *pair) nextArrival(seq uint64, stored time.Time) time.Time {
+	i := 0
+	for i < len(pr.arrivals) && pr.arrivals[i].seq <= seq {
+		i++
+	}
+	pr.arrivals = append(pr.arrivals[:0], pr.arrivals[i:]...)
+	if len(pr.arrivals) > 0 {
+		return pr.arrivals[0].at
+	}
+	return stored
 }
 
 // took records a message a fetch of this pool returned: its sequence, and,

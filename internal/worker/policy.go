@@ -1,5 +1,7 @@
 package worker
 
+import "time"
+
 // The dispatch policy: which queue a free slot is given a fetch of next.
 // The dispatcher (dispatch.go) alone calls it, with the state it alone
 // owns; nothing here blocks or touches the network, so it is tested as a
@@ -9,6 +11,8 @@ package worker
 //
 //  1. Bands strictly, 0 first. A band is looked at only when no better band
 //     has a queue that wants a fetch (pair.wants) and may be served now.
+//     With aging on (Aging), levels instead: a band, or a worse band's lane
+//     lifted to it by its wait.
 //  2. Inside a band, model groups from a rotating start, so that no group is
 //     always last when several wait at the same band.
 //  3. Inside a band and group, tenants by weighted fair share of the tokens
@@ -39,24 +43,86 @@ package worker
 // lags the stream by the time a wake-up hint takes to arrive (well under a
 // millisecond on one machine), and a message another process hands back is
 // announced by a hint of its own; that lag is the only window in which a
-// worse band can go first.
+// worse band can go first. With aging on, a worse band goes first on
+// purpose, and only as Aging says.
 
 // skipFunc reports that a queue may not be served in this pass (paused, or
 // its group refused capacity earlier in the pass).
 type skipFunc func(band, gi int) bool
 
-// pick returns the next queue to fetch from under the order above: the first
-// band, then the first group from start (rotating), with a lane that wants
-// a fetch and is not skipped, and of its lanes that want one the one with
-// the least virtual finish time. ok is false when no lane wants a fetch.
-func pick(pairs [][][]pair, fair [][]fairness, start int, skip skipFunc) (band, gi, li int, ok bool) {
-	for band := range pairs {
-		n := len(pairs[band])
+// Aging lifts waiting requests to more important bands: a lane whose oldest
+// waiting request has waited k steps is treated as k bands more important,
+// up to LimitBand (llmq_settings.aging). Off when Step is 0.
+//
+// The pass then walks levels instead of bands: at level e it considers, per
+// group, the lanes of band e and the lanes of worse bands lifted to e, and
+// of these the band whose lane (chosen by fairness) has the oldest head
+// goes first: at one level, requests go in the order they arrived. So a
+// lifted request overtakes the requests of a better band that arrived after
+// it, never those that arrived before it.
+//
+// The bound. Under a saturating flood of band 0, a band-b request with
+// LimitBand 0 reaches level 0 after b steps; from then on it goes before
+// every band-0 request that arrived after it. So its wait is at most
+// max(b*Step, W) plus the time until a slot of its group frees, where W is
+// the wait of the band-0 requests that arrived just before it (with a
+// queue deadline, at most router_settings.timeout). A flood that the
+// deployments keep up with (W below b*Step) holds it back for b steps at
+// most. Its head's arrival is what this process knows: when the hint of
+// the oldest request it has not fetched arrived (it remembers up to
+// maxArrivals per lane; past them, the store time of the last request it
+// fetched, which the next one cannot precede). Requests other processes
+// take are not seen, which can only make a lane look older and lift it
+// sooner. A lane marked without a hint (at start, by the poll) is not
+// lifted until a hint or a fetch tells when its requests arrived.
+type Aging struct {
+	Step      time.Duration
+	LimitBand int
+}
+
+// level returns the band a lane of band, whose oldest request arrived at
+// since, is treated as at now.
+func (a Aging) level(band int, since, now time.Time) int {
+	if a.Step <= 0 || band <= a.LimitBand || since.IsZero() {
+		return band
+	}
+	return max(a.LimitBand, band-int(min(now.Sub(since)/a.Step, time.Duration(band))))
+}
+
+// pick returns the next queue to fetch from under the order above: the
+// first level (band, or band lifted by aging), then the first group from
+// start (rotating) with a lane at that level that wants a fetch and is not
+// skipped; of its bands at that level the one whose lane has the oldest
+// head, and of that band's lanes at that level the one with the least
+// virtual finish time. Without aging a level is just a band. ok is false
+// when no lane wants a fetch.
+func pick(pairs [][][]pair, fair [][]fairness, start int, skip skipFunc, ag Aging, now time.Time) (band, gi, li int, ok bool) {
+	bands := len(pairs)
+	for level := range bands {
+		n := len(pairs[level])
 		for i := range n {
 			gi := (start + i) % n
-			li := fair[band][gi].next(pairs[band][gi])
-			if li >= 0 && (skip == nil || !skip(band, gi)) {
-				return band, gi, li, true
+			bestB, bestL := -1, -1
+			var bestSince time.Time
+			for b := level; b < bands; b++ {
+				if b > level && ag.Step <= 0 {
+					break // without aging only band == level is at level
+				}
+				ps := pairs[b][gi]
+				l := fair[b][gi].next(ps, func(li int) bool { return ag.level(b, ps[li].since, now) == level })
+				if l < 0 || (skip != nil && skip(b, gi)) {
+					continue
+				}
+				since := ps[l].since
+				if since.IsZero() {
+					since = now // not known: as young as can be
+				}
+				if bestB < 0 || since.Before(bestSince) {
+					bestB, bestL, bestSince = b, l, since
+				}
+			}
+			if bestB >= 0 {
+				return bestB, gi, bestL, true
 			}
 		}
 	}
@@ -96,12 +162,13 @@ func newFairness(defaultSize int64) fairness {
 	return f
 }
 
-// next returns the lane (index) of ps that wants a fetch with the least
-// virtual finish time (ties: the lower index), or -1.
-func (f *fairness) next(ps []pair) int {
+// next returns the lane (index) of ps that wants a fetch, and is one of
+// those in (nil: all), with the least virtual finish time (ties: the lower
+// index), or -1.
+func (f *fairness) next(ps []pair, in func(li int) bool) int {
 	best := -1
 	for li := range ps {
-		if ps[li].wants() && (best < 0 || f.vt[li] < f.vt[best]) {
+		if ps[li].wants() && (in == nil || in(li)) && (best < 0 || f.vt[li] < f.vt[best]) {
 			best = li
 		}
 	}

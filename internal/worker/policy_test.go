@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -120,7 +121,7 @@ func TestPick(t *testing.T) {
 				}
 				return false
 			}
-			band, gi, li, ok := pick(pairs, fair, tt.start, skip)
+			band, gi, li, ok := pick(pairs, fair, tt.start, skip, Aging{}, time.Time{})
 			got := at{band, gi, li}
 			switch {
 			case tt.want == nil && ok:
@@ -163,7 +164,7 @@ func TestFairShares(t *testing.T) {
 			served := make([]float64, len(tt.weights))
 			var total float64
 			for total < 2e6 {
-				_, _, li, ok := pick(pairs, fair, 0, nil)
+				_, _, li, ok := pick(pairs, fair, 0, nil, Aging{}, time.Time{})
 				if !ok {
 					t.Fatal("nothing to pick with every lane backlogged")
 				}
@@ -289,5 +290,76 @@ func TestDispatchPassTakesTurns(t *testing.T) {
 	want := []int{5, 5, 5, 9, 5, 9} // lane 5 catches up, then they alternate (ties: the lower lane)
 	if fmt.Sprint(started) != fmt.Sprint(want) {
 		t.Errorf("fetches went to lanes %v, want %v", started, want)
+	}
+}
+
+// TestPickAging: with aging on, a lane is treated as one band more
+// important for every step its oldest request waited, up to the limit
+// band; at one level, the band whose lane's oldest request arrived first
+// goes first.
+func TestPickAging(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	ago := func(d time.Duration) time.Time { return now.Add(-d) }
+	with := func(pr pair, since time.Time) pair { pr.since = since; return pr }
+	step := time.Second
+	tests := []struct {
+		name  string
+		aging Aging
+		set   map[at]pair
+		want  at
+	}{
+		{name: "off: band 9 waits behind band 0 however long it waited", aging: Aging{},
+			set:  map[at]pair{{0, 0, 1}: with(backlog, ago(time.Second)), {9, 0, 2}: with(hinted, ago(time.Hour))},
+			want: at{0, 0, 1}},
+		{name: "not yet lifted to band 0: 8 steps lift band 9 to band 1", aging: Aging{Step: step},
+			set:  map[at]pair{{0, 0, 1}: with(backlog, ago(time.Minute)), {9, 0, 2}: with(hinted, ago(8*step+step/2))},
+			want: at{0, 0, 1}},
+		{name: "lifted to band 0 and older than band 0's oldest", aging: Aging{Step: step},
+			set:  map[at]pair{{0, 0, 1}: with(backlog, ago(2*step)), {9, 0, 2}: with(hinted, ago(9*step))},
+			want: at{9, 0, 2}},
+		{name: "lifted to band 0 but band 0's oldest came first", aging: Aging{Step: step},
+			set:  map[at]pair{{0, 0, 1}: with(backlog, ago(time.Hour)), {9, 0, 2}: with(hinted, ago(9*step))},
+			want: at{0, 0, 1}},
+		{name: "the limit band stops the lift", aging: Aging{Step: step, LimitBand: 1},
+			set:  map[at]pair{{0, 0, 1}: with(backlog, ago(time.Second)), {9, 0, 2}: with(hinted, ago(time.Hour))},
+			want: at{0, 0, 1}},
+		{name: "lifted to the limit band, ahead of that band's newer requests", aging: Aging{Step: step, LimitBand: 1},
+			set:  map[at]pair{{1, 0, 1}: with(backlog, ago(time.Second)), {9, 0, 2}: with(hinted, ago(time.Hour))},
+			want: at{9, 0, 2}},
+		{name: "a lift is per lane: the young lane of band 9 stays", aging: Aging{Step: step},
+			set:  map[at]pair{{0, 0, 1}: with(backlog, ago(time.Second)), {9, 0, 2}: with(hinted, ago(time.Millisecond)), {9, 0, 3}: with(hinted, ago(time.Hour))},
+			want: at{9, 0, 3}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pairs, fair := grid(10, 1, tt.set)
+			band, gi, li, ok := pick(pairs, fair, 0, nil, tt.aging, now)
+			if got := (at{band, gi, li}); !ok || got != tt.want {
+				t.Errorf("pick = %+v (ok %v), want %+v", got, ok, tt.want)
+			}
+		})
+	}
+}
+
+// TestPairArrivals: a lane's oldest request is the oldest hint it has not
+// fetched past; past the remembered hints, the last fetched one's store
+// time.
+func TestPairArrivals(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var pr pair
+	for i := range 3 {
+		pr.arrived(uint64(10+i), t0.Add(time.Duration(i)*time.Second))
+	}
+	if got := pr.nextArrival(10, t0); !got.Equal(t0.Add(time.Second)) {
+		t.Errorf("after fetching 10: %v, want the hint of 11", got)
+	}
+	if got := pr.nextArrival(12, t0.Add(time.Minute)); !got.Equal(t0.Add(time.Minute)) {
+		t.Errorf("after fetching past every hint: %v, want the fetched request's store time", got)
+	}
+	pr.pending, pr.gen = true, 1
+	pr.arrived(20, t0)
+	pr.clearIf(1)
+	if pr.pending || !pr.since.IsZero() || len(pr.arrivals) != 0 {
+		t.Errorf("a cleared lane keeps pending %v, since %v, %d arrivals", pr.pending, pr.since, len(pr.arrivals))
 	}
 }

@@ -215,6 +215,8 @@ type Options struct {
 	// Replicas is the replica count of the tenant lanes' consumers, which
 	// workers create as they are needed; 0 means 1.
 	Replicas int
+	// Aging lifts waiting requests to more important bands; off by default.
+	Aging Aging
 	// DrainTimeout bounds how long Run waits, after its context ends, for the
 	// calls in progress; calls still running then are cancelled and their
 	// requests handed back to JetStream for another worker. Default 30 s.

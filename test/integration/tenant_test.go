@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -371,4 +372,64 @@ func TestTenantLanesBounded(t *testing.T) {
 		t.Errorf("%d tenants left %d consumers, want at most %d (one per band, and one per tenant lane of the band used)", tenants, info.State.Consumers, max)
 	}
 	t.Logf("%d tenants: %d consumers", tenants, info.State.Consumers)
+}
+
+// TestAgingLiftsLowerBands: with aging on, a request of band 9 that waited
+// is lifted to band 0 and goes before the band-0 requests that arrived
+// after it (never before those that arrived earlier); with a step of one
+// nanosecond every waiting request is fully lifted at once, so the order is
+// arrival order. Without aging the same requests go strictly by band.
+func TestAgingLiftsLowerBands(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		aging map[string]any
+		want  []string
+	}{
+		{"off", nil, []string{"p0-a", "p0-b", "p0-c", "p0-d", "p9"}},
+		{"on", map[string]any{"step": "1ns", "limit_band": 0}, []string{"p0-a", "p0-b", "p9", "p0-c", "p0-d"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fake := newFake(t)
+			llmq := map[string]any{}
+			if tt.aging != nil {
+				llmq["aging"] = tt.aging
+			}
+			cfg := relWriteConfig(t, relConfig{ModelList: []deployment{fakeDeployment("aged", "aged-0", fake, 1)}, LLMQ: llmq})
+			g := startEmbeddedGateway(t, cfg, 4)
+			q := observeQueue(t, g.NATSURL())
+			ctx, cancel := context.WithTimeout(t.Context(), 3*waitLimit)
+			defer cancel()
+			results := make(chan *result, 8)
+			send := func(content string, priority int) {
+				r, err := post(ctx, g.URL+"/v1/chat/completions", "", chatBody("aged", content, `"priority":`+strconv.Itoa(priority)))
+				if err != nil {
+					r = &result{Status: -1, Body: []byte(err.Error())}
+				}
+				results <- r
+			}
+			fake.Hold()
+			go send("held", 0)
+			waitUpstream(t, fake, 1)
+			subs := []struct {
+				content  string
+				priority int
+			}{{"p0-a", 0}, {"p0-b", 0}, {"p9", 9}, {"p0-c", 0}, {"p0-d", 0}}
+			for i, s := range subs {
+				go send(s.content, s.priority)
+				q.waitStored(t, uint64(i+2))
+			}
+			fake.Release()
+			for range len(subs) + 1 {
+				select {
+				case r := <-results:
+					checkServed(t, r)
+				case <-ctx.Done():
+					t.Fatalf("not every request was answered; the upstream saw %q", contents(fake))
+				}
+			}
+			if got := contents(fake)[1:]; !slices.Equal(got, tt.want) {
+				t.Errorf("the upstream saw %q, want %q", got, tt.want)
+			}
+		})
+	}
 }
