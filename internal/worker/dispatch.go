@@ -69,7 +69,7 @@ const (
 	evHint    eventKind = iota // a wake-up hint for a lane; seq 0: it names no sequence
 	evFetched                  // a fetch answered, failed, or was refused its reservation
 	evRetry                    // a lane's retry time came
-	evMark                     // the safety-net poll found messages in a lane
+	evMark                     // the safety-net poll found messages in these lanes (marks)
 	evMarkAll                  // look at every lane again (start, pauses changed)
 	evServed                   // a served-tokens hint
 )
@@ -83,7 +83,11 @@ type event struct {
 	tenant       string // evHint, evServed: the tenant named, if any
 	tokens       int64  // evServed: tokens served
 	estimate     int64  // evServed: what the serving worker charged, when it is this one
+	marks        []lane // evMark
 }
+
+// lane names one lane of a band and group.
+type lane struct{ band, gi, li int }
 
 // laneIndex maps a lane (messages.Lane) to its index in a band and group's
 // pairs: the group's own lane (NoLane) is 0, tenant lane n is n+1.
@@ -205,7 +209,7 @@ func (d *dispatcher) apply(ctx context.Context, e event) {
 	case evHint:
 		pr := &d.pairs[e.band][e.gi][e.li]
 		d.activate(e.band, e.gi, e.li)
-		if e.seq != 0 {
+		if e.seq != 0 && d.p.opts.Aging.Step > 0 {
 			pr.arrived(e.seq, e.at)
 		}
 		if pr.since.IsZero() {
@@ -234,8 +238,10 @@ func (d *dispatcher) apply(ctx context.Context, e event) {
 			pr.mark()
 		}
 	case evMark:
-		d.activate(e.band, e.gi, e.li)
-		d.pairs[e.band][e.gi][e.li].markBlind()
+		for _, m := range e.marks {
+			d.activate(m.band, m.gi, m.li)
+			d.pairs[m.band][m.gi][m.li].markBlind()
+		}
 	case evMarkAll:
 		// Only the lanes whose consumers this process knows of: the poll
 		// finds the others' messages.
@@ -542,9 +548,9 @@ func (pr *pair) clearIf(gen uint64) {
 	}
 }
 
-// maxArrivals bounds the hinted arrivals a pair remembers; later ones are
-// not kept (the oldest are what aging needs).
-const maxArrivals = 4096
+// maxArrivals bounds the hinted arrivals a pair remembers (only with aging
+// on); later ones are not kept (the oldest are what aging needs).
+const maxArrivals = 1024
 
 // arrival is when a hint for a stream sequence arrived.
 type arrival struct {
@@ -767,11 +773,16 @@ func (p *Pool) served(req *messages.Request, tokens, estimate int64) {
 func (p *Pool) poll(ctx context.Context) {
 	t := time.NewTicker(p.opts.PollInterval)
 	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	// The first look is at once: a tenant lane's requests queued before
+	// this process started are found by it (the lane's consumer is not
+	// known until then).
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
 		}
 		info, err := p.stream.Info(ctx, jetstream.WithSubjectFilter(p.opts.Subjects.RequestWildcard()))
 		if err != nil {
@@ -785,17 +796,22 @@ func (p *Pool) poll(ctx context.Context) {
 			depth[b] = make([]uint64, len(p.opts.Groups))
 		}
 		var strays []string
+		var marks []lane
 		for subj, n := range info.State.Subjects {
-			band, group, lane, err := p.opts.Subjects.ParseLane(subj)
+			band, group, l, err := p.opts.Subjects.ParseLane(subj)
 			gi, ok := p.groupIdx[group]
 			switch {
 			case n == 0:
 			case err == nil && ok && band < p.opts.Bands:
 				depth[band][gi] += n
-				p.d.post(event{kind: evMark, band: band, gi: gi, li: laneIndex(lane)})
+				marks = append(marks, lane{band, gi, laneIndex(l)})
 			default:
 				strays = append(strays, subj)
 			}
+		}
+		if len(marks) > 0 {
+			// One event: the loop sees every lane found before it picks.
+			p.d.post(event{kind: evMark, marks: marks})
 		}
 		if len(strays) > 0 {
 			p.clearStrays(ctx, strays)

@@ -433,3 +433,43 @@ func TestAgingLiftsLowerBands(t *testing.T) {
 		})
 	}
 }
+
+// TestTenantQueuedBeforeAnyWorker: requests of named tenants queued while no
+// worker runs (their lanes' consumers do not exist yet) are served, in
+// band order, once a worker starts.
+func TestTenantQueuedBeforeAnyWorker(t *testing.T) {
+	fake := newFake(t)
+	cfg := floodConfig(t, fake, 0)
+	natsURL := startNATS(t)
+	g := startRemoteGateway(t, cfg, natsURL)
+	q := observeQueue(t, natsURL)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*waitLimit)
+	defer cancel()
+	subs := []struct {
+		key, content string
+		priority     int
+	}{{floodKey, "b-p5", 5}, {quietKey, "a-p0", 0}, {floodMaster, "m-p9", 9}}
+	results := make(chan *result, len(subs))
+	for i, s := range subs {
+		go func() {
+			r, err := post(ctx, g.URL+"/v1/chat/completions", s.key, chatBody("shared", s.content, `"priority":`+strconv.Itoa(s.priority)))
+			if err != nil {
+				r = &result{Status: -1, Body: []byte(err.Error())}
+			}
+			results <- r
+		}()
+		q.waitStored(t, uint64(i+1))
+	}
+	startWorker(t, cfg, natsURL, 4)
+	for range subs {
+		select {
+		case r := <-results:
+			checkServed(t, r)
+		case <-ctx.Done():
+			t.Fatalf("not every queued request was answered; the upstream saw %q", contents(fake))
+		}
+	}
+	if got, want := contents(fake), []string{"a-p0", "b-p5", "m-p9"}; !slices.Equal(got, want) {
+		t.Errorf("the upstream saw %q, want %q (band order)", got, want)
+	}
+}
