@@ -15,10 +15,12 @@
 //
 // # The policy
 //
-// Bands strictly, 0 first; inside a band, model groups from a rotating
-// start; inside a band and group, stream order: first come, first served.
-// The policy, and why priority cannot invert, is written next to the
-// function that applies it (policy.go). For a free slot, the loop picks the
+// Bands strictly, 0 first (unless aging, off by default, lifts a request
+// that waited); inside a band, model groups from a rotating start; inside a
+// band and group, tenants by weighted fair share (below); inside a tenant,
+// stream order: first come, first served. The policy, and why priority
+// cannot invert, is written next to the function that applies it
+// (policy.go). For a free slot, the loop picks the
 // first queue in that order that may hold a message no fetch in flight will
 // take, and whose group has a deployment with headroom: it leases that
 // headroom before it fetches, so a slot never holds a request it cannot
@@ -26,8 +28,8 @@
 // reservation (one admission of the process at a time per group): only an
 // admitted process fetches, so the limit releases the head of the queue
 // whichever process wins the room. It fetches one message with a no-wait
-// pull request (see puller) from the durable consumer of that band and
-// group, in a goroutine of its own, and hands the message with its lease to
+// pull request (see puller) from the durable consumer of that band, group
+// and tenant lane, in a goroutine of its own, and hands the message with its lease to
 // the slot it kept free for it. So a lower band gets a slot only when no
 // higher band of the same group has a message, or when that group is
 // saturated — and then the higher band's request could not have started
