@@ -187,7 +187,7 @@ func (s *setup) keys() []gateway.Key {
 	var out []gateway.Key
 	for _, k := range s.cfg.LLMQ.Keys {
 		out = append(out, gateway.Key{Name: k.Name, Secret: k.Key, MaxPriority: k.MaxPriority,
-			DefaultPriority: k.DefaultPriority, RPMLimit: k.RPMLimit, Models: k.Models, ReadQueue: k.ReadQueue})
+			DefaultPriority: k.DefaultPriority, RPMLimit: k.RPMLimit, Models: k.Models, ReadQueue: k.ReadQueue, Trusted: k.Trusted})
 	}
 	return out
 }

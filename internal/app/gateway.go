@@ -279,6 +279,7 @@ func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn
 		DefaultPriority: p.DefaultPriority,
 		QueueTimeout:    p.QueueTimeout,
 		AnswerTimeout:   p.AnswerTimeout,
+		Tenants:         p.Tenants,
 		MaxBodyBytes:    env.MaxBodyBytes,
 		ParkAfter:       env.ParkAfter,
 		Logger:          log,
@@ -316,6 +317,7 @@ func (s *setup) gatewayPolicy() gateway.Policy {
 		DefaultPriority: *s.cfg.RouterSettings.DefaultPriority,
 		QueueTimeout:    s.cfg.RouterSettings.Timeout.D(),
 		AnswerTimeout:   s.answerTimeout(),
+		Tenants:         s.cfg.ListedTenants(),
 	}
 }
 

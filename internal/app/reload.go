@@ -205,6 +205,10 @@ func (w *workers) start(s *setup, set *limiter.Set, ps *pauses.Set) error {
 		Router: s.newRouter(w.hc, set), LimitsChanged: changed(set), Logger: w.log, AckWait: s.spec.AckWait,
 		DrainTimeout: w.drain, Policy: s.policy(),
 		DefaultCompletionTokens: s.cfg.LLMQ.DefaultCompletionTokens,
+		Tenants:                 s.cfg.ListedTenants(),
+		TenantWeights:           s.cfg.TenantWeights(),
+		Replicas:                s.spec.Replicas,
+		Aging:                   worker.Aging{Step: s.cfg.LLMQ.Aging.Step.D(), LimitBand: s.cfg.LLMQ.Aging.LimitBand},
 	})
 	if err != nil {
 		return err

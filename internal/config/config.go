@@ -12,6 +12,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/llmq/llmq/internal/vendor"
+	"github.com/llmq/llmq/pkg/messages"
 )
 
 // Config is the YAML file: LiteLLM's proxy config.yaml plus llmq_settings.
@@ -124,6 +125,10 @@ const (
 	maxModelNameBytes      = 200
 	maxPriorityBands       = 63
 	maxReplicas            = 5
+	// DefaultTenantWeight is the weight of a tenant no key or tenants entry
+	// gives one.
+	DefaultTenantWeight = 1.0
+	maxTenantWeight     = 1e6
 )
 
 // RouterSettings configures routing, the queue deadline, retries and fallbacks.
@@ -189,6 +194,12 @@ type LLMQSettings struct {
 	// Keys are API keys besides general_settings.master_key, each with its
 	// own priority policy.
 	Keys []APIKey `yaml:"keys"`
+	// Tenants sets the weights of tenants that are not a key's own (see
+	// Tenant).
+	Tenants []Tenant `yaml:"tenants"`
+	// Aging lifts waiting requests to more important bands as they wait;
+	// off unless Step is set.
+	Aging Aging `yaml:"aging"`
 	// LimitsPeriod is the window rpm and tpm are counted over; default 60 s.
 	// Only tests and benchmarks change it (rpm then means "per period").
 	LimitsPeriod Seconds `yaml:"limits_period"`
@@ -224,6 +235,35 @@ type APIKey struct {
 	// ReadQueue lets the key read the queue status (GET /v1/queue and the
 	// /ui page), as the master key may; nothing else of the master key's.
 	ReadQueue bool `yaml:"read_queue"`
+	// Trusted lets the key name the tenant it sends for with the
+	// x-llmq-tenant header (an internal service acting for others); from
+	// any other key that header is refused with 403.
+	Trusted bool `yaml:"trusted"`
+	// Weight is the key's tenant's share of a band's capacity relative to
+	// other tenants waiting in the same band and model group; default 1.
+	Weight float64 `yaml:"weight"`
+}
+
+// Aging is llmq_settings.aging: a request that waits is treated as one band
+// more important for every Step it waits, up to LimitBand, so a steady
+// flood of important work cannot hold the lower bands back forever.
+type Aging struct {
+	// Step is the wait that lifts a request by one band; 0 (the default)
+	// turns aging off.
+	Step Seconds `yaml:"step"`
+	// LimitBand is the most important band aging lifts a request to;
+	// default 0.
+	LimitBand int `yaml:"limit_band"`
+}
+
+// Tenant sets the weight of a tenant that is not a key's own: one a trusted
+// key names, master, or anonymous. Listing a tenant also makes its name a
+// metric label (other tenants named by trusted keys are counted as "other").
+type Tenant struct {
+	// Name is the tenant, as a trusted key sends it in x-llmq-tenant.
+	Name string `yaml:"name"`
+	// Weight is the tenant's share, as for a key; default 1.
+	Weight float64 `yaml:"weight"`
 }
 
 // Load reads the file at path, resolves every scalar value of the form "os.environ/NAME"
@@ -360,6 +400,16 @@ func (c *Config) ApplyDefaults() {
 	if l.Replicas == 0 {
 		l.Replicas = defaultReplicas
 	}
+	for i := range l.Keys {
+		if l.Keys[i].Weight == 0 {
+			l.Keys[i].Weight = DefaultTenantWeight
+		}
+	}
+	for i := range l.Tenants {
+		if l.Tenants[i].Weight == 0 {
+			l.Tenants[i].Weight = DefaultTenantWeight
+		}
+	}
 	index := map[string]int{}
 	for i := range c.ModelList {
 		d := &c.ModelList[i]
@@ -432,4 +482,34 @@ func (c *Config) AllFallbacks() map[string][]string {
 		}
 	}
 	return all
+}
+
+// TenantWeights returns the weight of every tenant the file names: each
+// key's, master's and anonymous's (when set in tenants) and those in
+// tenants. A tenant it does not name has DefaultTenantWeight.
+func (c *Config) TenantWeights() map[string]float64 {
+	w := make(map[string]float64, len(c.LLMQ.Keys)+len(c.LLMQ.Tenants))
+	for _, k := range c.LLMQ.Keys {
+		w[k.Name] = k.Weight
+	}
+	for _, t := range c.LLMQ.Tenants {
+		w[t.Name] = t.Weight
+	}
+	return w
+}
+
+// ListedTenants returns the tenants the operator named, the only ones whose
+// names become metric labels: master, anonymous, every key's name and every
+// tenants entry, in that order.
+func (c *Config) ListedTenants() []string {
+	out := []string{messages.TenantMaster, messages.TenantAnonymous}
+	for _, k := range c.LLMQ.Keys {
+		out = append(out, k.Name)
+	}
+	for _, t := range c.LLMQ.Tenants {
+		if !slices.Contains(out, t.Name) {
+			out = append(out, t.Name)
+		}
+	}
+	return out
 }

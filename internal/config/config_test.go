@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -329,6 +330,39 @@ llmq_settings:
 			name: "litellm_settings fallbacks are checked too",
 			yaml: okModel + "litellm_settings: {fallbacks: [{m: [x]}]}\n",
 			want: []string{`litellm_settings.fallbacks[0].m[0]: unknown model group "x"`},
+		},
+		{
+			name: "tenant weights and names",
+			yaml: okModel + `general_settings: {master_key: master-secret}
+llmq_settings:
+  keys:
+    - {name: team-a, key: secret-aaaa, weight: -1}
+    - {name: "bad\tname", key: secret-bbbb}
+    - {name: svc, key: secret-cccc, trusted: true, weight: 2000000}
+  tenants:
+    - {name: team-a, weight: 2}
+    - {name: acme, weight: 3}
+    - {name: acme}
+    - {name: "", weight: 1}
+    - {name: slow, weight: -2}
+`,
+			want: []string{
+				"llmq_settings.keys[0].weight: must be greater than 0 and at most 1e+06, got -1",
+				"llmq_settings.keys[1].name: is also the key's tenant name: bad tenant name",
+				"llmq_settings.keys[2].weight: must be greater than 0 and at most 1e+06, got 2e+06",
+				`llmq_settings.tenants[0].name: "team-a" is the tenant of llmq_settings.keys[0]: set its weight there`,
+				`llmq_settings.tenants[2].name: "acme" is listed twice (also llmq_settings.tenants[1])`,
+				"llmq_settings.tenants[3].name: bad tenant name: empty",
+				"llmq_settings.tenants[4].weight: must be greater than 0",
+			},
+		},
+		{
+			name: "aging",
+			yaml: okModel + "llmq_settings: {priority_bands: [0, 1], aging: {step: -1, limit_band: 3}}\n",
+			want: []string{
+				"llmq_settings.aging.step: must not be negative",
+				"llmq_settings.aging.limit_band: must be a band, 0 to 2, got 3",
+			},
 		},
 	}
 	for _, tt := range tests {
@@ -745,5 +779,33 @@ func TestEnvValidate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestTenants(t *testing.T) {
+	cfg, err := Parse([]byte(`
+model_list: [{model_name: m, litellm_params: {model: m}}]
+general_settings: {master_key: master-secret}
+llmq_settings:
+  keys:
+    - {name: team-a, key: secret-aaaa}
+    - {name: svc, key: secret-bbbb, trusted: true, weight: 0.5}
+  tenants:
+    - {name: acme, weight: 3}
+    - {name: anonymous, weight: 0.25}
+    - {name: beta}
+`), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := cfg.LLMQ.Keys; k[0].Trusted || !k[1].Trusted {
+		t.Errorf("trusted: team-a %v, svc %v; want false, true", k[0].Trusted, k[1].Trusted)
+	}
+	want := map[string]float64{"team-a": 1, "svc": 0.5, "acme": 3, "anonymous": 0.25, "beta": 1}
+	if got := cfg.TenantWeights(); !maps.Equal(got, want) {
+		t.Errorf("TenantWeights = %v, want %v", got, want)
+	}
+	if got, want := cfg.ListedTenants(), []string{"master", "anonymous", "team-a", "svc", "acme", "beta"}; !slices.Equal(got, want) {
+		t.Errorf("ListedTenants = %q, want %q", got, want)
 	}
 }

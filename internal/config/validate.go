@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/llmq/llmq/pkg/messages"
 )
 
 // FieldError is one problem in the config file, with the path of the field it is about.
@@ -229,14 +231,49 @@ func (c *Config) validate() []*FieldError {
 				add(fmt.Sprintf("%s.models[%d]", at, j), "unknown model group %q", m)
 			}
 		}
+		if err := messages.ValidTenant(k.Name); k.Name != "" && err != nil {
+			add(at+".name", "is also the key's tenant name: %v", err)
+		}
+		validWeight(add, at+".weight", k.Weight)
+	}
+	for i, t := range q.Tenants {
+		at := fmt.Sprintf("llmq_settings.tenants[%d]", i)
+		if err := messages.ValidTenant(t.Name); err != nil {
+			add(at+".name", "%v", err)
+		}
+		for j, k := range q.Keys {
+			if k.Name == t.Name {
+				add(at+".name", "%q is the tenant of llmq_settings.keys[%d]: set its weight there", t.Name, j)
+			}
+		}
+		for j := range i {
+			if q.Tenants[j].Name == t.Name {
+				add(at+".name", "%q is listed twice (also llmq_settings.tenants[%d])", t.Name, j)
+				break
+			}
+		}
+		validWeight(add, at+".weight", t.Weight)
 	}
 	if len(q.Keys) > 0 && c.GeneralSettings.MasterKey == "" {
 		add("general_settings.master_key", "must be set when llmq_settings.keys are (otherwise every caller is let in)")
+	}
+	if q.Aging.Step < 0 {
+		add("llmq_settings.aging.step", "must not be negative (0 turns aging off)")
+	}
+	if bands := len(q.PriorityBands) + 1; q.Aging.LimitBand < 0 || q.Aging.LimitBand >= bands {
+		add("llmq_settings.aging.limit_band", "must be a band, 0 to %d, got %d", bands-1, q.Aging.LimitBand)
 	}
 	if q.Replicas < 1 || q.Replicas > maxReplicas {
 		add("llmq_settings.replicas", "must be between 1 and %d, got %d", maxReplicas, q.Replicas)
 	}
 	return ps
+}
+
+// validWeight checks a tenant weight (after ApplyDefaults).
+func validWeight(add func(path, format string, args ...any), path string, w float64) {
+	if !(w > 0 && w <= maxTenantWeight) { // also catches NaN
+		add(path, "must be greater than 0 and at most %g, got %g", float64(maxTenantWeight), w)
+	}
 }
 
 // sortedKeys returns the keys of m in ascending order.

@@ -303,7 +303,7 @@ func deadReplay(ctx context.Context, a *app.Admin, out io.Writer, seqs []uint64)
 func replay(ctx context.Context, a *app.Admin, cl *client.Client, d *deadletter.Stream, r replayable) replayResult {
 	now := time.Now()
 	req := &client.Request{
-		Kind: r.req.Kind, Group: r.req.Group, Priority: r.req.Priority, Body: r.req.Body,
+		Kind: r.req.Kind, Group: r.req.Group, Priority: r.req.Priority, Tenant: r.req.Tenant, Body: r.req.Body,
 		Deadline: now.Add(a.QueueTimeout),
 	}
 	if a.AnswerTimeout > 0 {

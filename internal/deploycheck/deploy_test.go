@@ -516,17 +516,21 @@ func (d *deploy) needs() map[string]roleNeeds {
 		api + "STREAM.CREATE." + req, api + "STREAM.UPDATE." + req,
 		api + "STREAM.CREATE." + dead, api + "STREAM.UPDATE." + dead,
 	}
-	var requests, wakes, deads, consumers, fetch, acks, infos []string
+	var requests, wakes, deads, consumers, fetch, acks, infos, served []string
 	for b := range d.bands {
 		for _, g := range d.groups {
-			c := s.Consumer(b, g)
-			requests = append(requests, s.Request(b, g))
-			wakes = append(wakes, s.Wake(b, g))
-			deads = append(deads, s.DeadLetter(s.Request(b, g)))
-			consumers = append(consumers, fmt.Sprintf("%sCONSUMER.CREATE.%s.%s.%s", api, req, c, s.Request(b, g)))
-			fetch = append(fetch, fmt.Sprintf("%sCONSUMER.MSG.NEXT.%s.%s", api, req, c))
-			acks = append(acks, fmt.Sprintf("$JS.ACK.%s.%s.1.1.1.1.1", req, c))
-			infos = append(infos, fmt.Sprintf("%sCONSUMER.INFO.%s.%s", api, req, c))
+			// The group's own lane, and the first and last tenant lanes.
+			for _, lane := range []int{messages.NoLane, 0, messages.TenantLanes - 1} {
+				c := s.ConsumerLane(b, g, lane)
+				requests = append(requests, s.RequestLane(b, g, lane))
+				wakes = append(wakes, s.WakeLane(b, g, lane))
+				deads = append(deads, s.DeadLetter(s.RequestLane(b, g, lane)))
+				consumers = append(consumers, fmt.Sprintf("%sCONSUMER.CREATE.%s.%s.%s", api, req, c, s.RequestLane(b, g, lane)))
+				fetch = append(fetch, fmt.Sprintf("%sCONSUMER.MSG.NEXT.%s.%s", api, req, c))
+				acks = append(acks, fmt.Sprintf("$JS.ACK.%s.%s.1.1.1.1.1", req, c))
+				infos = append(infos, fmt.Sprintf("%sCONSUMER.INFO.%s.%s", api, req, c))
+				served = append(served, s.Served(b, g, lane))
+			}
 		}
 	}
 	// pkg/limiter.Open: create or update the bucket (nats.go asks for the
@@ -567,8 +571,8 @@ func (d *deploy) needs() map[string]roleNeeds {
 			sub: []string{inbox, s.Reload()},
 		},
 		roleWorker: {
-			pub: cat([]string{inbox}, deads, fetch, acks, infos, ensure, consumers, kvOpen, kvWrite, pausesOpen),
-			sub: cat(wakes, []string{s.Gone(), inbox, s.Reload()}),
+			pub: cat([]string{inbox}, deads, served, fetch, acks, infos, ensure, consumers, kvOpen, kvWrite, pausesOpen),
+			sub: cat(wakes, served, []string{s.Gone(), inbox, s.Reload()}),
 			// The v2 ack subject ($JS.ACK.<domain>.<account hash>.<stream>...),
 			// which nats-server 2.15 understands but does not send yet.
 			optPub: []string{"$JS.ACK.*.*." + req + ".>"},

@@ -50,6 +50,9 @@ const (
 	HeaderBand       = "x-llmq-band"
 	HeaderQueueMs    = "x-llmq-queue-ms"
 	HeaderDeployment = "x-llmq-deployment"
+	// HeaderTenant, on a request from a trusted key, names the tenant it is
+	// for; on an answer, the tenant it was served for.
+	HeaderTenant = "x-llmq-tenant"
 )
 
 // errorOf turns any error from the client into a *messages.Error. A
@@ -105,6 +108,9 @@ type Options struct {
 	QueueStatus func(ctx context.Context) (any, error)
 	// Waits, when set, records the queue wait of every request picked up.
 	Waits *waitstats.Window
+	// Tenants are the tenants whose names may be metric labels (the
+	// operator's list: config.ListedTenants); any other is "other".
+	Tenants []string
 }
 
 // Server serves the HTTP API. It is safe for concurrent use.
@@ -116,11 +122,13 @@ type Server struct {
 }
 
 // Policy is what a configuration reload may change in a running Server:
-// the model groups it accepts, its keys and its priorities and deadlines.
+// the model groups it accepts, its keys, the tenants it names in metrics,
+// and its priorities and deadlines.
 type Policy struct {
 	Groups          []string
 	MasterKey       string
 	Keys            []Key
+	Tenants         []string
 	DefaultPriority int64
 	QueueTimeout    time.Duration
 	AnswerTimeout   time.Duration
@@ -131,8 +139,9 @@ type Policy struct {
 // under it.
 type current struct {
 	Policy
-	groups messages.Groups
-	keys   *keyring // nil: no authentication
+	groups  messages.Groups
+	keys    *keyring // nil: no authentication
+	tenants metrics.TenantLabels
 }
 
 // Metric label values for requests whose band or group is not known.
@@ -145,7 +154,7 @@ const (
 func New(opts Options) *Server {
 	s := &Server{opts: opts, log: opts.Logger}
 	s.SetPolicy(Policy{Groups: opts.Groups, MasterKey: opts.MasterKey, Keys: opts.Keys,
-		DefaultPriority: opts.DefaultPriority, QueueTimeout: opts.QueueTimeout, AnswerTimeout: opts.AnswerTimeout})
+		DefaultPriority: opts.DefaultPriority, QueueTimeout: opts.QueueTimeout, AnswerTimeout: opts.AnswerTimeout, Tenants: opts.Tenants})
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -159,7 +168,7 @@ func New(opts Options) *Server {
 // Requests in flight keep what they were admitted with. A key whose name
 // and rpm_limit stay the same keeps its count of the last minute.
 func (s *Server) SetPolicy(p Policy) {
-	c := &current{Policy: p, groups: messages.NewGroups(p.Groups), keys: newKeyring(p.MasterKey, p.Keys)}
+	c := &current{Policy: p, groups: messages.NewGroups(p.Groups), keys: newKeyring(p.MasterKey, p.Keys), tenants: metrics.NewTenantLabels(p.Tenants)}
 	if old := s.cur.Load(); old != nil {
 		c.keys.carry(old.keys)
 	}
@@ -222,9 +231,12 @@ func (s *Server) completion(kind messages.Kind) http.Handler {
 // record counts a request that ended and logs it at debug level.
 func (s *Server) record(ctx context.Context, l *labels, path, id string, outcome messages.Outcome, status int) {
 	s.opts.Metrics.Request(l.band, l.group, outcome.String())
+	if l.tenant != "" {
+		s.opts.Metrics.TenantRequest(s.cur.Load().tenants.Label(l.tenant), outcome.String())
+	}
 	if s.log.Enabled(ctx, slog.LevelDebug) { // spares the arguments' allocations
 		s.log.Debug("request", "path", path, "outcome", outcome, "status", status,
-			"band", l.band, "group", l.group, "request_id", id, "duration", time.Since(l.start))
+			"band", l.band, "group", l.group, "tenant", l.tenant, "request_id", id, "duration", time.Since(l.start))
 	}
 }
 
@@ -232,8 +244,9 @@ func (s *Server) record(ctx context.Context, l *labels, path, id string, outcome
 // and what its end is recorded with.
 type labels struct {
 	band, group string
-	picked      bool // the pickup was recorded
-	parked      bool // parked: its end is recorded by parked.Done
+	tenant      string // "" until it is known
+	picked      bool   // the pickup was recorded
+	parked      bool   // parked: its end is recorded by parked.Done
 	start       time.Time
 }
 
@@ -242,6 +255,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	fail := func(e *messages.Error) (messages.Outcome, int) {
 		writeError(w, e)
 		return e.Outcome, e.HTTPStatus()
+	}
+	pol := policyOf(r.Context())
+	tenant, terr := pol.tenant(r.Header)
+	l.tenant = tenant
+	if terr != nil {
+		return fail(terr)
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
@@ -265,7 +284,6 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 			Message: "the model group " + strconv.Quote(p.Model) + " does not exist; GET /v1/models lists them"})
 	}
 	l.group = group
-	pol := policyOf(r.Context())
 	if !pol.allows(group) {
 		return fail(&messages.Error{Outcome: messages.OutcomeForbidden, Param: "model", Code: "model_not_allowed",
 			Message: "this key may not use the model group " + strconv.Quote(group)})
@@ -279,11 +297,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 		queueTimeout = p.Timeout
 	}
 	now := time.Now()
-	req := &client.Request{ID: nuid.Next(), Kind: kind, Group: group, Priority: priority, Body: p.Body, Deadline: now.Add(queueTimeout)}
+	req := &client.Request{ID: nuid.Next(), Kind: kind, Group: group, Priority: priority, Tenant: tenant, Body: p.Body, Deadline: now.Add(queueTimeout)}
 	if c.AnswerTimeout > 0 {
 		req.AnswerDeadline = now.Add(queueTimeout + c.AnswerTimeout)
 	}
-	ids := idHeaders{id: req.ID, priority: priority, band: s.opts.Client.Bands().Band(priority)}
+	ids := idHeaders{id: req.ID, priority: priority, band: s.opts.Client.Bands().Band(priority), tenant: tenant}
 	l.band = metrics.Band(ids.band)
 	h := w.Header()
 
@@ -355,10 +373,12 @@ type idHeaders struct {
 	id       string
 	priority int64
 	band     int
+	tenant   string
 }
 
 func (v idHeaders) set(h http.Header) {
 	h.Set(HeaderRequestID, v.id)
+	h.Set(HeaderTenant, v.tenant)
 	h.Set(HeaderPriority, strconv.FormatInt(v.priority, 10))
 	h.Set(HeaderBand, strconv.Itoa(v.band))
 }

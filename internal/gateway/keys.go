@@ -29,6 +29,8 @@ type Key struct {
 	Models []string
 	// ReadQueue lets the key read the queue status, as the master key may.
 	ReadQueue bool
+	// Trusted lets the key name the tenant it sends for in x-llmq-tenant.
+	Trusted bool
 }
 
 // keyring authenticates callers. Keys are compared as SHA-256 digests in
@@ -36,7 +38,7 @@ type Key struct {
 // order reveals how much of a key matched or which key it was.
 // masterName is the policy name of general_settings.master_key; keys in
 // llmq_settings.keys may not use it.
-const masterName = "master"
+const masterName = messages.TenantMaster
 
 type keyring struct {
 	keys []*policy
@@ -55,7 +57,8 @@ func newKeyring(master string, keys []Key) *keyring {
 	}
 	k := &keyring{}
 	if master != "" {
-		k.keys = append(k.keys, &policy{Key: Key{Name: masterName, Secret: master}, digest: sha256.Sum256([]byte(master))})
+		// The master key is the operator's: it may act for any tenant.
+		k.keys = append(k.keys, &policy{Key: Key{Name: masterName, Secret: master, Trusted: true}, digest: sha256.Sum256([]byte(master))})
 	}
 	for _, key := range keys {
 		p := &policy{Key: key, digest: sha256.Sum256([]byte(key.Secret))}
@@ -200,4 +203,37 @@ func (s *Server) queueReaders(next http.Handler) http.Handler {
 func policyOf(ctx context.Context) *policy {
 	p, _ := ctx.Value(policyKey{}).(*policy)
 	return p
+}
+
+// tenant returns who a request is for: the tenant its x-llmq-tenant header
+// names, if its key is trusted; otherwise the key's name (master for the
+// master key), or anonymous without authentication. A header from a key that
+// is not trusted, or without authentication, is refused (403): an untrusted
+// caller must not be able to spend another tenant's share. With an error it
+// returns the caller's own tenant, whom the refusal is counted for.
+func (p *policy) tenant(h http.Header) (string, *messages.Error) {
+	own := messages.TenantAnonymous
+	if p != nil {
+		own = p.Name
+	}
+	named := h.Values(HeaderTenant)
+	if len(named) == 0 {
+		return own, nil
+	}
+	switch {
+	case p == nil:
+		return own, &messages.Error{Outcome: messages.OutcomeForbidden, Code: "tenant_not_allowed",
+			Message: "the " + HeaderTenant + " header needs a trusted key (llmq_settings.keys[].trusted), and this gateway has no keys"}
+	case !p.Trusted:
+		return own, &messages.Error{Outcome: messages.OutcomeForbidden, Code: "tenant_not_allowed",
+			Message: "the key " + strconv.Quote(p.Name) + " may not name a tenant: only a key with trusted: true may send " + HeaderTenant}
+	case len(named) > 1:
+		return own, &messages.Error{Outcome: messages.OutcomeInvalidRequest, Code: "invalid_tenant",
+			Message: "send one " + HeaderTenant + " header, not " + strconv.Itoa(len(named))}
+	}
+	if err := messages.ValidTenant(named[0]); err != nil {
+		return own, &messages.Error{Outcome: messages.OutcomeInvalidRequest, Code: "invalid_tenant",
+			Message: HeaderTenant + ": " + err.Error()}
+	}
+	return named[0], nil
 }

@@ -5,6 +5,9 @@
 // kinds — never request ids, keys or prompt text. A request for a model group
 // that is not configured is counted under group "unknown".
 //
+// Tenants are labels only where the operator listed them (TenantLabels):
+// every other tenant counts as "other".
+//
 // The gateway records requests, outcomes, queue waits and the requests it
 // has parked; workers record
 // queue depth (from the remaining count in fetched messages' metadata and
@@ -38,6 +41,8 @@ type Metrics struct {
 	limiterUse   *prometheus.GaugeVec
 	deadLetters  *prometheus.CounterVec
 	parked       prometheus.Gauge
+	tenantReqs   *prometheus.CounterVec
+	tenantTokens *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them on reg.
@@ -89,9 +94,17 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "llmq_gateway_parked_requests",
 			Help: "Requests waiting with their HTTP connection taken over from net/http (LLMQ_PARK_AFTER).",
 		}),
+		tenantReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmq_tenant_requests_total",
+			Help: "Requests that ended at this gateway, by tenant (listed tenants only; others are \"other\") and outcome.",
+		}, []string{"tenant", "outcome"}),
+		tenantTokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmq_tenant_served_tokens_total",
+			Help: "Tokens (prompt plus completion, as the provider reported them) of requests served by this worker, by tenant (listed tenants only; others are \"other\").",
+		}, []string{"tenant"}),
 	}
 	reg.MustRegister(m.requests, m.queueWait, m.queueDepth, m.inFlight, m.providerTime, m.tokens,
-		m.cooldowns, m.coolingDown, m.limiterUse, m.deadLetters, m.parked)
+		m.cooldowns, m.coolingDown, m.limiterUse, m.deadLetters, m.parked, m.tenantReqs, m.tenantTokens)
 	return m
 }
 
@@ -146,3 +159,44 @@ func (m *Metrics) LimiterUse(deployment, limit string, ratio float64) {
 
 // DeadLetter counts a request moved to the dead-letter stream.
 func (m *Metrics) DeadLetter(reason string) { m.deadLetters.WithLabelValues(reason).Inc() }
+
+// TenantRequest counts a finished request of a tenant; tenant is a label
+// from TenantLabels.
+func (m *Metrics) TenantRequest(tenant, outcome string) {
+	m.tenantReqs.WithLabelValues(tenant, outcome).Inc()
+}
+
+// TenantTokens counts the tokens of a served request of a tenant; tenant is
+// a label from TenantLabels.
+func (m *Metrics) TenantTokens(tenant string, n int64) {
+	if n > 0 {
+		m.tenantTokens.WithLabelValues(tenant).Add(float64(n))
+	}
+}
+
+// OtherTenant is the label of every tenant the operator did not list.
+const OtherTenant = "other"
+
+// TenantLabels maps tenants to bounded label values: a listed tenant is its
+// own label, any other is OtherTenant. Tenants named by trusted keys are
+// unbounded, so only the operator's list may become labels. The zero value
+// maps every tenant to OtherTenant. It is safe for concurrent use (it is
+// read-only after NewTenantLabels).
+type TenantLabels struct{ listed map[string]bool }
+
+// NewTenantLabels returns the labels for the listed tenants.
+func NewTenantLabels(listed []string) TenantLabels {
+	l := TenantLabels{listed: make(map[string]bool, len(listed))}
+	for _, t := range listed {
+		l.listed[t] = true
+	}
+	return l
+}
+
+// Label returns tenant's label value.
+func (l TenantLabels) Label(tenant string) string {
+	if l.listed[tenant] {
+		return tenant
+	}
+	return OtherTenant
+}

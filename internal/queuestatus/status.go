@@ -136,16 +136,26 @@ func Read(ctx context.Context, js jetstream.JetStream, subjects messages.Subject
 		return nil, fmt.Errorf("stream %s info: %w", subjects.RequestStream(), err)
 	}
 	st := &Status{Stream: subjects.RequestStream(), Total: info.State.Msgs, Queues: []Queue{}, Paused: []pauses.Pause{}}
+	// A band and group's requests may be on several subjects (its own and
+	// its tenant lanes'): one queue each, with the oldest of them.
+	at := map[[2]any]int{}
 	for subj, n := range info.State.Subjects {
 		band, group, err := subjects.ParseRequest(subj)
 		if err != nil || n == 0 {
 			continue
 		}
-		q := Queue{Band: band, Group: group, Depth: n}
-		if m, err := stream.GetMsg(ctx, info.State.FirstSeq, jetstream.WithGetMsgSubject(subj)); err == nil {
-			q.OldestWaitMs = max(now.Sub(m.Time).Milliseconds(), 0)
+		k := [2]any{band, group}
+		i, ok := at[k]
+		if !ok {
+			i = len(st.Queues)
+			at[k] = i
+			st.Queues = append(st.Queues, Queue{Band: band, Group: group})
 		}
-		st.Queues = append(st.Queues, q)
+		q := &st.Queues[i]
+		q.Depth += n
+		if m, err := stream.GetMsg(ctx, info.State.FirstSeq, jetstream.WithGetMsgSubject(subj)); err == nil {
+			q.OldestWaitMs = max(q.OldestWaitMs, now.Sub(m.Time).Milliseconds(), 0)
+		}
 	}
 	sort.Slice(st.Queues, func(i, j int) bool {
 		a, b := st.Queues[i], st.Queues[j]

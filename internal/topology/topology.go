@@ -1,6 +1,7 @@
 // Package topology creates the JetStream objects llmq needs: the work-queue
 // stream that holds requests and one durable pull consumer per band and model
-// group. The gateway and every worker call [Ensure] at start, again and
+// group (the lane of the anonymous tenant; workers create the consumers of
+// the tenant lanes as they are needed, see LaneConsumerConfig). The gateway and every worker call [Ensure] at start, again and
 // again until it succeeds (internal/app); it is idempotent, so whichever
 // starts first creates them and the rest find them.
 //
@@ -25,7 +26,7 @@ type Spec struct {
 	Bands     int           // number of priority bands
 	Groups    []string      // model group names
 	Replicas  int           // stream replicas; 0 means 1
-	MaxQueued int64         // backlog cap per band and group; 0 = unlimited
+	MaxQueued int64         // backlog cap per band, group and tenant lane; 0 = unlimited
 	AckWait   time.Duration // consumer ack wait; 0 means 30 s
 }
 
@@ -79,6 +80,28 @@ func (s Spec) ConsumerConfig(band int, group string) jetstream.ConsumerConfig {
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		Replicas:      max(s.Replicas, 1),
 	}
+}
+
+// LaneIdle is how long a tenant lane's consumer may go without a fetch
+// before the server removes it; a worker creates it again when the lane next
+// has a message. Idle lanes so cost nothing, and the consumers of a band and
+// group never exceed 1 + messages.TenantLanes whatever the number of tenants.
+const LaneIdle = 10 * time.Minute
+
+// LaneConsumerConfig returns the durable consumer of one tenant lane of a
+// band and group (messages.Lane); for messages.NoLane it is ConsumerConfig.
+// Ensure does not create lane consumers: workers create them when a lane
+// first has a message, and the server removes them after LaneIdle.
+func (s Spec) LaneConsumerConfig(band int, group string, lane int) jetstream.ConsumerConfig {
+	cfg := s.ConsumerConfig(band, group)
+	if lane < 0 {
+		return cfg
+	}
+	cfg.Durable = s.Subjects.ConsumerLane(band, group, lane)
+	cfg.Description = fmt.Sprintf("llmq band %d group %q tenant lane %d", band, group, lane)
+	cfg.FilterSubject = s.Subjects.RequestLane(band, group, lane)
+	cfg.InactiveThreshold = LaneIdle
+	return cfg
 }
 
 // DeadLetterMaxAge is how long the dead-letter stream keeps a request.

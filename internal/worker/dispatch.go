@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,124 +12,607 @@ import (
 	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/pkg/limiter"
+	"github.com/llmq/llmq/pkg/messages"
 )
 
-// signal wakes one idle slot, if any waits.
-func (p *Pool) signal() {
+// dispatcher is the one owner of a pool's dispatch state: what it knows is
+// pending in each band and group (pair), the retry schedule of each pair,
+// the admission state of groups with shared limits, and how many slots are
+// free. One goroutine (run) reads and writes all of it, fed by a channel
+// of events: wake-up hints, fetch answers, retry timers, the safety-net
+// poll's findings, changes of capacity, and slots that finished. It decides
+// with the policy (policy.go) which queue a free slot gets a fetch of,
+// starts the fetch (a round trip, in a goroutine of its own so the loop
+// never waits on the network), and hands the fetched message with its
+// lease to an idle slot over the work channel. Slots only pick up, call and
+// deliver.
+//
+// A fetch is started only for a slot that is free and promised to it
+// (free), so a fetched message always has a slot waiting for it and the
+// work channel never blocks the loop.
+type dispatcher struct {
+	p       *Pool
+	pairs   [][][]pair      // [band][group][lane index]: see laneIndex
+	fair    [][]fairness    // [band][group]: the tenant lanes' shares
+	limited []*limitedGroup // per group: nil unless some deployment has a shared limiter
+	free    int             // slots idle and not promised to a fetch in flight
+	fetches int             // fetches in flight
+	rotate  int
+	refused []bool // per group, in the current pass
+
+	events chan event
+	kick   chan struct{} // capacity may have changed (coalesced)
+	work   chan job      // to the slots; room for every slot
+	done   chan struct{} // a slot finished its job; room for every slot
+	quit   chan struct{} // closed when run has returned
+
+	paced    *time.Timer // looks again at groups held back by shared limits
+	pacedSet bool
+	stopping bool
+
+	// startFetch starts a fetch for a slot (go d.fetch; tests record it).
+	startFetch func(ctx context.Context, band, gi, li int, guess int64, f *fetchResult)
+}
+
+// job is a fetched message, the lease it runs under, (for shared limits)
+// the tokens to reserve, and its token estimate, which its lane was charged.
+type job struct {
+	m        *pulled
+	lease    *router.Lease
+	tokens   int64
+	estimate int64
+}
+
+type eventKind uint8
+
+const (
+	evHint    eventKind = iota // a wake-up hint for a lane; seq 0: it names no sequence
+	evFetched                  // a fetch answered, failed, or was refused its reservation
+	evRetry                    // a lane's retry time came
+	evMark                     // the safety-net poll found messages in these lanes (marks)
+	evMarkAll                  // look at every lane again (start, pauses changed)
+	evServed                   // a served-tokens hint
+)
+
+type event struct {
+	kind         eventKind
+	band, gi, li int // li: lane index (laneIndex)
+	seq          uint64
+	at           time.Time // evHint: when it arrived
+	f            *fetchResult
+	tenant       string // evHint, evServed: the tenant named, if any
+	tokens       int64  // evServed: tokens served
+	estimate     int64  // evServed: what the serving worker charged, when it is this one
+	marks        []lane // evMark
+}
+
+// lane names one lane of a band and group.
+type lane struct{ band, gi, li int }
+
+// laneIndex maps a lane (messages.Lane) to its index in a band and group's
+// pairs: the group's own lane (NoLane) is 0, tenant lane n is n+1.
+func laneIndex(lane int) int { return lane + 1 }
+
+// laneOf is laneIndex's inverse.
+func laneOf(li int) int { return li - 1 }
+
+// lanes is the number of lanes of a band and group.
+const lanes = messages.TenantLanes + 1
+
+// fetchResult is what one fetch goroutine found.
+type fetchResult struct {
+	m        *pulled
+	md       *nats.MsgMetadata // nil when m is nil or its metadata is unreadable
+	err      error
+	lease    *router.Lease // nil when refused
+	refused  bool          // the shared limiter refused the reservation
+	estimate int64         // m's token estimate
+	charged  int64         // what the lane was charged when the fetch started
+	gen      uint64        // the pair's mark generation when the fetch started
+	blind    uint64        // the pair's blind marks when the fetch started
+	create   bool          // create the lane's consumer first
+	created  bool          // the consumer exists (created or found)
+}
+
+func newDispatcher(p *Pool, limited []*limitedGroup) *dispatcher {
+	d := &dispatcher{
+		p: p, limited: limited, free: p.opts.Slots,
+		refused: make([]bool, len(p.opts.Groups)),
+		events:  make(chan event, 1024),
+		kick:    make(chan struct{}, 1),
+		work:    make(chan job, p.opts.Slots),
+		done:    make(chan struct{}, p.opts.Slots),
+		quit:    make(chan struct{}),
+		paced:   time.NewTimer(time.Hour),
+	}
+	d.paced.Stop()
+	d.startFetch = func(ctx context.Context, band, gi, li int, guess int64, f *fetchResult) {
+		go d.fetch(ctx, band, gi, li, guess, f)
+	}
+	d.pairs = make([][][]pair, p.opts.Bands)
+	d.fair = make([][]fairness, p.opts.Bands)
+	for b := range d.pairs {
+		d.pairs[b] = make([][]pair, len(p.opts.Groups))
+		d.fair[b] = make([]fairness, len(p.opts.Groups))
+		for gi := range d.pairs[b] {
+			d.pairs[b][gi] = make([]pair, lanes)
+			d.pairs[b][gi][0].consumer = true // topology.Ensure made it
+			d.fair[b][gi] = newFairness(p.opts.DefaultCompletionTokens)
+		}
+	}
+	return d
+}
+
+// post hands an event to the loop; after the loop returned it is dropped.
+func (d *dispatcher) post(e event) {
 	select {
-	case p.wake <- struct{}{}:
+	case d.events <- e:
+	case <-d.quit:
+	}
+}
+
+// wake tells the loop that capacity may have changed. It never blocks, so
+// it is safe from any goroutine, the loop's own included (a lease released
+// in the loop calls it through the router).
+func (d *dispatcher) wake() {
+	select {
+	case d.kick <- struct{}{}:
 	default:
 	}
 }
 
-func (p *Pool) onWake(m *nats.Msg) {
-	band, group, err := p.opts.Subjects.ParseRequest(m.Subject)
-	if err != nil || band >= p.opts.Bands {
-		return
+// run is the loop. When ctx ends it starts no more fetches, hands what the
+// fetches in flight bring to their slots, then closes the work channel
+// (the slots return once their jobs are done) and returns.
+func (d *dispatcher) run(ctx context.Context) {
+	defer close(d.quit)
+	defer close(d.work)
+	defer d.stopRetries()
+	stop := ctx.Done()
+	for !d.stopping || d.fetches > 0 {
+		select {
+		case <-stop:
+			d.stopping, stop = true, nil
+			d.paced.Stop()
+		case e := <-d.events:
+			d.apply(ctx, e)
+		case <-d.done:
+			d.free++
+		case <-d.kick:
+			for _, lg := range d.limited {
+				if lg != nil {
+					lg.heldUntil = time.Time{}
+				}
+			}
+		case <-d.paced.C:
+			d.pacedSet = false
+		}
+		// Take in what else is already waiting before deciding: one pass
+		// for a burst of hints instead of one per hint.
+		for drained := false; !drained; {
+			select {
+			case e := <-d.events:
+				d.apply(ctx, e)
+			case <-d.done:
+				d.free++
+			default:
+				drained = true
+			}
+		}
+		d.dispatch(ctx)
 	}
-	gi, ok := p.groupIdx[group]
-	if !ok {
-		return
-	}
-	pr := &p.pairs[band][gi]
-	pr.hinted.Store(time.Now().UnixNano())
-	// The stream's own hint names the stored message's sequence; a hint a
-	// worker publishes for a request it hands back names none.
-	if seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64); err == nil {
-		maxStore(&pr.hintSeq, seq)
-		pr.hints.Add(1)
-		pr.flag.mark()
-	} else {
-		pr.markBlind()
-	}
-	p.signal()
 }
 
-// pair is what a pool knows about the messages of one band and group.
+// apply folds one event into the state.
+func (d *dispatcher) apply(ctx context.Context, e event) {
+	switch e.kind {
+	case evHint:
+		pr := &d.pairs[e.band][e.gi][e.li]
+		d.activate(e.band, e.gi, e.li)
+		if e.seq != 0 && d.p.opts.Aging.Step > 0 {
+			pr.arrived(e.seq, e.at)
+		}
+		if pr.since.IsZero() {
+			// The oldest request this process knows of in the lane; a
+			// blind mark (start, the poll) says nothing of when.
+			pr.since = e.at
+		}
+		if e.tenant != "" {
+			d.fair[e.band][e.gi].setWeight(e.li, d.weight(e.tenant))
+		}
+		pr.hinted = e.at
+		if e.seq != 0 {
+			pr.hintSeq = max(pr.hintSeq, e.seq)
+			pr.hints++
+			pr.mark()
+		} else {
+			pr.markBlind()
+		}
+	case evFetched:
+		d.fetched(ctx, e.band, e.gi, e.li, e.f)
+	case evRetry:
+		pr := &d.pairs[e.band][e.gi][e.li]
+		pr.retry.at = time.Time{}
+		if !pr.explained() {
+			d.activate(e.band, e.gi, e.li)
+			pr.mark()
+		}
+	case evMark:
+		for _, m := range e.marks {
+			d.activate(m.band, m.gi, m.li)
+			d.pairs[m.band][m.gi][m.li].markBlind()
+		}
+	case evMarkAll:
+		// Only the lanes whose consumers this process knows of: the poll
+		// finds the others' messages.
+		for b := range d.pairs {
+			for gi := range d.pairs[b] {
+				for li := range d.pairs[b][gi] {
+					if d.pairs[b][gi][li].consumer {
+						d.activate(b, gi, li)
+						d.pairs[b][gi][li].markBlind()
+					}
+				}
+			}
+		}
+	case evServed:
+		f := &d.fair[e.band][e.gi]
+		w := d.weight(e.tenant)
+		f.setWeight(e.li, w)
+		f.charge(e.li, float64(e.tokens-e.estimate)/w)
+	}
+}
+
+// activate starts a lane's share afresh when it becomes pending (see
+// fairness.activate).
+func (d *dispatcher) activate(band, gi, li int) {
+	if !d.pairs[band][gi][li].pending {
+		d.fair[band][gi].activate(li)
+	}
+}
+
+// weight returns a tenant's weight.
+func (d *dispatcher) weight(tenant string) float64 {
+	if w, ok := d.p.opts.TenantWeights[tenant]; ok && w > 0 {
+		return w
+	}
+	return 1
+}
+
+// dispatch gives every free slot a fetch, as the policy orders, until no
+// queue wants one or no slot is free.
+func (d *dispatcher) dispatch(ctx context.Context) {
+	if d.stopping || d.free == 0 {
+		return
+	}
+	n := len(d.p.opts.Groups)
+	if n == 0 {
+		return
+	}
+	d.rotate++
+	start := d.rotate % n
+	clear(d.refused)
+	now := time.Now()
+	paced := false
+	skip := func(band, gi int) bool {
+		if d.refused[gi] {
+			return true
+		}
+		if lg := d.limited[gi]; lg != nil && (lg.admitting || now.Before(lg.heldUntil)) {
+			// One admission of the group at a time (see limitedGroup);
+			// the answer of the one in flight starts the next pass. A
+			// group whose reservation was just refused waits for room.
+			d.refused[gi] = true
+			return true
+		}
+		return d.p.opts.Paused != nil && d.p.opts.Paused(band, d.p.opts.Groups[gi])
+	}
+	for d.free > 0 {
+		band, gi, li, ok := pick(d.pairs, d.fair, start, skip, d.p.opts.Aging, now)
+		if !ok {
+			break
+		}
+		pr := &d.pairs[band][gi][li]
+		lease, guess, settle, ok := d.admit(gi, pr)
+		if !ok {
+			paced = paced || d.limited[gi] != nil || settle
+			d.refused[gi] = true // saturated: its requests wait, others go on
+			continue
+		}
+		d.free--
+		d.fetches++
+		pr.fetching++
+		f := &fetchResult{lease: lease, gen: pr.gen, blind: pr.blind, create: !pr.consumer}
+		// Charge the lane its usual size now, so the next pick sees it
+		// (corrected when the message's estimate is known, and again when
+		// the served tokens are).
+		f.charged = d.fair[band][gi].pick(li)
+		d.startFetch(ctx, band, gi, li, guess, f)
+	}
+	if paced && !d.pacedSet {
+		// A group held back by rpm or tpm gets room as time passes, which
+		// no message announces: look again shortly.
+		d.pacedSet = true
+		d.paced.Reset(router.PacedRetry)
+	}
+}
+
+// admit leases capacity on group gi for the next message of pr, without
+// blocking: the router's local view decides. For a group with shared
+// limits the fetch goroutine then takes the global reservation for guess
+// tokens before it fetches (see fetch). settle is passed to the router:
+// with no backlog known, slots of several processes may be racing for one
+// message, and a worse order waits for a better one's young admissions to
+// settle (router.AdmissionSettle).
+func (d *dispatcher) admit(gi int, pr *pair) (lease *router.Lease, guess int64, settle, ok bool) {
+	group := d.p.opts.Groups[gi]
+	lg := d.limited[gi]
+	if lg == nil {
+		settle = pr.left == 0
+		lease, ok = d.p.opts.Router.TryAcquireTokens(group, 0, settle)
+		return lease, 0, settle, ok
+	}
+	// Asking the mirror for room for the guess (not just for a call) keeps a
+	// refusal it can already tell from taking a lease: releasing one wakes
+	// the loop, which would try again at once.
+	settle = lg.backlog == 0
+	if lease, ok = d.p.opts.Router.TryAcquireTokens(group, lg.tokens, settle); !ok {
+		return nil, 0, settle, false
+	}
+	lg.admitting = true
+	return lease, lg.tokens, settle, true
+}
+
+// fetch runs in a goroutine of its own: for a group with shared limits it
+// takes the global reservation first (only an admitted process fetches, so
+// the limit releases the head of the queue whichever process wins the
+// room); for a tenant lane whose consumer this process has not seen it
+// creates the consumer (idempotent; the server removes it when idle,
+// topology.LaneIdle); then it takes one message with a no-wait pull, and
+// posts what it found to the loop.
+func (d *dispatcher) fetch(ctx context.Context, band, gi, li int, guess int64, f *fetchResult) {
+	defer d.post(event{kind: evFetched, band: band, gi: gi, li: li, f: f})
+	if d.limited[gi] != nil {
+		if err := f.lease.Reserve(ctx, guess); err != nil {
+			f.lease.Release()
+			f.lease, f.refused = nil, true
+			if !errors.Is(err, limiter.ErrLimited) && ctx.Err() == nil {
+				d.p.log.Warn("limiter unavailable", "group", d.p.opts.Groups[gi], "error", err)
+			}
+			return
+		}
+	}
+	if f.create {
+		if f.err = d.p.createLane(ctx, band, gi, laneOf(li)); f.err != nil {
+			return
+		}
+	}
+	f.created = true
+	f.m, f.err = d.p.puller(band, gi, li).fetch()
+	if f.m == nil {
+		return
+	}
+	if md, err := f.m.msg.Metadata(); err == nil {
+		f.md = md
+	}
+	f.estimate = limiter.EstimateTokens(f.m.Data(), d.p.opts.DefaultCompletionTokens)
+}
+
+// fetched folds a fetch's answer into the state and hands its message, if
+// any, to a slot.
+func (d *dispatcher) fetched(ctx context.Context, band, gi, li int, f *fetchResult) {
+	pr := &d.pairs[band][gi][li]
+	fair := &d.fair[band][gi]
+	lg := d.limited[gi]
+	d.fetches--
+	pr.fetching--
+	if lg != nil {
+		lg.admitting = false
+	}
+	if f.m == nil {
+		fair.charge(li, -float64(f.charged)/fair.weight[li]) // nothing served
+	}
+	if f.refused {
+		d.free++
+		lg.heldUntil = time.Now().Add(router.PacedRetry)
+		if !d.pacedSet {
+			d.pacedSet = true
+			d.paced.Reset(router.PacedRetry)
+		}
+		return
+	}
+	pr.consumer = f.created && f.err == nil
+	if f.err != nil {
+		if ctx.Err() == nil {
+			d.p.log.Warn("fetch failed", "band", band, "group", d.p.opts.Groups[gi], "lane", laneOf(li), "error", f.err)
+		}
+		f.lease.Release()
+		d.free++
+		pr.clearIf(f.gen)
+		d.retryRecent(band, gi, li)
+		return
+	}
+	if pr.blind == f.blind {
+		pr.blind = 0
+	}
+	if f.m == nil {
+		pr.left = 0
+		if lg != nil {
+			lg.backlog = 0
+		}
+		f.lease.Release()
+		d.free++
+		pr.clearIf(f.gen)
+		d.retryRecent(band, gi, li)
+		return
+	}
+	var left uint64 // the consumer's remaining count
+	if f.md == nil {
+		pr.markBlind() // the remaining count is unknown
+	} else {
+		pr.took(f.md)
+		left = f.md.NumPending
+		pr.left = left
+		pr.since = pr.nextArrival(f.md.Sequence.Stream, f.md.Timestamp)
+		var depth uint64 // what the lanes' last fetches left
+		for i := range d.pairs[band][gi] {
+			depth += d.pairs[band][gi][i].left
+		}
+		d.p.opts.Metrics.QueueDepth(metrics.Band(band), d.p.opts.Groups[gi], depth)
+		if lg != nil {
+			lg.backlog = left
+		}
+		if left == 0 {
+			pr.clearIf(f.gen)
+		}
+	}
+	if pr.explained() {
+		// Every hinted message was fetched here: nothing is left to
+		// fetch, and hints another process took count for nothing more.
+		pr.taken = pr.hints
+		pr.pending, pr.since, pr.arrivals = false, time.Time{}, pr.arrivals[:0]
+	}
+	// The message's tenant decides its lane's weight; its estimate
+	// replaces the guess the lane was charged.
+	fair.setWeight(li, d.weight(f.m.Headers().Get(messages.HeaderTenant)))
+	fair.saw(li, f.estimate)
+	fair.charge(li, float64(f.estimate-f.charged)/fair.weight[li])
+	var tokens int64 // reserved against shared limits: only they count tokens
+	if d.p.limits {
+		tokens = f.estimate
+	}
+	if lg != nil && !d.p.opts.Router.TooLarge(d.p.opts.Groups[gi], tokens) {
+		// (A request no deployment can take is refused by its slot; as a
+		// guess it would keep every later admission of the group waiting
+		// for room that never comes.)
+		lg.sawTokens(tokens)
+	}
+	d.p.inFlight.Add(1) // before the slot has it, so a drain cannot miss it
+	d.work <- job{m: f.m, lease: f.lease, tokens: tokens, estimate: f.estimate}
+}
+
+// pair is what the dispatcher knows about the messages of one band and
+// group.
 type pair struct {
-	flag pendingFlag
-	// hinted is when the last wake-up hint arrived (unix nanos).
-	hinted atomic.Int64
+	// pending says the pair may hold messages; gen counts the marks, so an
+	// answer clears pending only if nothing marked the pair since its
+	// fetch started: a hint that races an empty fetch is never lost.
+	pending bool
+	gen     uint64
+	// since is when its oldest waiting request arrived, as far as this
+	// process knows (see Aging); zero while not pending or not known (a
+	// blind mark). arrivals are the hints since, oldest first.
+	since    time.Time
+	arrivals []arrival
+	// hinted is when the last wake-up hint arrived.
+	hinted time.Time
 	// hintSeq is the highest stream sequence a hint named; fetchedSeq the
 	// highest a fetch of this pool returned. The consumer delivers in stream
 	// order, so hintSeq <= fetchedSeq means every hinted message was
 	// delivered here.
-	hintSeq, fetchedSeq atomic.Uint64
+	hintSeq, fetchedSeq uint64
 	// left is the consumer's remaining count after the last fetch that
 	// answered (0 after an empty one).
-	left atomic.Uint64
+	left uint64
 	// blind counts marks that no sequence explains (start, the safety-net
 	// poll, a request handed back) since the last fetch that answered.
-	blind atomic.Uint64
+	blind uint64
 	// hints counts the hints that named a sequence, taken the messages
 	// fetched here on their first delivery (never more than hints), and
 	// fetching the fetches in flight: hints - taken is how many hinted
 	// messages this pool has not fetched (an overcount when other
 	// processes take some).
-	hints, taken atomic.Uint64
-	fetching     atomic.Int64
+	hints, taken uint64
+	fetching     int
 	retry        retryState
+	// consumer says this process knows the lane's consumer exists.
+	consumer bool
 }
 
-// startFetch counts a fetch in flight, unless the fetches already in flight
-// are enough for every message the pool knows of (those the last answer
-// said were left, and those hinted but not fetched here): another would
-// find nothing, or only what a fetch in flight will report with its
-// remaining count (which wakes a slot). Call endFetch after a started fetch
-// answers.
-func (pr *pair) startFetch() bool {
-	for {
-		f := pr.fetching.Load()
-		if f > 0 && pr.blind.Load() == 0 &&
-			uint64(f) >= max(pr.left.Load(), pr.hints.Load()-pr.taken.Load()) {
-			return false
-		}
-		if pr.fetching.CompareAndSwap(f, f+1) {
-			return true
-		}
-	}
-}
-
-func (pr *pair) endFetch() { pr.fetching.Add(-1) }
-
-// fetched records a message a fetch of this pool returned: its sequence,
-// and, on its first delivery, one more hinted message taken (never more than
-// the hints).
-func (pr *pair) fetched(md *nats.MsgMetadata) {
-	maxStore(&pr.fetchedSeq, md.Sequence.Stream)
-	if md.NumDelivered != 1 {
-		return
-	}
-	for {
-		t := pr.taken.Load()
-		if t >= pr.hints.Load() || pr.taken.CompareAndSwap(t, t+1) {
-			return
-		}
-	}
+func (pr *pair) mark() {
+	pr.pending = true
+	pr.gen++
 }
 
 // markBlind marks the pair for a reason the sequences cannot account for:
-// the next sweep fetches whatever the sequences say.
+// the next pass fetches whatever the sequences say.
 func (pr *pair) markBlind() {
-	pr.blind.Add(1)
-	pr.flag.mark()
+	pr.blind++
+	pr.mark()
+}
+
+// clearIf clears pending if nothing marked the pair since gen.
+func (pr *pair) clearIf(gen uint64) {
+	if pr.gen == gen {
+		pr.pending, pr.since, pr.arrivals = false, time.Time{}, pr.arrivals[:0]
+	}
+}
+
+// maxArrivals bounds the hinted arrivals a pair remembers (only with aging
+// on); later ones are not kept (the oldest are what aging needs).
+const maxArrivals = 1024
+
+// arrival is when a hint for a stream sequence arrived.
+type arrival struct {
+	seq uint64
+	at  time.Time
+}
+
+// arrived remembers when the hint for seq arrived.
+func (pr *pair) arrived(seq uint64, at time.Time) {
+	if len(pr.arrivals) < maxArrivals {
+		pr.arrivals = append(pr.arrivals, arrival{seq, at})
+	}
+}
+
+// nextArrival forgets the arrivals up to seq, which a fetch just returned
+// (the consumer delivers in order, so they are taken), and returns when
+// the next remembered one arrived; without one, stored (the fetched
+// request's store time: the next one arrived no earlier).
+func (pr *pair) nextArrival(seq uint64, stored time.Time) time.Time {
+	i := 0
+	for i < len(pr.arrivals) && pr.arrivals[i].seq <= seq {
+		i++
+	}
+	pr.arrivals = append(pr.arrivals[:0], pr.arrivals[i:]...)
+	if len(pr.arrivals) > 0 {
+		return pr.arrivals[0].at
+	}
+	return stored
+}
+
+// took records a message a fetch of this pool returned: its sequence, and,
+// on its first delivery, one more hinted message taken (never more than
+// the hints).
+func (pr *pair) took(md *nats.MsgMetadata) {
+	pr.fetchedSeq = max(pr.fetchedSeq, md.Sequence.Stream)
+	if md.NumDelivered == 1 && pr.taken < pr.hints {
+		pr.taken++
+	}
 }
 
 // explained reports that a fetch would find nothing this pool does not
 // know of: every hinted message was fetched here, the last fetch left none
 // behind, and no blind mark came since.
 func (pr *pair) explained() bool {
-	return pr.blind.Load() == 0 && pr.left.Load() == 0 && pr.hintSeq.Load() <= pr.fetchedSeq.Load()
+	return pr.blind == 0 && pr.left == 0 && pr.hintSeq <= pr.fetchedSeq
 }
 
-// maxStore raises v to n if n is larger.
-func maxStore(v *atomic.Uint64, n uint64) {
-	for {
-		old := v.Load()
-		if n <= old || v.CompareAndSwap(old, n) {
-			return
-		}
+// wants reports whether the pair should get a fetch now: it may hold a
+// message nobody fetches yet. A fetch is not started when the fetches in
+// flight are already enough for every message the pool knows of (those the
+// last answer said were left, and those hinted but not fetched here):
+// another would find nothing, or only what a fetch in flight will report
+// with its remaining count. Marks no sequence explains (blind) make it
+// fetch regardless.
+func (pr *pair) wants() bool {
+	switch {
+	case !pr.pending || pr.explained():
+		return false
+	case pr.fetching > 0 && pr.blind == 0:
+		return uint64(pr.fetching) < max(pr.left, pr.hints-pr.taken)
 	}
+	return true
 }
 
 // retryAt are the ages of a wake-up hint at which an empty fetch that the
@@ -150,27 +631,32 @@ var retryAt = [...]time.Duration{
 	512 * time.Millisecond, 1024 * time.Millisecond,
 }
 
+// retryState is the retry schedule of one pair's latest hint.
+type retryState struct {
+	hint  time.Time // the hint the schedule is for
+	n     int       // the next step of retryAt
+	timer *time.Timer
+	at    time.Time // when the timer fires; zero when it is not set
+}
+
 // retryRecent looks at a pair again after an empty fetch that may have
 // raced its hint, at the next of the retryAt ages of the latest hint, with
 // one timer per pair. An empty fetch that the sequences explain (see
-// pair.explained) raced nothing but another slot, and is not retried: under
-// a steady flow most empty fetches are of that kind, and retrying each
-// would keep idle slots fetching in a loop. In a pool whose messages other
-// processes also take, an empty fetch is explained only once this pool
-// fetches a later message; until then each hint costs at most
-// len(retryAt) empty fetches.
-func (p *Pool) retryRecent(band, gi int) {
-	pr := &p.pairs[band][gi]
-	if pr.explained() {
+// pair.explained) raced nothing but another fetch of this pool, and is not
+// retried: under a steady flow most empty fetches are of that kind, and
+// retrying each would keep idle slots fetching in a loop. In a pool whose
+// messages other processes also take, an empty fetch is explained only
+// once this pool fetches a later message; until then each hint costs at
+// most len(retryAt) empty fetches.
+func (d *dispatcher) retryRecent(band, gi, li int) {
+	pr := &d.pairs[band][gi][li]
+	if pr.explained() || pr.hinted.IsZero() {
 		return
 	}
-	h := pr.hinted.Load()
-	age := time.Since(time.Unix(0, h))
 	rs := &pr.retry
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	if rs.hint != h {
-		rs.hint, rs.n = h, 0
+	age := time.Since(pr.hinted)
+	if !rs.hint.Equal(pr.hinted) {
+		rs.hint, rs.n = pr.hinted, 0
 	}
 	for rs.n < len(retryAt) && retryAt[rs.n] <= age {
 		rs.n++
@@ -178,45 +664,108 @@ func (p *Pool) retryRecent(band, gi int) {
 	if rs.n == len(retryAt) {
 		return
 	}
-	at := time.Unix(0, h).Add(retryAt[rs.n])
+	at := pr.hinted.Add(retryAt[rs.n])
 	rs.n++
-	if rs.timer != nil && !rs.at.IsZero() && !at.Before(rs.at) {
+	if !rs.at.IsZero() && !at.Before(rs.at) {
 		return // an earlier retry is already set
 	}
 	rs.at = at
 	if rs.timer == nil {
-		rs.timer = time.AfterFunc(time.Until(at), func() {
-			rs.mu.Lock()
-			rs.at = time.Time{}
-			rs.mu.Unlock()
-			if !pr.explained() {
-				pr.flag.mark()
-				p.signal()
-			}
-		})
+		rs.timer = time.AfterFunc(time.Until(at), func() { d.post(event{kind: evRetry, band: band, gi: gi, li: li}) })
 		return
 	}
 	rs.timer.Reset(time.Until(at))
 }
 
-// retryState is the retry schedule of one pair's latest hint.
-type retryState struct {
-	mu    sync.Mutex
-	hint  int64 // unix nanos of the hint the schedule is for
-	n     int   // the next step of retryAt
-	timer *time.Timer
-	at    time.Time // when the timer fires; zero when it is not set
-}
-
-func (p *Pool) markAll() {
-	for b := range p.pairs {
-		for gi := range p.pairs[b] {
-			p.pairs[b][gi].markBlind()
+func (d *dispatcher) stopRetries() {
+	for b := range d.pairs {
+		for gi := range d.pairs[b] {
+			for li := range d.pairs[b][gi] {
+				if t := d.pairs[b][gi][li].retry.timer; t != nil {
+					t.Stop()
+				}
+			}
 		}
 	}
-	for range p.opts.Slots {
-		p.signal()
+}
+
+// limitedGroup is what the dispatcher keeps for a group with shared limits.
+type limitedGroup struct {
+	// admitting is set while an admission of the group is in flight (its
+	// reservation and fetch): one at a time per process, because an
+	// admission holds capacity while it fetches, and a second must not
+	// take that for a full deployment and go to a worse one
+	// (litellm_params.order) or give up on the group.
+	admitting bool
+	// heldUntil keeps the group out after the limiter refused a
+	// reservation, until then or until capacity changes.
+	heldUntil time.Time
+	// tokens is the guess an admission reserves before the message (and its
+	// size) is known: the largest recent request's estimate, decaying by
+	// 1/32 a request. Guessing high keeps a large request at the head from
+	// being overtaken while it waits for room; the excess is given back as
+	// soon as the message is read.
+	tokens int64
+	// backlog is how many messages the consumer held after the group's last
+	// fetch in this process (0 after an empty one).
+	backlog uint64
+}
+
+// sawTokens folds one request's token estimate into the guess.
+func (lg *limitedGroup) sawTokens(n int64) {
+	lg.tokens = max(n, lg.tokens-lg.tokens/32)
+}
+
+// onWake turns a wake-up hint into an event for the loop.
+func (p *Pool) onWake(m *nats.Msg) {
+	band, group, lane, err := p.opts.Subjects.ParseLane(m.Subject)
+	if err != nil || band >= p.opts.Bands {
+		return
 	}
+	gi, ok := p.groupIdx[group]
+	if !ok {
+		return
+	}
+	// The stream's own hint names the stored message's sequence, and
+	// carries its headers (the tenant among them); a hint a worker or a
+	// caller publishes for a request handed back names neither.
+	seq, _ := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+	p.d.post(event{kind: evHint, band: band, gi: gi, li: laneIndex(lane), seq: seq, at: time.Now(),
+		tenant: m.Header.Get(messages.HeaderTenant)})
+}
+
+// onServed turns a served-tokens hint into an event for the loop.
+func (p *Pool) onServed(m *nats.Msg) {
+	band, group, lane, err := p.opts.Subjects.ParseLane(m.Subject)
+	if err != nil || band >= p.opts.Bands {
+		return
+	}
+	gi, ok := p.groupIdx[group]
+	if !ok {
+		return
+	}
+	tokens, err := strconv.ParseInt(m.Header.Get(messages.HeaderTokens), 10, 64)
+	if err != nil || tokens < 0 {
+		return
+	}
+	e := event{kind: evServed, band: band, gi: gi, li: laneIndex(lane), tenant: m.Header.Get(messages.HeaderTenant), tokens: tokens}
+	if m.Header.Get(messages.HeaderWorker) == p.control {
+		// This process charged its estimate at the fetch: only the
+		// difference is left.
+		e.estimate, _ = strconv.ParseInt(m.Header.Get(messages.HeaderEstimate), 10, 64)
+	}
+	p.d.post(e)
+}
+
+// served tells every worker (and this one, through its own subscription)
+// how many tokens a request of a tenant lane was served with.
+func (p *Pool) served(req *messages.Request, tokens, estimate int64) {
+	m := nats.NewMsg(p.opts.Subjects.Served(req.Band, req.Group, messages.Lane(req.Tenant)))
+	m.Header[messages.HeaderTenant] = []string{req.Tenant}
+	m.Header[messages.HeaderTokens] = []string{strconv.FormatInt(tokens, 10)}
+	m.Header[messages.HeaderEstimate] = []string{strconv.FormatInt(estimate, 10)}
+	m.Header[messages.HeaderWorker] = []string{p.control}
+	_ = p.nc.PublishMsg(m)
 }
 
 // poll is the safety net: one stream-info request names every subject that
@@ -224,11 +773,16 @@ func (p *Pool) markAll() {
 func (p *Pool) poll(ctx context.Context) {
 	t := time.NewTicker(p.opts.PollInterval)
 	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	// The first look is at once: a tenant lane's requests queued before
+	// this process started are found by it (the lane's consumer is not
+	// known until then).
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
 		}
 		info, err := p.stream.Info(ctx, jetstream.WithSubjectFilter(p.opts.Subjects.RequestWildcard()))
 		if err != nil {
@@ -237,24 +791,27 @@ func (p *Pool) poll(ctx context.Context) {
 			}
 			continue
 		}
-		found := false
 		depth := make([][]uint64, p.opts.Bands)
 		for b := range depth {
 			depth[b] = make([]uint64, len(p.opts.Groups))
 		}
 		var strays []string
+		var marks []lane
 		for subj, n := range info.State.Subjects {
-			band, group, err := p.opts.Subjects.ParseRequest(subj)
+			band, group, l, err := p.opts.Subjects.ParseLane(subj)
 			gi, ok := p.groupIdx[group]
 			switch {
 			case n == 0:
 			case err == nil && ok && band < p.opts.Bands:
-				depth[band][gi] = n
-				p.pairs[band][gi].markBlind()
-				found = true
+				depth[band][gi] += n
+				marks = append(marks, lane{band, gi, laneIndex(l)})
 			default:
 				strays = append(strays, subj)
 			}
+		}
+		if len(marks) > 0 {
+			// One event: the loop sees every lane found before it picks.
+			p.d.post(event{kind: evMark, marks: marks})
 		}
 		if len(strays) > 0 {
 			p.clearStrays(ctx, strays)
@@ -265,9 +822,6 @@ func (p *Pool) poll(ctx context.Context) {
 			}
 		}
 		p.recordLimits()
-		if found {
-			p.signal()
-		}
 	}
 }
 
@@ -292,221 +846,14 @@ func (p *Pool) recordLimits() {
 	}
 }
 
+// slot serves the jobs the dispatcher hands it until it closes the work
+// channel.
 func (p *Pool) slot(ctx context.Context) {
-	for {
-		m, lease, err := p.next(ctx)
-		if err != nil {
-			return
-		}
-		p.inFlight.Add(1)
-		p.handle(ctx, m, lease)
+	for j := range p.d.work {
+		p.handle(ctx, j)
 		p.inFlight.Done()
+		p.d.done <- struct{}{} // never blocks: one per slot at most
 	}
-}
-
-// next returns the next message to serve and the lease it will run under.
-// It blocks until there is one or ctx ends.
-func (p *Pool) next(ctx context.Context) (*pulled, *router.Lease, error) {
-	for {
-		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
-		}
-		m, lease, paced := p.sweep(ctx)
-		if m != nil {
-			return m, lease, nil
-		}
-		// A group held back by rpm or tpm gets room as time passes, which
-		// no message announces: look again shortly.
-		var again <-chan time.Time
-		var t *time.Timer
-		if paced {
-			t = time.NewTimer(router.PacedRetry)
-			again = t.C
-		}
-		select {
-		case <-ctx.Done():
-		case <-p.wake:
-		case <-again:
-		}
-		if t != nil {
-			t.Stop()
-		}
-	}
-}
-
-// sweep is the strict-priority pass: bands in order, groups with pending
-// messages and headroom, one no-wait fetch each, first hit wins. Groups of a
-// band are visited from a rotating start so no group is always last.
-// paced reports that a pending group was skipped for lack of room in a
-// shared limit.
-func (p *Pool) sweep(ctx context.Context) (m *pulled, lease *router.Lease, paced bool) {
-	n := len(p.opts.Groups)
-	start := int(p.rotate.Add(1)) % max(n, 1)
-	// refused: groups refused capacity in this sweep. A group refused at a
-	// band is not admitted again at a worse one in the same sweep: the
-	// limiter may have room a moment later, and that room belongs to the
-	// better band's request.
-	var refused []bool
-	for band := range p.opts.Bands {
-		for i := range n {
-			gi := (start + i) % n
-			pr := &p.pairs[band][gi]
-			flag := &pr.flag
-			seen, ok := flag.load()
-			if !ok || (refused != nil && refused[gi]) {
-				continue
-			}
-			if p.opts.Paused != nil && p.opts.Paused(band, p.opts.Groups[gi]) {
-				continue // paused by an operator: its requests stay queued, the flag set
-			}
-			if pr.explained() {
-				// Marked by a hint for a message another slot of this
-				// pool has fetched meanwhile: nothing to fetch.
-				pr.taken.Store(pr.hints.Load())
-				flag.clearIf(seen)
-				continue
-			}
-			if !pr.startFetch() {
-				// Other slots are fetching every message hinted so far;
-				// their answers wake a slot if more are left. The flag
-				// stays for them.
-				continue
-			}
-			blind := pr.blind.Load()
-			// With no backlog known for the pair, slots may be racing for
-			// one message: a worse order waits for a better one's young
-			// admissions to settle (router.AdmissionSettle), and the slot
-			// looks again shortly, as for a shared limit.
-			settle := pr.left.Load() == 0
-			lease, unlock, ok := p.admit(ctx, gi, settle)
-			if !ok {
-				pr.endFetch()
-				paced = paced || p.limited[gi] != nil || settle
-				if refused == nil {
-					refused = make([]bool, n)
-				}
-				refused[gi] = true
-				continue // saturated: its requests wait, others go on
-			}
-			// The flag stays set during the fetch, so a slot sweeping
-			// meanwhile does not mistake this band for empty and take a
-			// lower one; only an answer clears it, and only if no hint came
-			// in since it was read.
-			m, more, err := p.fetch(band, gi)
-			unlock()
-			if err == nil {
-				pr.blind.CompareAndSwap(blind, 0)
-			}
-			if err != nil && ctx.Err() == nil {
-				p.log.Warn("fetch failed", "band", band, "group", p.opts.Groups[gi], "error", err)
-			}
-			if m == nil {
-				lease.Release()
-				flag.clearIf(seen)
-				p.retryRecent(band, gi)
-				continue
-			}
-			if more {
-				p.signal()
-			} else {
-				flag.clearIf(seen)
-			}
-			return m, lease, false
-		}
-	}
-	return nil, nil, paced
-}
-
-// limitedGroup is what the sweep keeps for a group with shared limits.
-type limitedGroup struct {
-	// fetchMu lets one slot of the process at a time admit and fetch for the
-	// group: a slot's admission holds capacity while it fetches, and a
-	// second slot must not take that for a full deployment and go to a
-	// worse one (litellm_params.order) or give up on the group.
-	fetchMu sync.Mutex
-	// tokens is the guess an admission reserves before the message (and its
-	// size) is known: the largest recent request's estimate, decaying by
-	// 1/32 a request. Guessing high keeps a large request at the head from
-	// being overtaken while it waits for room; the excess is given back as
-	// soon as the message is read.
-	tokens atomic.Int64
-	// backlog is how many messages the consumer held after the group's last
-	// fetch in this process (0 after an empty one).
-	backlog atomic.Uint64
-}
-
-// sawTokens folds one request's token estimate into the guess.
-func (lg *limitedGroup) sawTokens(n int64) {
-	for {
-		old := lg.tokens.Load()
-		if lg.tokens.CompareAndSwap(old, max(n, old-old/32)) {
-			return
-		}
-	}
-}
-
-// admit leases capacity on group gi for the next message. For a group with
-// shared limits it also takes the global reservation before the fetch: of
-// several processes that see room at the same moment, only those the
-// limiter admits fetch, so the message each fetches is the head of the
-// queue at that moment and the limit releases requests in priority order
-// across every process. The returned unlock ends the group's fetch lock
-// (call it once the fetch answered). settle is passed to the router for a
-// group without shared limits (no backlog known for the pair); a group with
-// them settles by the backlog its last fetch saw, in any band.
-func (p *Pool) admit(ctx context.Context, gi int, settle bool) (lease *router.Lease, unlock func(), ok bool) {
-	group := p.opts.Groups[gi]
-	lg := p.limited[gi]
-	if lg == nil {
-		lease, ok = p.opts.Router.TryAcquireTokens(group, 0, settle)
-		return lease, func() {}, ok
-	}
-	lg.fetchMu.Lock()
-	guess := lg.tokens.Load()
-	// Asking the mirror for room for the guess (not just for a call) keeps a
-	// refusal it can already tell from taking a lease: releasing one wakes
-	// the other idle slots, which would refuse and wake each other in turn.
-	// With no backlog known, several processes may be racing for one
-	// message: let an order-1 admission that may be given back settle first.
-	if lease, ok = p.opts.Router.TryAcquireTokens(group, guess, lg.backlog.Load() == 0); !ok {
-		lg.fetchMu.Unlock()
-		return nil, nil, false
-	}
-	if err := lease.Reserve(ctx, guess); err != nil {
-		lease.Release()
-		lg.fetchMu.Unlock()
-		if !errors.Is(err, limiter.ErrLimited) && ctx.Err() == nil {
-			p.log.Warn("limiter unavailable", "group", group, "error", err)
-		}
-		return nil, nil, false
-	}
-	return lease, lg.fetchMu.Unlock, true
-}
-
-// fetch takes the next message of a pair whose startFetch returned true.
-func (p *Pool) fetch(band, gi int) (*pulled, bool, error) {
-	pr := &p.pairs[band][gi]
-	m, err := p.pullers[band][gi].fetch()
-	pr.endFetch()
-	if err != nil {
-		return nil, false, err
-	}
-	var left uint64 // the consumer's remaining count; 0 after an empty fetch
-	if m != nil {
-		md, err := m.msg.Metadata()
-		if err != nil {
-			pr.markBlind() // the remaining count is unknown
-			return m, true, nil
-		}
-		pr.fetched(md)
-		left = md.NumPending
-		p.opts.Metrics.QueueDepth(metrics.Band(band), p.opts.Groups[gi], left)
-	}
-	pr.left.Store(left)
-	if lg := p.limited[gi]; lg != nil {
-		lg.backlog.Store(left)
-	}
-	return m, left > 0, nil
 }
 
 // maxStraysPerPoll bounds the work one poll spends on stray messages.
@@ -546,28 +893,3 @@ func (p *Pool) clearStrays(ctx context.Context, subjects []string) {
 		}
 	}
 }
-
-// pendingFlag says whether a band and group may hold messages. It packs a
-// generation count, raised by every mark, with the flag, so that a sweep
-// clears it only if no hint arrived since it read it: a hint that races an
-// empty fetch is never lost.
-type pendingFlag struct{ v atomic.Uint64 }
-
-// mark sets the flag and starts a new generation.
-func (f *pendingFlag) mark() {
-	for {
-		old := f.v.Load()
-		if f.v.CompareAndSwap(old, ((old>>1)+1)<<1|1) {
-			return
-		}
-	}
-}
-
-// load returns the current value and whether the flag is set.
-func (f *pendingFlag) load() (seen uint64, set bool) {
-	v := f.v.Load()
-	return v, v&1 == 1
-}
-
-// clearIf clears the flag if nothing marked it since seen was loaded.
-func (f *pendingFlag) clearIf(seen uint64) { f.v.CompareAndSwap(seen, seen&^1) }

@@ -40,7 +40,7 @@ func (p *Pool) onControl(m *nats.Msg) {
 	}
 }
 
-// requestLog adds a request's id, band and group to every record, like
+// requestLog adds a request's id, band, group and tenant to every record, like
 // Logger.With, but formats them only for records that are written: With
 // formats them at once, for every request, most of which log nothing.
 type requestLog struct {
@@ -49,7 +49,7 @@ type requestLog struct {
 }
 
 func (h requestLog) attrs() []slog.Attr {
-	return []slog.Attr{slog.String("request_id", h.req.ID), slog.Int("band", h.req.Band), slog.String("group", h.req.Group)}
+	return []slog.Attr{slog.String("request_id", h.req.ID), slog.Int("band", h.req.Band), slog.String("group", h.req.Group), slog.String("tenant", h.req.Tenant)}
 }
 
 func (h requestLog) Handle(ctx context.Context, r slog.Record) error {
@@ -67,8 +67,9 @@ func (h requestLog) WithGroup(name string) slog.Handler {
 	return h.Handler.WithAttrs(h.attrs()).WithGroup(name)
 }
 
-// handle serves one message under lease and settles it.
-func (p *Pool) handle(ctx context.Context, m *pulled, lease *router.Lease) {
+// handle serves one job (a message under its lease) and settles it.
+func (p *Pool) handle(ctx context.Context, j job) {
+	m, lease := j.m, j.lease
 	defer func() {
 		if lease != nil {
 			lease.Release()
@@ -88,23 +89,15 @@ func (p *Pool) handle(ctx context.Context, m *pulled, lease *router.Lease) {
 	control := p.control + "." + req.ID
 	stop := p.keeper.hold(m, req.ReplyTo, control) // start owns it
 
-	// Complete the global reservation: the sweep reserved a guess (recent
-	// request sizes) before the fetch; it is resized to this request's
-	// estimate. If a larger size is refused (the tokens are not there yet),
+	// Complete the global reservation: the dispatcher reserved a guess
+	// (recent request sizes) before the fetch; it is resized to this
+	// request's estimate (only shared limits count tokens: without them it
+	// is 0). If a larger size is refused (the tokens are not there yet),
 	// the request goes back to the queue, first in its band again, and the
 	// guess has grown to its size: the next admission, in whichever process
 	// has room for it first, takes it. Holding it here instead would let a
 	// process whose guess fits the room sooner serve the requests behind it.
-	var tokens int64 // only shared limits count tokens: no estimate without them
-	if p.limits {
-		tokens = limiter.EstimateTokens(req.Body, p.opts.DefaultCompletionTokens)
-	}
-	if gi, ok := p.groupIdx[req.Group]; ok && p.limited[gi] != nil && !p.opts.Router.TooLarge(req.Group, tokens) {
-		// (A request no deployment can take is refused below; as a guess it
-		// would keep every later admission of the group waiting for room
-		// that never comes.)
-		p.limited[gi].sawTokens(tokens)
-	}
+	tokens := j.tokens
 	if err := lease.Reserve(ctx, tokens); err != nil {
 		lease.Release()
 		lease = nil
@@ -116,14 +109,16 @@ func (p *Pool) handle(ctx context.Context, m *pulled, lease *router.Lease) {
 		}
 		// ErrTooLarge, or the limiter is unavailable: start says so or waits.
 	}
-	p.start(ctx, log, m, req, lease, tokens, control, stop)
+	p.start(ctx, log, m, req, lease, tokens, j.estimate, control, stop)
 	lease = nil // start owns it
 }
 
 // start serves req under lease, or, when lease is nil, under a lease it
 // waits for (until the queue deadline), and settles m. It calls stop (which
 // ends m's keep-alive) once m is settled.
-func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *messages.Request, lease *router.Lease, tokens int64, control string, stop func()) {
+// estimate is what the dispatcher charged the request's tenant lane; the
+// served-tokens hint corrects it.
+func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *messages.Request, lease *router.Lease, tokens, estimate int64, control string, stop func()) {
 	keep := true // stop is called on return unless the answer's delivery took it over
 	defer func() {
 		if lease != nil {
@@ -203,6 +198,12 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 		log.Warn("provider call failed", "outcome", e.Outcome, "status", rep.Status, "error", e.Message, "duration", time.Since(started))
 	default:
 		rep.Outcome, rep.Status = messages.OutcomeServed, 200
+		p.opts.Metrics.TenantTokens(p.tenants.Label(req.Tenant), usage.PromptTokens+usage.CompletionTokens)
+		served := usage.PromptTokens + usage.CompletionTokens
+		if served <= 0 {
+			served = estimate // the provider reported no usage
+		}
+		p.served(req, served, estimate)
 		log.Debug("served", "duration", time.Since(started), "prompt_tokens", usage.PromptTokens, "completion_tokens", usage.CompletionTokens)
 	}
 	// The slot is free once the answer is out; the caller's confirmation
@@ -257,7 +258,7 @@ func (p *Pool) copyDead(subject string, h nats.Header, data []byte, class, reaso
 func (p *Pool) nakAndHint(m *pulled, req *messages.Request) {
 	_ = p.nc.PublishMsg(messages.EventMsg(req.ReplyTo, messages.EventRequeue, 0, nil))
 	_ = m.Nak()
-	_ = p.nc.Publish(p.opts.Subjects.Wake(req.Band, req.Group), nil)
+	_ = p.nc.Publish(p.opts.Subjects.WakeLane(req.Band, req.Group, messages.Lane(req.Tenant)), nil)
 }
 
 // pickupAnswer is what a pickup check found out.

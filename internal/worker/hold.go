@@ -98,7 +98,7 @@ func (p *Pool) nakLater(m *pulled, req *messages.Request) {
 		return
 	}
 	_ = m.NakWithDelay(delay)
-	wake := p.opts.Subjects.Wake(req.Band, req.Group)
+	wake := p.opts.Subjects.WakeLane(req.Band, req.Group, messages.Lane(req.Tenant))
 	// A little after the server's own timer, which starts when it gets the nak.
 	time.AfterFunc(delay+hintLag, func() { _ = p.nc.Publish(wake, nil) })
 }

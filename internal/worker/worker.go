@@ -1,25 +1,100 @@
-// Package worker is llmq's dispatch loop: worker slots that take requests from
-// JetStream in strict priority order, call a deployment with headroom, and
-// reply to the caller's inbox.
+// Package worker is llmq's dispatch: one loop per process that takes requests
+// from JetStream in strict priority order and hands them to worker slots,
+// which call a deployment with headroom and reply to the caller's inbox.
+//
+// # One owner for dispatch
+//
+// One loop per worker process, the dispatcher (dispatch.go), alone owns
+// what the process knows is pending, the retry timers and the admission
+// state, and it alone decides what is fetched next. It hears wake-up hints,
+// fetch answers, timers, the safety-net poll, changes of capacity and slots
+// that finished, as events on one channel; slots only pick up, call and
+// deliver: they receive (message, lease) over a channel. This is the shape
+// of llm-d's flow-control processor (a single writer over its queues),
+// applied to queues that live in JetStream.
 //
 // # The policy
 //
-// Every free slot sweeps the bands from 0 (most important) to the last. Inside
-// a band it looks only at model groups that (a) may have pending messages and
-// (b) have a deployment with headroom, and it leases that headroom before it
-// fetches, so a slot never holds a request it cannot start. For a group with
-// shared limits the lease includes the global reservation (one slot of the
-// process at a time admits the group): only an admitted slot fetches, so the
-// limit releases the head of the queue whichever process wins the room. It
-// fetches one message with a no-wait pull request (see puller) from the
-// durable consumer of that band and group; the first hit wins. So a lower
-// band gets a slot only when no higher band of the same group has a message,
-// or when that group is saturated — and then the higher band's request could
-// not have started anyway; a group refused at one band is not admitted at a
-// worse one in the same sweep. Priority cannot invert within a group except
-// for the time a wake-up hint takes to arrive (well under a millisecond on
-// one machine). Inside one band and group, the consumer delivers in stream
-// order: first come, first served.
+// Bands strictly, 0 first (unless aging, off by default, lifts a request
+// that waited); inside a band, model groups from a rotating start; inside a
+// band and group, tenants by weighted fair share (below); inside a tenant,
+// stream order: first come, first served. The policy, and why priority
+// cannot invert, is written next to the function that applies it
+// (policy.go). For a free slot, the loop picks the
+// first queue in that order that may hold a message no fetch in flight will
+// take, and whose group has a deployment with headroom: it leases that
+// headroom before it fetches, so a slot never holds a request it cannot
+// start. For a group with shared limits the fetch first takes the global
+// reservation (one admission of the process at a time per group): only an
+// admitted process fetches, so the limit releases the head of the queue
+// whichever process wins the room. It fetches one message with a no-wait
+// pull request (see puller) from the durable consumer of that band, group
+// and tenant lane, in a goroutine of its own, and hands the message with its lease to
+// the slot it kept free for it. So a lower band gets a slot only when no
+// higher band of the same group has a message, or when that group is
+// saturated — and then the higher band's request could not have started
+// anyway; a group refused at one band is not admitted at a worse one in the
+// same pass. Priority cannot invert within a group except for the time a
+// wake-up hint takes to arrive (well under a millisecond on one machine).
+//
+// # Tenants: fair shares across the pool
+//
+// Inside one band and group, tenants with waiting requests share the
+// capacity by weight, counted in tokens served (prompt plus completion, as
+// the provider reported them), not in requests; a tenant alone gets
+// everything; inside a tenant, first come, first served; between bands,
+// strictly as above. The design has three parts.
+//
+// Lanes, so the dispatcher sees the tenant before it fetches. A request of
+// a named tenant is published to a lane of its band and group,
+// <prefix>.req.<band>.<group>.t<n> with n = messages.Lane(tenant), a hash
+// of the name into messages.TenantLanes (32) lanes; the anonymous tenant
+// (and every publisher older than tenants) keeps the band and group's own
+// subject. Each lane has a durable consumer of its own (a work-queue stream
+// allows only consumers whose subjects do not overlap); the dispatcher
+// creates one the first time its lane has a message, and the server removes
+// it after topology.LaneIdle without a fetch. The wake-up hint names the
+// lane and carries the request's headers, its tenant among them. So the
+// consumers stay bounded by 33 per band and group in use however many
+// tenants there are, and an idle installation keeps only its own ones.
+// Tenants hashed to the same lane share it: first come, first served
+// between themselves, one share between them (the weight of the tenant seen
+// last in it).
+//
+// Fair queueing over the lanes (policy.go: fairness). Each lane has a
+// virtual finish time; the lane that wants a fetch with the least goes
+// next; a lane is charged tokens/weight for every request it is served. A
+// lane that becomes pending starts at the pool's virtual time, so an idle
+// tenant earns no credit, and a tenant alone is never held back.
+//
+// Shared state without a round trip. After a served call a worker
+// publishes a served-tokens hint (headers only: tenant, tokens, the
+// estimate it charged, its id) to <prefix>.served.<band>.<group>[.t<n>],
+// and every worker process subscribes to them, as to wake-up hints, so
+// every process charges every lane for what the whole pool served. The
+// process that fetched a request charges its lane at once (its usual size,
+// then the request's estimate when it is read) and corrects to the tokens
+// served when its own hint comes back.
+//
+// Unfairness bound. For two tenants i and j backlogged over an interval,
+// in separate lanes, start-time fair queueing in one process keeps the
+// tokens served within |S_i/w_i - S_j/w_j| <= L_i/w_i + L_j/w_j, L being
+// the largest request of each (in tokens). Across processes a lane is
+// charged for another process's request only when that request's served
+// hint arrives, after its call: every request in flight elsewhere may be
+// one the others did not count. So the bound is (N+1)(L_i/w_i + L_j/w_j)
+// for a pool with N slots in all, plus, in the process that served it, the
+// error of a request's estimate until its hint is back. It bounds the
+// difference, not the ratio: over a long backlog the shares converge to
+// the weights.
+//
+// Cost. Per served request, one headers-only publish (about 200 bytes),
+// delivered to every worker process; no request waits for it. Per lane in
+// use, one consumer (on the R3 cluster a replicated consumer, like the
+// others, created with one JetStream API call when its lane first has a
+// message after LaneIdle); the dispatcher keeps 33 small records per band
+// and group. The backlog cap (llmq_settings.max_queued) counts per subject,
+// so per lane: a flooding tenant fills its own lane, not its band's.
 //
 // # Knowing what is pending without polling
 //
@@ -27,9 +102,10 @@
 // to <prefix>.wake.<band>.<group>. Each worker process subscribes to these
 // hints (a plain subscription, not a queue group: with a queue group only one
 // process would learn about a message, and a busy process's view would go
-// stale, letting a later sweep take a lower band first), marks the pair as
-// pending, and wakes one idle slot. A fetched message's metadata carries the
-// consumer's remaining count, which keeps the pair marked while it has more.
+// stale, letting a later pass take a lower band first), and the dispatcher
+// marks the pair as pending and gives a free slot a fetch. A fetched
+// message's metadata carries the consumer's remaining count, which keeps the
+// pair marked while it has more.
 // A slow safety-net poll (one stream-info request listing the subjects that
 // hold messages) repairs the view after lost hints or reconnects. An idle pool
 // sends nothing but that poll.
@@ -37,22 +113,23 @@
 // # One fetch per message
 //
 // A fetch that finds nothing costs a round trip and the server's parsing of
-// a pull request, so slots avoid them. A hint names the stored message's
-// stream sequence, and a fetched message its own; a consumer delivers in
+// a pull request, so the dispatcher avoids them. A hint names the stored
+// message's stream sequence, and a fetched message its own; a consumer delivers in
 // stream order, so once the pool has fetched a sequence at least as high as
 // the last hinted one, a marked pair holds nothing the pool knows of and is
-// not fetched. While fetches are in flight for a pair, another slot fetches
+// not fetched. While fetches are in flight for a pair, another is started
 // only if they are fewer than the messages known to wait (hinted and not
 // fetched here, or left by the last answer); an answer that leaves more
-// wakes a slot. Marks no sequence explains (start, the safety-net poll, a
-// request handed back) make the next sweep fetch regardless. A release of
-// capacity wakes slots only when it can let a refused admission through.
+// starts another. Marks no sequence explains (start, the safety-net poll, a
+// request handed back) make the next pass fetch regardless. A release of
+// capacity wakes the dispatcher only when it can let a refused admission
+// through.
 // Under a closed loop this brought fetches from about seven per request to
 // about one.
 //
 // # Ownership of a message
 //
-// The slot that fetched a message owns it until it acks or terminates it.
+// The slot a message is handed to owns it until it acks or terminates it.
 // Before calling a provider it checks the queue deadline and asks the caller
 // (a pickup request to the caller's inbox) whether it still waits; if not, it
 // terminates the message and no provider is called. During the call it sends
@@ -75,8 +152,9 @@
 //
 // # Shutdown
 //
-// When the context passed to Run ends, slots stop taking work; calls in
-// progress finish within DrainTimeout, the rest are cancelled and their
+// When the context passed to Run ends, the dispatcher starts no more
+// fetches, hands what the fetches in flight bring to their slots, and
+// closes the slots' channel; calls in progress finish within DrainTimeout, the rest are cancelled and their
 // messages negatively acknowledged, so another worker serves them at once;
 // then Run returns.
 package worker
@@ -87,7 +165,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -96,6 +173,7 @@ import (
 
 	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/router"
+	"github.com/llmq/llmq/internal/topology"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -130,6 +208,17 @@ type Options struct {
 	DefaultCompletionTokens int64
 	// Policy is the retry, cooldown and fallback policy.
 	Policy Policy
+	// Tenants are the tenants whose names may be metric labels (the
+	// operator's list); any other is counted as "other".
+	Tenants []string
+	// TenantWeights are the tenants' weights; a tenant not in it has
+	// weight 1.
+	TenantWeights map[string]float64
+	// Replicas is the replica count of the tenant lanes' consumers, which
+	// workers create as they are needed; 0 means 1.
+	Replicas int
+	// Aging lifts waiting requests to more important bands; off by default.
+	Aging Aging
 	// DrainTimeout bounds how long Run waits, after its context ends, for the
 	// calls in progress; calls still running then are cancelled and their
 	// requests handed back to JetStream for another worker. Default 30 s.
@@ -144,16 +233,13 @@ type Pool struct {
 	log    *slog.Logger
 	stream jetstream.Stream
 
-	pullers  [][]*puller // [band][group]
-	pairs    [][]pair    // [band][group]: what is known about its messages
+	pullers  [][][]*puller // [band][group][lane index]
 	groupIdx map[string]int
-	limited  []*limitedGroup // per group: nil unless some deployment has a shared limiter
-	limits   bool            // some deployment (of any group, fallbacks included) has a shared limiter
-	wake     chan struct{}
+	limits   bool        // some deployment (of any group, fallbacks included) has a shared limiter
+	d        *dispatcher // the one owner of what is pending and who fetches next
 	// retired is closed by Retire.
 	retired    chan struct{}
 	retireOnce sync.Once
-	rotate     atomic.Uint32
 	inFlight   workCount
 
 	control   string         // prefix of this pool's control subjects
@@ -162,6 +248,7 @@ type Pool struct {
 	delivered deliveries
 	callers   callers
 	keeper    *keeper
+	tenants   metrics.TenantLabels
 }
 
 // Causes of a cancelled call.
@@ -212,29 +299,25 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 	p := &Pool{
 		nc: nc, js: js, opts: opts, log: opts.Logger,
 		groupIdx: make(map[string]int, len(opts.Groups)),
-		wake:     make(chan struct{}, opts.Slots),
 		retired:  make(chan struct{}),
 		control:  nc.NewRespInbox(),
 		keeper:   newKeeper(nc, opts.AckWait),
+		tenants:  metrics.NewTenantLabels(opts.Tenants),
 	}
 	p.reconnect.nc = nc
 	p.delivered.pending = make(map[string]*delivery)
-	p.limited = make([]*limitedGroup, len(opts.Groups))
+	limited := make([]*limitedGroup, len(opts.Groups))
 	for i, g := range opts.Groups {
 		p.groupIdx[g] = i
 	}
 	for _, d := range opts.Router.Deployments() {
 		p.limits = p.limits || d.Limiter != nil
-		if gi, ok := p.groupIdx[d.Group]; ok && d.Limiter != nil && p.limited[gi] == nil {
-			p.limited[gi] = &limitedGroup{}
-			p.limited[gi].tokens.Store(opts.DefaultCompletionTokens)
+		if gi, ok := p.groupIdx[d.Group]; ok && d.Limiter != nil && limited[gi] == nil {
+			limited[gi] = &limitedGroup{tokens: opts.DefaultCompletionTokens}
 		}
 	}
-	p.pairs = make([][]pair, opts.Bands)
-	for b := range p.pairs {
-		p.pairs[b] = make([]pair, len(opts.Groups))
-	}
-	opts.Router.SetOnRelease(func(string) { p.signal() })
+	p.d = newDispatcher(p, limited)
+	opts.Router.SetOnRelease(func(string) { p.d.wake() })
 	return p, nil
 }
 
@@ -256,8 +339,10 @@ func (p *Pool) Run(ctx context.Context) error {
 	}()
 	defer func() {
 		for _, band := range p.pullers {
-			for _, pl := range band {
-				pl.close()
+			for _, group := range band {
+				for _, pl := range group {
+					pl.close()
+				}
 			}
 		}
 	}()
@@ -277,6 +362,12 @@ func (p *Pool) Run(ctx context.Context) error {
 		return fmt.Errorf("worker: subscribe confirmations: %w", err)
 	}
 	defer conf.Unsubscribe()
+	served, err := p.nc.Subscribe(p.opts.Subjects.ServedWildcard(), p.onServed)
+	if err != nil {
+		return fmt.Errorf("worker: subscribe served-tokens hints: %w", err)
+	}
+	defer served.Unsubscribe()
+	_ = served.SetPendingLimits(-1, -1)
 	gone, err := p.nc.Subscribe(p.opts.Subjects.Gone(), p.onGone)
 	if err != nil {
 		return fmt.Errorf("worker: subscribe closed callers: %w", err)
@@ -289,8 +380,9 @@ func (p *Pool) Run(ctx context.Context) error {
 	defer stopKeeper()
 	go p.keeper.run(kctx)
 
-	p.markAll() // requests queued before we started
 	var wg sync.WaitGroup
+	wg.Go(func() { p.d.run(ctx) })
+	p.d.post(event{kind: evMarkAll}) // requests queued before we started
 	wg.Go(func() { p.poll(ctx) })
 	if p.opts.LimitsChanged != nil {
 		wg.Go(func() {
@@ -311,7 +403,7 @@ func (p *Pool) Run(ctx context.Context) error {
 				case <-ctx.Done():
 					return
 				case <-p.opts.PausesChanged:
-					p.markAll()
+					p.d.post(event{kind: evMarkAll})
 				}
 			}
 		})
@@ -413,16 +505,32 @@ func (p *Pool) bind(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("worker: stream %s: %w", p.opts.Subjects.RequestStream(), err)
 	}
-	p.pullers = make([][]*puller, p.opts.Bands)
+	p.pullers = make([][][]*puller, p.opts.Bands)
 	for b := range p.opts.Bands {
-		p.pullers[b] = make([]*puller, len(p.opts.Groups))
+		p.pullers[b] = make([][]*puller, len(p.opts.Groups))
 		for gi, g := range p.opts.Groups {
 			name := p.opts.Subjects.Consumer(b, g)
 			if _, err := p.stream.Consumer(ctx, name); err != nil {
 				return fmt.Errorf("worker: consumer %s: %w", name, err)
 			}
-			p.pullers[b][gi] = newPuller(p.nc, p.opts.Subjects.RequestStream(), name, pullTimeout)
+			p.pullers[b][gi] = make([]*puller, lanes)
+			for li := range lanes {
+				name := p.opts.Subjects.ConsumerLane(b, g, laneOf(li))
+				p.pullers[b][gi][li] = newPuller(p.nc, p.opts.Subjects.RequestStream(), name, pullTimeout)
+			}
 		}
 	}
 	return nil
+}
+
+// puller returns the puller of one lane.
+func (p *Pool) puller(band, gi, li int) *puller { return p.pullers[band][gi][li] }
+
+// createLane creates (or finds) the consumer of a tenant lane.
+func (p *Pool) createLane(ctx context.Context, band, gi, lane int) error {
+	spec := topology.Spec{Subjects: p.opts.Subjects, Replicas: p.opts.Replicas, AckWait: p.opts.AckWait}
+	cctx, cancel := context.WithTimeout(ctx, topology.CallTimeout)
+	defer cancel()
+	_, err := p.stream.CreateOrUpdateConsumer(cctx, spec.LaneConsumerConfig(band, p.opts.Groups[gi], lane))
+	return err
 }

@@ -251,7 +251,11 @@ type Request struct {
 	Kind     messages.Kind // chat or completion
 	Group    string        // model group (model_name)
 	Priority int64         // lower is more important
-	Body     []byte        // OpenAI request body without llmq-only fields such as "priority"
+	// Tenant is who the request is for (messages.ValidTenant); empty means
+	// messages.TenantAnonymous. Workers share a band's capacity between
+	// tenants.
+	Tenant string
+	Body   []byte // OpenAI request body without llmq-only fields such as "priority"
 	// OnChunk, when set, makes the request a stream (the body must have
 	// "stream": true): it receives each event payload in order, in Do's
 	// goroutine. An error from it ends the stream and cancels the call.
@@ -304,6 +308,7 @@ type waiter struct {
 	id                            string
 	group                         string
 	band                          int
+	lane                          int       // the tenant's lane (messages.Lane)
 	start                         time.Time // of the publish
 	queueDeadline, answerDeadline time.Time
 	stream                        bool
@@ -378,8 +383,13 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 	if req.ID == "" {
 		req.ID = nuid.Next()
 	}
+	if req.Tenant != "" {
+		if err := messages.ValidTenant(req.Tenant); err != nil {
+			return nil, Result{}, messages.Errorf(messages.OutcomeInvalidRequest, "", "tenant: %v", err)
+		}
+	}
 	w := &waiter{
-		id: req.ID, group: req.Group, band: c.bands.Band(req.Priority), stream: req.OnChunk != nil, reply: make(chan *nats.Msg, 1),
+		id: req.ID, group: req.Group, band: c.bands.Band(req.Priority), lane: messages.Lane(req.Tenant), stream: req.OnChunk != nil, reply: make(chan *nats.Msg, 1),
 		queueDeadline: req.Deadline, answerDeadline: req.AnswerDeadline,
 	}
 	if w.stream {
@@ -420,7 +430,7 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 	}
 	msg := c.subjects.Msg(&messages.Request{
 		ID: w.id, Kind: req.Kind, Group: req.Group, Band: w.band, Priority: req.Priority,
-		ReplyTo: c.inbox + "." + w.id, Deadline: w.queueDeadline, AnswerDeadline: answerBy, Stream: w.stream, Body: req.Body,
+		ReplyTo: c.inbox + "." + w.id, Deadline: w.queueDeadline, AnswerDeadline: answerBy, Stream: w.stream, Tenant: req.Tenant, Body: req.Body,
 	}, w.start)
 	req = nil // see above
 	if err := c.publish(ctx, msg); err != nil {
@@ -712,7 +722,7 @@ func (c *Client) redelivered(w *waiter) {
 		c.answered(w, messages.ReplyMsg(c.inbox+"."+w.id, &messages.Reply{Outcome: lost.Outcome, Status: lost.HTTPStatus(), Body: messages.ErrorBody(lost)}))
 		return
 	}
-	_ = c.nc.Publish(c.subjects.Wake(w.band, w.group), nil)
+	_ = c.nc.Publish(c.subjects.WakeLane(w.band, w.group, w.lane), nil)
 }
 
 // earliest returns the earlier of two times, a zero time meaning none.

@@ -12,7 +12,14 @@
 // where <prefix> is llmq_settings.subject_prefix ("llmq" by default), <band>
 // is the decimal band number (0 is the most important) computed from the
 // priority with [Bands.Band], and <group> is the model group (the public
-// model_name) encoded with [EncodeToken]. The body is the OpenAI request body
+// model_name) encoded with [EncodeToken]. A request of a named tenant (not
+// "anonymous") goes to its tenant lane, one more token:
+//
+//	<prefix>.req.<band>.<group>.t<lane>
+//
+// with <lane> = [Lane](tenant), 0 to [TenantLanes]-1 ([Subjects.RequestLane];
+// [Subjects.Msg] chooses it). Workers serve each lane from a consumer of its
+// own, so they can share a band between tenants before they fetch. The body is the OpenAI request body
 // (chat completions or text completions) as JSON, without llmq-only fields
 // such as "priority". The headers are:
 //
@@ -27,6 +34,12 @@
 //	                 waiting for the answer; a worker holds a pickup or an
 //	                 answer that finds nobody on the caller's inbox (its
 //	                 gateway is reconnecting to NATS) until then
+//	Llmq-Tenant      optional: the tenant the request is for (ValidTenant:
+//	                 1 to 128 bytes of printable ASCII); absent means
+//	                 "anonymous" (TenantAnonymous). Dispatch shares a band's
+//	                 capacity between tenants. The gateway sets it from the
+//	                 caller's key; a service that publishes directly sets it
+//	                 itself
 //	Nats-Msg-Id      the request id (JetStream deduplication)
 //	Nats-TTL         the time to the deadline (expired requests leave the stream)
 //
@@ -111,4 +124,19 @@
 // followed by two upper-case hex digits, so "gpt-4o" stays "gpt-4o" and
 // "openai/gpt-4.1" becomes "openai=2Fgpt-4=2E1". The encoding is reversible
 // with [DecodeToken].
+//
+// # Versions
+//
+// Llmq-Version is "1". Additions that every reader of version 1 can ignore
+// keep the version and are listed here; a change an older reader would get
+// wrong raises it (and a reader refuses a version it does not know, so it
+// never serves what it would misread).
+//
+//	1    the headers above without Llmq-Tenant
+//	1+t  Llmq-Tenant, tenant lanes (<prefix>.req.<band>.<group>.t<lane>)
+//	     and served-tokens hints (<prefix>.served.>, see
+//	     [Subjects.Served]); requests without a tenant are the anonymous
+//	     tenant's, on the subject they always had. A worker older than
+//	     lanes does not serve a lane's requests: upgrade the workers first,
+//	     then the gateways and services that send tenants
 package messages

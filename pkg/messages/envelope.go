@@ -39,8 +39,17 @@ const (
 	HeaderSeq         = "Llmq-Seq"
 	HeaderControl     = "Llmq-Control"
 	HeaderDeadReason  = "Llmq-Dead-Reason"
-	HeaderMsgID       = "Nats-Msg-Id"
-	HeaderTTL         = "Nats-TTL"
+	// HeaderTenant names the tenant a request is for (see ValidTenant);
+	// absent means TenantAnonymous.
+	HeaderTenant = "Llmq-Tenant"
+	// HeaderTokens, on a served-tokens hint, is the prompt plus completion
+	// tokens of a served request; HeaderEstimate what the worker that
+	// served it charged before the call; HeaderWorker names that worker.
+	HeaderTokens   = "Llmq-Tokens"
+	HeaderEstimate = "Llmq-Estimate"
+	HeaderWorker   = "Llmq-Worker"
+	HeaderMsgID    = "Nats-Msg-Id"
+	HeaderTTL      = "Nats-TTL"
 )
 
 // Events carried in HeaderEvent on messages to a caller's inbox.
@@ -114,14 +123,18 @@ type Request struct {
 	// AnswerDeadline is when the caller stops waiting for the answer; zero
 	// means the caller did not say.
 	AnswerDeadline time.Time
-	Stream         bool   // the caller asked for server-sent events
-	Body           []byte // the OpenAI request body without llmq-only fields
+	Stream         bool // the caller asked for server-sent events
+	// Tenant is who the request is for; DecodeRequest sets TenantAnonymous
+	// when the message names none, and Msg leaves the header out when it is
+	// empty.
+	Tenant string
+	Body   []byte // the OpenAI request body without llmq-only fields
 }
 
 // Msg builds the JetStream message for r on the subjects s. The TTL is the
 // time from now to the deadline, at least one second.
 func (s Subjects) Msg(r *Request, now time.Time) *nats.Msg {
-	m := nats.NewMsg(s.Request(r.Band, r.Group))
+	m := nats.NewMsg(s.RequestLane(r.Band, r.Group, Lane(r.Tenant)))
 	h := m.Header
 	h[HeaderVersion] = []string{Version}
 	h[HeaderRequestID] = []string{r.ID}
@@ -131,6 +144,9 @@ func (s Subjects) Msg(r *Request, now time.Time) *nats.Msg {
 	h[HeaderReply] = []string{r.ReplyTo}
 	if r.Stream {
 		h[HeaderStream] = []string{"1"}
+	}
+	if r.Tenant != "" {
+		h[HeaderTenant] = []string{r.Tenant}
 	}
 	if !r.Deadline.IsZero() {
 		h[HeaderDeadline] = []string{strconv.FormatInt(r.Deadline.UnixMilli(), 10)}
@@ -191,6 +207,12 @@ func (s Subjects) DecodeRequest(subject string, h nats.Header, body []byte) (*Re
 		r.AnswerDeadline = time.UnixMilli(ms)
 	}
 	r.Stream = h.Get(HeaderStream) == "1"
+	switch r.Tenant = h.Get(HeaderTenant); {
+	case r.Tenant == "":
+		r.Tenant = TenantAnonymous
+	case ValidTenant(r.Tenant) != nil:
+		return nil, bad("header %s: %v", HeaderTenant, ValidTenant(r.Tenant))
+	}
 	if trimmed := bytes.TrimLeft(body, " \t\r\n"); len(trimmed) == 0 || trimmed[0] != '{' || !json.Valid(body) {
 		return nil, bad("body is not a JSON object")
 	}

@@ -32,6 +32,7 @@ func validRequest() *messages.Request {
 		// the gateway's answer deadline: the queue deadline plus the call's
 		AnswerDeadline: testNow.Add(95 * time.Second),
 		Stream:         true,
+		Tenant:         "team-a",
 		Body:           []byte(chatBody),
 	}
 }
@@ -61,6 +62,8 @@ func sameRequest(got, want *messages.Request) string {
 		return "AnswerDeadline zero-ness differs"
 	case got.Stream != want.Stream:
 		return "Stream differs"
+	case got.Tenant != want.Tenant:
+		return "Tenant " + got.Tenant + " != " + want.Tenant
 	case !bytes.Equal(got.Body, want.Body):
 		return "Body " + string(got.Body) + " != " + string(want.Body)
 	}
@@ -86,13 +89,14 @@ func TestRequestRoundTrip(t *testing.T) {
 		{"empty group", func(r *messages.Request) { r.Group = "" }},
 		{"group with subject characters", func(r *messages.Request) { r.Group = "a.b *>/=" }},
 		{"unicode id", func(r *messages.Request) { r.ID = "réq-ü" }},
+		{"tenant with spaces and punctuation", func(r *messages.Request) { r.Tenant = "Team A/eu-west:1" }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := validRequest()
 			tt.edit(r)
 			m := s.Msg(r, testNow)
-			if want := s.Request(r.Band, r.Group); m.Subject != want {
+			if want := s.RequestLane(r.Band, r.Group, messages.Lane(r.Tenant)); m.Subject != want {
 				t.Errorf("subject %q, want %q", m.Subject, want)
 			}
 			if got := m.Header.Get(messages.HeaderMsgID); got != r.ID {
@@ -183,6 +187,7 @@ func TestRequestHeaders(t *testing.T) {
 		messages.HeaderDeadline:       "1741064772891",
 		messages.HeaderTTL:            "5s",
 		messages.HeaderAnswerDeadline: "1741064862891",
+		messages.HeaderTenant:         "team-a",
 	}
 	got := make(map[string]string)
 	for k, v := range m.Header {
@@ -226,6 +231,10 @@ func TestDecodeRequestErrors(t *testing.T) {
 		{name: "truncated body", body: new(`{"model":"m"`)},
 		{name: "non-JSON body", body: new("hello")},
 		{name: "two JSON values", body: new(`{} {}`)},
+		{name: "tenant with a control byte", header: map[string]string{messages.HeaderTenant: "a\tb"}},
+		{name: "tenant not ASCII", header: map[string]string{messages.HeaderTenant: "équipe"}},
+		{name: "tenant too long", header: map[string]string{messages.HeaderTenant: strings.Repeat("t", messages.MaxTenantBytes+1)}},
+		{name: "tenant with a leading space", header: map[string]string{messages.HeaderTenant: " a"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -288,6 +297,12 @@ func TestDecodeRequestOptionalHeaders(t *testing.T) {
 	}
 	if r.Priority != 0 || !r.Deadline.IsZero() || !r.AnswerDeadline.IsZero() || r.Stream {
 		t.Errorf("without optional headers: priority %d, deadline %v, answer deadline %v, stream %v; want 0, zero, zero, false", r.Priority, r.Deadline, r.AnswerDeadline, r.Stream)
+	}
+	// A publisher that names no tenant (one older than Llmq-Tenant) sends
+	// for the anonymous tenant.
+	delete(m.Header, messages.HeaderTenant)
+	if r, err = s.DecodeRequest(m.Subject, m.Header, m.Data); err != nil || r.Tenant != messages.TenantAnonymous {
+		t.Errorf("without %s: tenant %q, err %v; want %q", messages.HeaderTenant, r.Tenant, err, messages.TenantAnonymous)
 	}
 	// Only "1" means a stream.
 	m.Header[messages.HeaderStream] = []string{"true"}
@@ -498,31 +513,33 @@ func TestKindPath(t *testing.T) {
 }
 
 func FuzzDecodeRequest(f *testing.F) {
-	// subject, version, id, kind, reply, priority, deadline, stream, body, answer deadline
-	f.Add("llmq.req.3.openai=2Fgpt-4=2E1", "1", "req-1", "chat", "_INBOX.a.b", "3", "1741064772891", "1", []byte(chatBody), "1741064862891")
-	f.Add("llmq.req.0.gpt-4o", "1", "x", "completion", "_INBOX.a.b", "", "", "", []byte(`{"model":"gpt-4o","prompt":["a","b"]}`), "")
-	f.Add("llmq.wake.9.=", "1", "x", "chat", "r", "-9223372036854775808", "-62135596800000", "0", []byte(`{}`), "-62135596800000")
-	f.Add("llmq.dead.62.a=20b", "1", "x", "chat", "r", "+7", "0", "1", []byte(`{"a":[1,2,{"b":null}]}`), "0")
-	f.Add("llmq.req.007.a", "1", "id", "chat", "r", "9223372036854775807", "9223372036854775807", "1", []byte(`{"x":"\u00e9\ud800"}`), "9223372036854775807")
-	f.Add("llmq.req.0.a", "2", "id", "chat", "r", "1", "1", "", []byte(`{}`), "")
-	f.Add("llmq.req.0.a", "1", "", "chat", "r", "1", "1", "", []byte(`{}`), "")
-	f.Add("llmq.req.0.a", "1", "id", "embedding", "r", "1", "1", "", []byte(`{}`), "")
-	f.Add("llmq.req.0.a", "1", "id", "chat", "", "1", "1", "", []byte(`{}`), "")
-	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1.5", "1", "", []byte(`{}`), "")
-	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "soon", "", []byte(`{}`), "")
-	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{`), "")
-	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte{}, "")
-	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte("\xff"), "")
-	f.Add("llmq.req.-1.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "")
-	f.Add("llmq.req.0.a=Z", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "")
-	f.Add("llmq.req.0.", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "")
-	f.Add("llmq.req.0.a.b", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "")
-	f.Add("other.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "")
-	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "later")
-	f.Add("", "", "", "", "", "", "", "", []byte(nil), "")
+	// subject, version, id, kind, reply, priority, deadline, stream, body, answer deadline, tenant
+	f.Add("llmq.req.3.openai=2Fgpt-4=2E1", "1", "req-1", "chat", "_INBOX.a.b", "3", "1741064772891", "1", []byte(chatBody), "1741064862891", "")
+	f.Add("llmq.req.0.gpt-4o", "1", "x", "completion", "_INBOX.a.b", "", "", "", []byte(`{"model":"gpt-4o","prompt":["a","b"]}`), "", "")
+	f.Add("llmq.wake.9.=", "1", "x", "chat", "r", "-9223372036854775808", "-62135596800000", "0", []byte(`{}`), "-62135596800000", "")
+	f.Add("llmq.dead.62.a=20b", "1", "x", "chat", "r", "+7", "0", "1", []byte(`{"a":[1,2,{"b":null}]}`), "0", "")
+	f.Add("llmq.req.007.a", "1", "id", "chat", "r", "9223372036854775807", "9223372036854775807", "1", []byte(`{"x":"\u00e9\ud800"}`), "9223372036854775807", "")
+	f.Add("llmq.req.0.a", "2", "id", "chat", "r", "1", "1", "", []byte(`{}`), "", "")
+	f.Add("llmq.req.0.a", "1", "", "chat", "r", "1", "1", "", []byte(`{}`), "", "")
+	f.Add("llmq.req.0.a", "1", "id", "embedding", "r", "1", "1", "", []byte(`{}`), "", "")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "", "1", "1", "", []byte(`{}`), "", "")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1.5", "1", "", []byte(`{}`), "", "")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "soon", "", []byte(`{}`), "", "")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{`), "", "")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte{}, "", "")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte("\xff"), "", "")
+	f.Add("llmq.req.-1.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "", "")
+	f.Add("llmq.req.0.a=Z", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "", "")
+	f.Add("llmq.req.0.", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "", "")
+	f.Add("llmq.req.0.a.b", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "", "")
+	f.Add("other.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "", "")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "later", "")
+	f.Add("", "", "", "", "", "", "", "", []byte(nil), "", "")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "", "team a")
+	f.Add("llmq.req.0.a", "1", "id", "chat", "r", "1", "1", "", []byte(`{}`), "", "a\x00")
 
 	s := mustSubjects(f, "")
-	f.Fuzz(func(t *testing.T, subject, version, id, kind, reply, priority, deadline, stream string, body []byte, answerDeadline string) {
+	f.Fuzz(func(t *testing.T, subject, version, id, kind, reply, priority, deadline, stream string, body []byte, answerDeadline, tenant string) {
 		h := nats.Header{}
 		for k, v := range map[string]string{
 			messages.HeaderVersion:        version,
@@ -533,6 +550,7 @@ func FuzzDecodeRequest(f *testing.F) {
 			messages.HeaderDeadline:       deadline,
 			messages.HeaderStream:         stream,
 			messages.HeaderAnswerDeadline: answerDeadline,
+			messages.HeaderTenant:         tenant,
 		} {
 			if v != "" {
 				h.Set(k, v)

@@ -15,7 +15,7 @@ const (
 	OutcomeServed              Outcome = iota // 200: answered by a provider (or a mock deployment)
 	OutcomeInvalidRequest                     // 400: bad JSON, bad field types, non-integer priority
 	OutcomeUnauthenticated                    // 401: missing or wrong key; nothing was queued
-	OutcomeForbidden                          // 403: the key may not use this model group
+	OutcomeForbidden                          // 403: the key may not use this model group or endpoint, or name a tenant
 	OutcomeUnknownModel                       // 404: no such model group
 	OutcomeQueueTimeout                       // 408: the queue deadline passed before a worker started it
 	OutcomeBodyTooLarge                       // 413: the body is over the configured maximum

@@ -31,10 +31,76 @@ func NewSubjects(prefix string) (Subjects, error) {
 // Prefix returns the subject prefix.
 func (s Subjects) Prefix() string { return s.prefix }
 
-// Request returns the subject a request of the given band and group is published to.
+// Request returns the subject of the band and group's own lane, where
+// requests of the anonymous tenant (and of publishers that name no tenant)
+// are published.
 func (s Subjects) Request(band int, group string) string {
 	return s.prefix + ".req." + strconv.Itoa(band) + "." + EncodeToken(group)
 }
+
+// TenantLanes is how many lanes a band and group has for named tenants,
+// besides its own (for the anonymous tenant). A tenant's requests go to the
+// lane [Lane] names; each lane has a consumer of its own, so a worker can
+// choose between tenants before it fetches. Tenants are hashed to lanes so
+// that any number of tenants costs at most TenantLanes consumers per band
+// and group; two tenants that share a lane are first come, first served
+// between themselves.
+const TenantLanes = 32
+
+// NoLane is the lane of the anonymous tenant: the band and group's own
+// subject, without a lane token.
+const NoLane = -1
+
+// Lane returns the lane of tenant's requests: NoLane for TenantAnonymous
+// and "", else the FNV-1a hash of the name modulo TenantLanes.
+func Lane(tenant string) int {
+	if tenant == "" || tenant == TenantAnonymous {
+		return NoLane
+	}
+	h := uint32(2166136261)
+	for i := 0; i < len(tenant); i++ {
+		h ^= uint32(tenant[i])
+		h *= 16777619
+	}
+	return int(h % TenantLanes)
+}
+
+// laneToken is lane's subject token: "t" and the lane number.
+func laneToken(lane int) string { return "t" + strconv.Itoa(lane) }
+
+// RequestLane returns the subject a request of the band, group and tenant
+// lane (see Lane) is published to: the band and group's own subject for
+// NoLane, else that subject and the lane token ("llmq.req.3.gpt-4o.t17").
+func (s Subjects) RequestLane(band int, group string, lane int) string {
+	if lane < 0 {
+		return s.Request(band, group)
+	}
+	return s.Request(band, group) + "." + laneToken(lane)
+}
+
+// WakeLane is Wake for one lane of a band and group.
+func (s Subjects) WakeLane(band int, group string, lane int) string {
+	if lane < 0 {
+		return s.Wake(band, group)
+	}
+	return s.Wake(band, group) + "." + laneToken(lane)
+}
+
+// Served is the subject of a served-tokens hint: after a served call a
+// worker publishes one (headers only: HeaderTenant, HeaderTokens,
+// HeaderEstimate, HeaderWorker) to <prefix>.served.<band>.<group>[.<lane>],
+// and every worker hears them, so tenants share capacity across the pool
+// without a round trip per request.
+func (s Subjects) Served(band int, group string, lane int) string {
+	sub := s.prefix + ".served." + strconv.Itoa(band) + "." + EncodeToken(group)
+	if lane >= 0 {
+		sub += "." + laneToken(lane)
+	}
+	return sub
+}
+
+// ServedWildcard matches every served-tokens hint.
+func (s Subjects) ServedWildcard() string { return s.prefix + ".served.>" }
 
 // RequestWildcard matches every request subject.
 func (s Subjects) RequestWildcard() string { return s.prefix + ".req.>" }
@@ -84,37 +150,66 @@ func (s Subjects) LimitsBucket() string { return s.prefix + "_limits" }
 // request of them.
 func (s Subjects) PausesBucket() string { return s.prefix + "_pauses" }
 
-// Consumer returns the durable consumer name that serves one band and group.
+// Consumer returns the durable consumer name that serves one band and group
+// (its own lane, NoLane).
 func (s Subjects) Consumer(band int, group string) string {
 	return s.prefix + "_b" + strconv.Itoa(band) + "_" + EncodeToken(group)
+}
+
+// ConsumerLane returns the durable consumer name that serves one lane of a
+// band and group.
+func (s Subjects) ConsumerLane(band int, group string, lane int) string {
+	if lane < 0 {
+		return s.Consumer(band, group)
+	}
+	return s.Consumer(band, group) + "_" + laneToken(lane)
 }
 
 // ErrBadSubject reports a subject that is not an llmq request or wake subject.
 var ErrBadSubject = errors.New("not an llmq request subject")
 
-// ParseRequest splits a request or wake subject into band and group.
+// ParseRequest splits a request, wake, dead-letter or served subject into
+// band and group (of any lane).
 func (s Subjects) ParseRequest(subject string) (band int, group string, err error) {
+	band, group, _, err = s.ParseLane(subject)
+	return band, group, err
+}
+
+// ParseLane splits a request, wake, dead-letter or served subject into
+// band, group and lane (NoLane for the band and group's own subject).
+func (s Subjects) ParseLane(subject string) (band int, group string, lane int, err error) {
 	rest, ok := strings.CutPrefix(subject, s.prefix+".")
 	if !ok {
-		return 0, "", fmt.Errorf("%w: %q", ErrBadSubject, subject)
+		return 0, "", 0, fmt.Errorf("%w: %q", ErrBadSubject, subject)
 	}
 	kind, rest, _ := strings.Cut(rest, ".")
-	if kind != "req" && kind != "wake" && kind != "dead" {
-		return 0, "", fmt.Errorf("%w: %q", ErrBadSubject, subject)
+	if kind != "req" && kind != "wake" && kind != "dead" && kind != "served" {
+		return 0, "", 0, fmt.Errorf("%w: %q", ErrBadSubject, subject)
 	}
 	b, tok, ok := strings.Cut(rest, ".")
-	if !ok || strings.Contains(tok, ".") {
-		return 0, "", fmt.Errorf("%w: %q", ErrBadSubject, subject)
+	if !ok {
+		return 0, "", 0, fmt.Errorf("%w: %q", ErrBadSubject, subject)
+	}
+	lane = NoLane
+	if tok, lt, ok := strings.Cut(tok, "."); ok {
+		n, err := strconv.Atoi(strings.TrimPrefix(lt, "t"))
+		if !strings.HasPrefix(lt, "t") || err != nil || n < 0 || n >= TenantLanes || laneToken(n) != lt || tok == "" {
+			return 0, "", 0, fmt.Errorf("%w: lane %q in %q", ErrBadSubject, lt, subject)
+		}
+		lane = n
+		rest = tok
+	} else {
+		rest = tok
 	}
 	band, err = strconv.Atoi(b)
 	if err != nil || band < 0 {
-		return 0, "", fmt.Errorf("%w: band %q", ErrBadSubject, b)
+		return 0, "", 0, fmt.Errorf("%w: band %q", ErrBadSubject, b)
 	}
-	group, err = DecodeToken(tok)
+	group, err = DecodeToken(rest)
 	if err != nil {
-		return 0, "", fmt.Errorf("%w: %w", ErrBadSubject, err)
+		return 0, "", 0, fmt.Errorf("%w: %w", ErrBadSubject, err)
 	}
-	return band, group, nil
+	return band, group, lane, nil
 }
 
 func isPlain(c byte) bool {

@@ -2,6 +2,7 @@ package messages_test
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -219,6 +220,10 @@ func TestParseRequestErrors(t *testing.T) {
 		{"negative band", "llmq.req.-1.gpt"},
 		{"band overflow", "llmq.req.99999999999999999999999.gpt"},
 		{"extra token", "llmq.req.0.gpt.extra"},
+		{"lane past the last", "llmq.req.0.gpt.t32"},
+		{"lane with a leading zero", "llmq.req.0.gpt.t07"},
+		{"negative lane", "llmq.req.0.gpt.t-1"},
+		{"two lanes", "llmq.req.0.gpt.t1.t2"},
 		{"wildcard", "llmq.req.>"},
 		{"bad escape", "llmq.req.0.a=ZZ"},
 		{"bad character", "llmq.req.0.a*"},
@@ -249,6 +254,50 @@ func TestDeadLetter(t *testing.T) {
 	for _, tt := range tests {
 		if got := s.DeadLetter(tt.in); got != tt.want {
 			t.Errorf("DeadLetter(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestLanes(t *testing.T) {
+	s := mustSubjects(t, "")
+	if l := messages.Lane(""); l != messages.NoLane {
+		t.Errorf("Lane(\"\") = %d, want NoLane", l)
+	}
+	if l := messages.Lane(messages.TenantAnonymous); l != messages.NoLane {
+		t.Errorf("Lane(anonymous) = %d, want NoLane: old publishers and anonymous callers share the band and group's own subject", l)
+	}
+	seen := map[int]bool{}
+	for i := range 1000 {
+		l := messages.Lane("tenant-" + strconv.Itoa(i))
+		if l < 0 || l >= messages.TenantLanes {
+			t.Fatalf("Lane = %d, outside [0, %d)", l, messages.TenantLanes)
+		}
+		seen[l] = true
+	}
+	if len(seen) != messages.TenantLanes {
+		t.Errorf("1000 tenants used %d of %d lanes", len(seen), messages.TenantLanes)
+	}
+	// Fixed values: internal services compute lanes too.
+	for tenant, want := range map[string]int{"acme": 15, "team-a": 22, "team-b": 3} /* FNV-1a, 32-bit, mod 32 */ {
+		if got := messages.Lane(tenant); got != want {
+			t.Errorf("Lane(%q) = %d, want %d", tenant, got, want)
+		}
+	}
+	for _, lane := range []int{messages.NoLane, 0, 7, messages.TenantLanes - 1} {
+		for kind, subj := range map[string]string{
+			"request": s.RequestLane(3, "openai/gpt-4.1", lane),
+			"wake":    s.WakeLane(3, "openai/gpt-4.1", lane),
+			"served":  s.Served(3, "openai/gpt-4.1", lane),
+			"dead":    s.DeadLetter(s.RequestLane(3, "openai/gpt-4.1", lane)),
+		} {
+			band, group, got, err := s.ParseLane(subj)
+			if err != nil || band != 3 || group != "openai/gpt-4.1" || got != lane {
+				t.Errorf("ParseLane(%q) (%s) = %d, %q, %d, %v; want 3, openai/gpt-4.1, %d", subj, kind, band, group, got, err, lane)
+			}
+		}
+		c := s.ConsumerLane(3, "a b", lane)
+		if strings.ContainsAny(c, ".*>/\\ ") {
+			t.Errorf("ConsumerLane = %q is not a valid consumer name", c)
 		}
 	}
 }
