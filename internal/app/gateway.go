@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/llmq/llmq/internal/batch"
 	"github.com/llmq/llmq/internal/config"
 	"github.com/llmq/llmq/internal/gateway"
 	"github.com/llmq/llmq/internal/metrics"
@@ -172,6 +173,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 	}
 
 	var pool *worker.Pool
+	var batches *batch.Service
 	if cl != nil && gctx.Err() == nil {
 		if s.cfg.GeneralSettings.MasterKey == "" {
 			log.Warn("general_settings.master_key is not set: every caller is accepted without a key")
@@ -181,7 +183,8 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		var limits atomic.Pointer[router.Router]
 		limits.Store(s.newRouter(nil, nil))
 		var paused atomic.Pointer[pauses.Set] // for the status page, once open
-		gw, met := s.newGatewayServer(env, log, nc, cl, &prog, &limits, &paused)
+		var files batch.Front
+		gw, met := s.newGatewayServer(env, log, nc, cl, &prog, &limits, &paused, &files)
 		srv.Store(gw)
 		front.set(gw.Handler())
 
@@ -204,6 +207,12 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		if ps != nil {
 			cleanup = append(cleanup, ps.Close)
 			paused.Store(ps)
+		}
+		if gctx.Err() == nil {
+			if batches, err = s.openBatches(gctx, nc, env, base, &prog); err != nil && gctx.Err() == nil {
+				return fail(err)
+			}
+			files.Set(batches)
 		}
 		// In-process workers get their own connection and their own
 		// context: they keep serving while the HTTP server drains.
@@ -231,6 +240,9 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 	if pool != nil {
 		workers.Go(func() error { return pool.Run(workCtx) })
 	}
+	if batches != nil {
+		workers.Go(func() error { return batches.Run(workCtx) })
+	}
 	if gctx.Err() == nil {
 		prog.done()
 		log.Info("gateway listening", "addr", g.addr.String(), "nats", g.natsURL, "groups", s.cfg.Groups(), "embedded_workers", env.EmbeddedWorkers*boolInt(pool != nil))
@@ -253,7 +265,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 // newGatewayServer builds the HTTP API over cl. Its readiness is prog's
 // until start-up is complete, then NATS's and the topology's; its status
 // page shows the deployments of limits and the pauses of paused.
-func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn, cl *client.Client, prog *progress, limits *atomic.Pointer[router.Router], paused *atomic.Pointer[pauses.Set]) (*gateway.Server, *metrics.Metrics) {
+func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn, cl *client.Client, prog *progress, limits *atomic.Pointer[router.Router], paused *atomic.Pointer[pauses.Set], files *batch.Front) (*gateway.Server, *metrics.Metrics) {
 	js, _ := jetstream.New(nc)
 	met, metricsHandler := newRegistry()
 	return gateway.New(gateway.Options{
@@ -269,6 +281,7 @@ func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn
 		MaxBodyBytes:    env.MaxBodyBytes,
 		ParkAfter:       env.ParkAfter,
 		Logger:          log,
+		Routes:          files.Routes(),
 		QueueStatus: func(ctx context.Context) (any, error) {
 			st, err := queuestatus.Read(ctx, js, s.subjects, time.Now())
 			if err != nil {
@@ -338,4 +351,20 @@ func boolInt(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// openBatches opens the files and batches buckets (see converge) and
+// returns the service that runs them in this process.
+func (s *setup) openBatches(ctx context.Context, nc *nats.Conn, env config.Env, base *slog.Logger, prog *progress) (*batch.Service, error) {
+	b := s.cfg.LLMQ.Batches
+	opts := batch.Options{
+		Subjects: s.subjects, Bands: s.bands, Groups: s.cfg.Groups(), Replicas: s.cfg.LLMQ.Replicas,
+		DefaultPriority: *b.DefaultPriority, MaxFileLines: b.MaxFileLines, MaxFileBytes: b.MaxFileBytes,
+		MaxLineBytes: int(env.MaxBodyBytes) + 64<<10, MaxCompletionWindow: b.MaxCompletionWindow.D(),
+		Logger: base.With("component", "batches"),
+	}
+	return openBucket(ctx, base, prog, "the files and batches buckets", func(ctx context.Context) (*batch.Service, bool, error) {
+		svc, err := batch.Open(ctx, nc, opts)
+		return svc, true, err
+	})
 }

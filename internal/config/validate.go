@@ -233,6 +233,15 @@ func (c *Config) validate() []*FieldError {
 	if len(q.Keys) > 0 && c.GeneralSettings.MasterKey == "" {
 		add("general_settings.master_key", "must be set when llmq_settings.keys are (otherwise every caller is let in)")
 	}
+	if b := q.Batches; b.MaxFileLines < 1 {
+		add("llmq_settings.batches.max_file_lines", "must be at least 1, got %d", b.MaxFileLines)
+	}
+	if b := q.Batches; b.MaxFileBytes < 1 {
+		add("llmq_settings.batches.max_file_bytes", "must be at least 1, got %d", b.MaxFileBytes)
+	}
+	if b := q.Batches; b.MaxCompletionWindow < Seconds(time.Second) {
+		add("llmq_settings.batches.max_completion_window", "must be at least 1 second")
+	}
 	if q.Replicas < 1 || q.Replicas > maxReplicas {
 		add("llmq_settings.replicas", "must be between 1 and %d, got %d", maxReplicas, q.Replicas)
 	}
