@@ -100,6 +100,24 @@ func (s *Service) claim(ctx context.Context, id string) bool {
 	return err == nil && took
 }
 
+// release gives up the lease of batch id when this process stops, so that
+// another process takes the batch over at once rather than when the lease
+// runs out.
+func (s *Service) release(ctx context.Context, id string) {
+	if ctx.Err() == nil {
+		return // the batch is over, or its lease was lost
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	_, _ = s.update(rctx, id, func(r *record) bool {
+		if r.Driver != s.self {
+			return false
+		}
+		r.Driver, r.LeaseUntil = "", 0
+		return true
+	})
+}
+
 // driver is the state of one batch this process drives.
 type driver struct {
 	s  *Service
@@ -124,6 +142,7 @@ const (
 func (s *Service) drive(ctx context.Context, id string) {
 	d := &driver{s: s, id: id}
 	defer d.closeInput()
+	defer s.release(ctx, id)
 	log := s.log.With("batch", id)
 	var watching bool
 	wctx, stopWatch := context.WithCancel(ctx)
