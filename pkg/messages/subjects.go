@@ -91,6 +91,11 @@ func (s Subjects) BatchReply(id string, n int) string {
 // BatchReplyWildcard matches every batch line's reply subject.
 func (s Subjects) BatchReplyWildcard() string { return s.prefix + ".batch.>" }
 
+// IsBatchReply reports whether subject is a batch line's reply subject.
+func (s Subjects) IsBatchReply(subject string) bool {
+	return strings.HasPrefix(subject, s.prefix+".batch.")
+}
+
 // ParseBatchReply splits a batch line's reply subject into batch id and line.
 func (s Subjects) ParseBatchReply(subject string) (id string, n int, err error) {
 	rest, ok := strings.CutPrefix(subject, s.prefix+".batch.")
