@@ -86,7 +86,7 @@ func TestBatchLinesMayReconnect(t *testing.T) {
 	if got := p.holdFor(subjects.BatchReply("batch_x", 7), expires, now); !got.Equal(expires) {
 		t.Errorf("a batch line is held until %v, want its expiry %v", got, expires)
 	}
-	if got := p.holdFor("_INBOX.abc.def.req-1", expires, now); !got.Equal(now.Add(noResponderRetries*retryGap)) {
+	if got := p.holdFor("_INBOX.abc.def.req-1", expires, now); !got.Equal(now.Add(noResponderRetries * retryGap)) {
 		t.Errorf("an unknown caller is held until %v, want the short default", got)
 	}
 }
