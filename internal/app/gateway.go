@@ -209,7 +209,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 			paused.Store(ps)
 		}
 		if gctx.Err() == nil {
-			if batches, err = s.openBatches(gctx, nc, env, base, &prog); err != nil && gctx.Err() == nil {
+			if batches, err = s.openBatches(gctx, nc, env, base, &prog, met); err != nil && gctx.Err() == nil {
 				return fail(err)
 			}
 			files.Set(batches)
@@ -291,6 +291,7 @@ func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn
 			if ps := paused.Load(); ps != nil {
 				st.Paused = ps.List()
 			}
+			st.Batches = files.Active()
 			return st, nil
 		},
 		Ready: func(ctx context.Context) error {
@@ -355,13 +356,13 @@ func boolInt(b bool) int {
 
 // openBatches opens the files and batches buckets (see converge) and
 // returns the service that runs them in this process.
-func (s *setup) openBatches(ctx context.Context, nc *nats.Conn, env config.Env, base *slog.Logger, prog *progress) (*batch.Service, error) {
+func (s *setup) openBatches(ctx context.Context, nc *nats.Conn, env config.Env, base *slog.Logger, prog *progress, met *metrics.Metrics) (*batch.Service, error) {
 	b := s.cfg.LLMQ.Batches
 	opts := batch.Options{
 		Subjects: s.subjects, Bands: s.bands, Groups: s.cfg.Groups(), Replicas: s.cfg.LLMQ.Replicas,
 		DefaultPriority: *b.DefaultPriority, MaxFileLines: b.MaxFileLines, MaxFileBytes: b.MaxFileBytes,
 		MaxLineBytes: int(env.MaxBodyBytes) + 64<<10, MaxCompletionWindow: b.MaxCompletionWindow.D(),
-		Logger: base.With("component", "batches"),
+		Logger: base.With("component", "batches"), Metrics: met,
 	}
 	return openBucket(ctx, base, prog, "the files and batches buckets", func(ctx context.Context) (*batch.Service, bool, error) {
 		svc, err := batch.Open(ctx, nc, opts)

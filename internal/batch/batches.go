@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+
+	"github.com/llmq/llmq/internal/queuestatus"
 )
 
 // Batch statuses (OpenAI's).
@@ -300,6 +302,7 @@ type knownBatch struct {
 	expires time.Time
 	driver  string
 	lease   time.Time
+	view    queuestatus.Batch
 }
 
 func (k *knownBatches) set(r *record) {
@@ -312,7 +315,10 @@ func (k *knownBatches) set(r *record) {
 		delete(k.by, r.Batch.ID)
 		return
 	}
-	k.by[r.Batch.ID] = knownBatch{status: r.Batch.Status, expires: r.expiresAt(), driver: r.Driver, lease: time.UnixMilli(r.LeaseUntil)}
+	b := &r.Batch
+	k.by[b.ID] = knownBatch{status: b.Status, expires: r.expiresAt(), driver: r.Driver, lease: time.UnixMilli(r.LeaseUntil),
+		view: queuestatus.Batch{ID: b.ID, Status: b.Status, Priority: r.Priority, Total: b.RequestCounts.Total,
+			Completed: b.RequestCounts.Completed, Failed: b.RequestCounts.Failed, CreatedAt: b.CreatedAt, ExpiresAt: r.ExpiresAtMs / 1000}}
 }
 
 func (k *knownBatches) remove(id string) {
@@ -337,4 +343,34 @@ func (k *knownBatches) snapshot() map[string]knownBatch {
 		out[id] = b
 	}
 	return out
+}
+
+// Active returns the batches that are not over, oldest first, for the
+// queue status (GET /v1/queue).
+func (s *Service) Active() []queuestatus.Batch {
+	known := s.known.snapshot()
+	out := make([]queuestatus.Batch, 0, len(known))
+	for _, b := range known {
+		v := b.view
+		v.Band = s.opts.Bands.Band(v.Priority)
+		out = append(out, v)
+	}
+	slices.SortFunc(out, func(a, b queuestatus.Batch) int {
+		if a.CreatedAt != b.CreatedAt {
+			return int(a.CreatedAt - b.CreatedAt)
+		}
+		return compareIDs(a.ID, b.ID)
+	})
+	return out
+}
+
+// countActive sets the batches gauge from what this process knows.
+func (s *Service) countActive() {
+	n := map[string]int{StatusValidating: 0, StatusInProgress: 0, StatusCancelling: 0, StatusFinalizing: 0}
+	for _, b := range s.known.snapshot() {
+		n[b.status]++
+	}
+	for st, c := range n {
+		s.metrics.Batches(st, c)
+	}
 }

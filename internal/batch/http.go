@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 
 	"github.com/llmq/llmq/internal/gateway"
+	"github.com/llmq/llmq/internal/queuestatus"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -54,6 +55,14 @@ type Front struct{ s atomic.Pointer[Service] }
 
 // Set makes f serve s.
 func (f *Front) Set(s *Service) { f.s.Store(s) }
+
+// Active is the service's Active, or nothing before Set.
+func (f *Front) Active() []queuestatus.Batch {
+	if s := f.s.Load(); s != nil {
+		return s.Active()
+	}
+	return []queuestatus.Batch{}
+}
 
 // Routes are the HTTP handlers of /v1/files and /v1/batches by ServeMux
 // pattern, to be served behind the gateway's authentication

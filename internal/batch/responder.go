@@ -132,7 +132,9 @@ func (s *Service) pickup(ctx context.Context, id string, n int) bool {
 			// A started line whose worker died ends here: its
 			// redelivery does not start again.
 			if e, err := s.lines.Get(ctx, key); err == nil && decodeState(e.Value()) == stateStarted {
-				_, _ = s.lines.Update(ctx, key, notRun(codeCancelled), e.Revision())
+				if _, err := s.lines.Update(ctx, key, notRun(codeCancelled), e.Revision()); err == nil {
+					s.metrics.BatchLine(codeCancelled)
+				}
 			}
 		}
 		return false
@@ -177,6 +179,7 @@ func (s *Service) store(ctx context.Context, id string, n int, m *nats.Msg) erro
 			_, err = s.lines.Update(ctx, key, data, e.Revision())
 		}
 		if err == nil {
+			s.metrics.BatchLine(rep.Outcome.String())
 			return nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {

@@ -50,14 +50,14 @@ func (s *Service) Run(ctx context.Context) error {
 			if e == nil {
 				continue // the initial values are in
 			}
-			if e.Operation() != jetstream.KeyValuePut {
-				s.known.remove(e.Key())
-				continue
-			}
 			var r record
-			if json.Unmarshal(e.Value(), &r) == nil {
+			switch {
+			case e.Operation() != jetstream.KeyValuePut:
+				s.known.remove(e.Key())
+			case json.Unmarshal(e.Value(), &r) == nil:
 				s.known.set(&r)
 			}
+			s.countActive()
 		case <-t.C:
 			now := s.now()
 			for id, b := range s.known.snapshot() {
@@ -260,6 +260,7 @@ func (d *driver) step(ctx context.Context, r *record, rev uint64) (bool, error) 
 	}
 	s.known.set(r)
 	if terminal(r.Batch.Status) {
+		s.metrics.BatchEnded(r.Batch.Status)
 		d.purge(ctx, r.Batch.ID)
 		return true, nil
 	}
@@ -491,6 +492,7 @@ func (d *driver) seal(ctx context.Context, r *record, code string, force bool) (
 	for _, n := range todo {
 		key := lineKey(r.Batch.ID, n)
 		if _, err := d.s.lines.Create(ctx, key, notRun(code)); err == nil {
+			d.s.metrics.BatchLine(code)
 			d.set(n, lineFailed)
 			continue
 		} else if !errors.Is(err, jetstream.ErrKeyExists) {
@@ -509,7 +511,9 @@ func (d *driver) seal(ctx context.Context, r *record, code string, force bool) (
 				all = false
 				continue
 			}
-			if _, err := d.s.lines.Update(ctx, key, notRun(code), e.Revision()); err != nil && !isWrongSequence(err) {
+			if _, err := d.s.lines.Update(ctx, key, notRun(code), e.Revision()); err == nil {
+				d.s.metrics.BatchLine(code)
+			} else if !isWrongSequence(err) {
 				return false, err
 			}
 			all = false // an answer may have won: look again next tick

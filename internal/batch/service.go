@@ -10,7 +10,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -43,7 +45,9 @@ type Options struct {
 	PublishPerTick int
 
 	Logger *slog.Logger
-	Now    func() time.Time // default time.Now
+	// Metrics records batches and lines; default: a private registry.
+	Metrics *metrics.Metrics
+	Now     func() time.Time // default time.Now
 }
 
 // Service runs /v1/files and /v1/batches for one process: the HTTP
@@ -60,6 +64,7 @@ type Service struct {
 	batches jetstream.KeyValue
 	lines   jetstream.KeyValue
 	log     *slog.Logger
+	metrics *metrics.Metrics
 	now     func() time.Time
 	self    string // this process's driver id
 	known   knownBatches
@@ -93,6 +98,9 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Service, error) {
 	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if s.metrics = opts.Metrics; s.metrics == nil {
+		s.metrics = metrics.New(prometheus.NewRegistry())
 	}
 	replicas := max(opts.Replicas, 1)
 	s.files, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{

@@ -38,6 +38,9 @@ type Metrics struct {
 	limiterUse   *prometheus.GaugeVec
 	deadLetters  *prometheus.CounterVec
 	parked       prometheus.Gauge
+	batches      *prometheus.GaugeVec
+	batchesEnded *prometheus.CounterVec
+	batchLines   *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them on reg.
@@ -89,9 +92,21 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "llmq_gateway_parked_requests",
 			Help: "Requests waiting with their HTTP connection taken over from net/http (LLMQ_PARK_AFTER).",
 		}),
+		batches: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "llmq_batches",
+			Help: "Batches not over, by status (validating, in_progress, cancelling, finalizing), as this gateway last saw them.",
+		}, []string{"status"}),
+		batchesEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmq_batches_ended_total",
+			Help: "Batches this gateway ended, by final status (completed, failed, expired, cancelled).",
+		}, []string{"status"}),
+		batchLines: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmq_batch_lines_total",
+			Help: "Batch lines this gateway ended, by outcome (a request outcome, or batch_expired and batch_cancelled for lines that never ran).",
+		}, []string{"outcome"}),
 	}
 	reg.MustRegister(m.requests, m.queueWait, m.queueDepth, m.inFlight, m.providerTime, m.tokens,
-		m.cooldowns, m.coolingDown, m.limiterUse, m.deadLetters, m.parked)
+		m.cooldowns, m.coolingDown, m.limiterUse, m.deadLetters, m.parked, m.batches, m.batchesEnded, m.batchLines)
 	return m
 }
 
@@ -146,3 +161,12 @@ func (m *Metrics) LimiterUse(deployment, limit string, ratio float64) {
 
 // DeadLetter counts a request moved to the dead-letter stream.
 func (m *Metrics) DeadLetter(reason string) { m.deadLetters.WithLabelValues(reason).Inc() }
+
+// Batches sets the number of batches not over in status.
+func (m *Metrics) Batches(status string, n int) { m.batches.WithLabelValues(status).Set(float64(n)) }
+
+// BatchEnded counts a batch that ended in status.
+func (m *Metrics) BatchEnded(status string) { m.batchesEnded.WithLabelValues(status).Inc() }
+
+// BatchLine counts a batch line that ended with outcome.
+func (m *Metrics) BatchLine(outcome string) { m.batchLines.WithLabelValues(outcome).Inc() }

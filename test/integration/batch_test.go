@@ -363,12 +363,38 @@ func TestBatchCancel(t *testing.T) {
 	}
 	f := uploadBatch(t, alice, "cancel.jsonl", lines)
 	fake.Hold()
+	// Alice asks for priority 0; her key's max_priority is 3.
 	b, err := alice.Batches.New(waitCtx(t), openai.BatchNewParams{InputFileID: f.ID, Endpoint: openai.BatchNewParamsEndpointV1ChatCompletions,
-		CompletionWindow: openai.BatchNewParamsCompletionWindow24h})
+		CompletionWindow: openai.BatchNewParamsCompletionWindow24h}, option.WithJSONSet("priority", 0))
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitUpstream(t, fake, 2)
+
+	// The queue status shows the batch, at the priority alice may use.
+	var st struct {
+		Batches []struct {
+			ID       string `json:"id"`
+			Status   string `json:"status"`
+			Band     int    `json:"band"`
+			Priority int64  `json:"priority"`
+			Total    int    `json:"total"`
+		} `json:"batches"`
+		Queues []struct {
+			Band  int    `json:"band"`
+			Group string `json:"group"`
+			Depth uint64 `json:"depth"`
+		} `json:"queues"`
+	}
+	if err := json.Unmarshal(mustGet(t, g.URL+"/v1/queue", batchMaster).Body, &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Batches) != 1 || st.Batches[0].ID != b.ID || st.Batches[0].Status != "in_progress" || st.Batches[0].Priority != 3 || st.Batches[0].Band != bandOf(3) || st.Batches[0].Total != 10 {
+		t.Errorf("queue status batches %+v, want alice's batch in progress at priority 3", st.Batches)
+	}
+	if len(st.Queues) != 1 || st.Queues[0].Band != bandOf(3) || st.Queues[0].Group != "assistant" || st.Queues[0].Depth != 10 {
+		t.Errorf("queue status queues %+v, want the 10 lines in band %d", st.Queues, bandOf(3))
+	}
 	c, err := alice.Batches.Cancel(waitCtx(t), b.ID)
 	if err != nil || c.Status != openai.BatchStatusCancelling || c.CancellingAt == 0 {
 		t.Fatalf("cancel: %v, %+v", err, c)
@@ -390,6 +416,19 @@ func TestBatchCancel(t *testing.T) {
 	}
 	if _, err := alice.Batches.Cancel(waitCtx(t), b.ID); err != nil {
 		t.Errorf("cancelling a cancelled batch again: %v", err)
+	}
+	for _, m := range []struct {
+		name, label string
+		want        float64
+	}{
+		{"llmq_batch_lines_total", `outcome="served"`, 2},
+		{"llmq_batch_lines_total", `outcome="batch_cancelled"`, 8},
+		{"llmq_batches_ended_total", `status="cancelled"`, 1},
+		{"llmq_batches", `status="cancelling"`, 0},
+	} {
+		if got := relMetric(t, g.URL+"/metrics", m.name, m.label); got != m.want {
+			t.Errorf("%s{%s} = %v, want %v", m.name, m.label, got, m.want)
+		}
 	}
 }
 
