@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -80,54 +79,38 @@ func (s *Service) writeResults(ctx context.Context, r *record, customIDs []strin
 
 // copyResults writes each line's result to out or errs.
 func (s *Service) copyResults(ctx context.Context, id string, customIDs []string, out, errs io.Writer) (nOut, nErr int, err error) {
-	w, err := s.lines.Watch(ctx, id+".*", jetstream.IgnoreDeletes())
-	if err != nil {
-		return 0, 0, err
-	}
-	defer func() { _ = w.Stop() }()
 	ob, eb := bufio.NewWriterSize(out, 64<<10), bufio.NewWriterSize(errs, 64<<10)
 	seen := make([]bool, len(customIDs))
-	for e := range w.Updates() {
-		if e == nil {
-			break // every current value was delivered
-		}
-		n, err := strconv.Atoi(e.Key()[len(id)+1:])
-		if err != nil || n < 0 || n >= len(customIDs) || seen[n] {
-			continue
+	var werr error
+	err = s.readLines(ctx, id, false, func(n int, v []byte) {
+		if werr != nil || n < 0 || n >= len(customIDs) || seen[n] {
+			return
 		}
 		seen[n] = true
 		var res lineResult
-		if err := json.Unmarshal(e.Value(), &res); err != nil {
-			return 0, 0, err
+		if werr = json.Unmarshal(v, &res); werr != nil {
+			return
 		}
-		line := outputLine{ID: "batch_req_" + strings.TrimPrefix(requestID(id, n), "batch_"), CustomID: customIDs[n], Error: res.Error}
+		line := outputLine{ID: lineID(id, n), CustomID: customIDs[n], Error: res.Error}
 		if res.Error == nil {
 			line.Response = &outputResponse{StatusCode: res.Status, RequestID: res.RequestID, Body: res.Body}
 		}
-		data, err := json.Marshal(line)
-		if err != nil {
-			return 0, 0, err
-		}
 		dst := eb
-		if stateOf(e.Value()) == lineOK {
-			dst = ob
-			nOut++
+		if stateOf(v) == lineOK {
+			dst, nOut = ob, nOut+1
 		} else {
 			nErr++
 		}
-		if _, err := dst.Write(append(data, '\n')); err != nil {
-			return 0, 0, err
-		}
-	}
-	if ctx.Err() != nil {
-		return 0, 0, ctx.Err()
+		werr = writeLine(dst, line)
+	})
+	if err = errors.Join(err, werr); err != nil {
+		return 0, 0, err
 	}
 	for n, ok := range seen {
 		if !ok { // cannot happen after a seal; kept out of neither file
-			line, _ := json.Marshal(outputLine{ID: "batch_req_" + strings.TrimPrefix(requestID(id, n), "batch_"), CustomID: customIDs[n],
-				Error: &lineError{Code: "batch_internal_error", Message: "the request's result was lost"}})
 			nErr++
-			if _, err := eb.Write(append(line, '\n')); err != nil {
+			if err := writeLine(eb, outputLine{ID: lineID(id, n), CustomID: customIDs[n],
+				Error: &lineError{Code: "batch_internal_error", Message: "the request's result was lost"}}); err != nil {
 				return 0, 0, err
 			}
 		}
@@ -136,4 +119,17 @@ func (s *Service) copyResults(ctx context.Context, id string, customIDs []string
 		return 0, 0, err
 	}
 	return nOut, nErr, eb.Flush()
+}
+
+func lineID(id string, n int) string {
+	return "batch_req_" + strings.TrimPrefix(requestID(id, n), "batch_")
+}
+
+func writeLine(w io.Writer, l outputLine) error {
+	data, err := json.Marshal(l)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(data, '\n'))
+	return err
 }

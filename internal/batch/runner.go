@@ -6,12 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 
 	"github.com/llmq/llmq/pkg/messages"
@@ -398,40 +398,40 @@ func (d *driver) closeInput() {
 	}
 }
 
-// watch follows the batch's line keys and keeps their states and counts.
+// watch follows the batch's line results and keeps their states and
+// counts, until ctx ends.
 func (d *driver) watch(ctx context.Context, total int) error {
 	d.mu.Lock()
 	d.states = make([]uint8, total)
 	d.mu.Unlock()
-	w, err := d.s.lines.Watch(ctx, d.id+".*")
-	if err != nil {
-		return err
-	}
 	go func() {
-		defer func() { _ = w.Stop() }()
-		for e := range w.Updates() {
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue
+		for ctx.Err() == nil {
+			err := d.s.readLines(ctx, d.id, true, func(n int, v []byte) {
+				if n < total {
+					d.set(n, stateOf(v))
+				}
+			})
+			if err != nil && ctx.Err() == nil {
+				d.s.log.Warn("batch driver: reading the line results failed; reading again", "batch", d.id, "error", err)
+				select {
+				case <-ctx.Done():
+				case <-time.After(d.s.opts.Tick):
+				}
 			}
-			n, err := strconv.Atoi(e.Key()[len(d.id)+1:])
-			if err != nil || n < 0 || n >= total {
-				continue
-			}
-			d.set(n, stateOf(e.Value()))
 		}
 	}()
 	return nil
 }
 
+// stateOf reads a line result's state without decoding its body.
 func stateOf(v []byte) uint8 {
-	var r lineResult
-	if json.Unmarshal(v, &r) != nil {
-		return lineNone
-	}
+	r := gjson.GetManyBytes(v, "state", "status", "error")
 	switch {
-	case r.State == stateStarted:
+	case r[0].Str == stateStarted:
 		return lineStarted
-	case r.Error == nil && r.Status >= 200 && r.Status < 300:
+	case r[0].Str != stateDone:
+		return lineNone
+	case !r[2].Exists() && r[1].Int() >= 200 && r[1].Int() < 300:
 		return lineOK
 	}
 	return lineFailed
