@@ -209,7 +209,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 			paused.Store(ps)
 		}
 		if gctx.Err() == nil {
-			if batches, err = s.openBatches(gctx, nc, env, base, &prog, met); err != nil && gctx.Err() == nil {
+			if batches, err = s.openBatches(gctx, nc, cl, env, base, &prog, met); err != nil && gctx.Err() == nil {
 				return fail(err)
 			}
 			files.Set(batches)
@@ -356,10 +356,10 @@ func boolInt(b bool) int {
 
 // openBatches opens the files and batches buckets (see converge) and
 // returns the service that runs them in this process.
-func (s *setup) openBatches(ctx context.Context, nc *nats.Conn, env config.Env, base *slog.Logger, prog *progress, met *metrics.Metrics) (*batch.Service, error) {
+func (s *setup) openBatches(ctx context.Context, nc *nats.Conn, cl *client.Client, env config.Env, base *slog.Logger, prog *progress, met *metrics.Metrics) (*batch.Service, error) {
 	b := s.cfg.LLMQ.Batches
 	opts := batch.Options{
-		Subjects: s.subjects, Bands: s.bands, Groups: s.cfg.Groups(), Replicas: s.cfg.LLMQ.Replicas,
+		Queue: cl, Subjects: s.subjects, Bands: s.bands, Groups: s.cfg.Groups(), Replicas: s.cfg.LLMQ.Replicas,
 		DefaultPriority: *b.DefaultPriority, MaxFileLines: b.MaxFileLines, MaxFileBytes: b.MaxFileBytes,
 		MaxLineBytes: int(env.MaxBodyBytes) + 64<<10, MaxCompletionWindow: b.MaxCompletionWindow.D(),
 		Logger: base.With("component", "batches"), Metrics: met,

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 
+	"github.com/llmq/llmq/pkg/client"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -212,7 +212,7 @@ func (d *driver) step(ctx context.Context, r *record, rev uint64) (bool, error) 
 		case !now.Before(r.expiresAt()):
 			r.Batch.Status, r.Batch.FinalizingAt, r.Ending = StatusFinalizing, &ts, StatusExpired
 		case r.Published < r.Batch.RequestCounts.Total:
-			n, err := d.publish(ctx, r, now)
+			n, err := d.publish(ctx, r)
 			r.Published += n
 			if err != nil {
 				s.log.Warn("batch driver: queuing lines failed", "batch", r.Batch.ID, "error", err)
@@ -335,7 +335,7 @@ var llmqFields = []string{"priority", "timeout"}
 // publish queues lines from r.Published on, at most PublishPerTick, and
 // returns how many it queued. A full queue for a line's band and group
 // stops it until the next tick.
-func (d *driver) publish(ctx context.Context, r *record, now time.Time) (int, error) {
+func (d *driver) publish(ctx context.Context, r *record) (int, error) {
 	s := d.s
 	if d.rd == nil || d.rd.next != r.Published {
 		d.closeInput()
@@ -355,7 +355,6 @@ func (d *driver) publish(ctx context.Context, r *record, now time.Time) (int, er
 	if r.Batch.Endpoint == EndpointCompletion {
 		kind = messages.KindCompletion
 	}
-	band := s.opts.Bands.Band(r.Priority)
 	n := 0
 	for ; n < s.opts.PublishPerTick && d.rd.next < r.Batch.RequestCounts.Total; n++ {
 		i := d.rd.next
@@ -372,18 +371,15 @@ func (d *driver) publish(ctx context.Context, r *record, now time.Time) (int, er
 		}
 		model, _ := modelOf(body)
 		group, _ := s.groups.Match(model)
-		req := &messages.Request{
-			ID: requestID(r.Batch.ID, i), Kind: kind, Group: group, Band: band, Priority: r.Priority,
-			ReplyTo: s.opts.Subjects.BatchReply(r.Batch.ID, i), Deadline: r.expiresAt(), AnswerDeadline: r.expiresAt(), Body: body,
+		req := &client.Request{
+			ID: requestID(r.Batch.ID, i), Kind: kind, Group: group, Priority: r.Priority,
+			Deadline: r.expiresAt(), AnswerDeadline: r.expiresAt(), Body: body,
 		}
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err = s.js.PublishMsg(pctx, s.opts.Subjects.Msg(req, now))
-		cancel()
-		if err != nil {
+		if err := s.opts.Queue.Enqueue(ctx, req, s.opts.Subjects.BatchReply(r.Batch.ID, i)); err != nil {
 			// The line is read but not queued: read it again next time.
 			d.closeInput()
-			if strings.Contains(strings.ToLower(err.Error()), "maximum messages per subject exceeded") {
-				return n, nil // the queue is full: try again next tick
+			if errors.Is(err, messages.ErrQueueFull) {
+				return n, nil // its band and group are full: try again next tick
 			}
 			return n, err
 		}

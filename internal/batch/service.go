@@ -13,11 +13,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmq/llmq/internal/metrics"
+	"github.com/llmq/llmq/pkg/client"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
+// Queue publishes a batch's lines (pkg/client's Client does).
+type Queue interface {
+	Enqueue(ctx context.Context, req *client.Request, replyTo string) error
+}
+
+var _ Queue = (*client.Client)(nil)
+
 // Options configure a Service.
 type Options struct {
+	// Queue publishes the lines; required.
+	Queue    Queue
 	Subjects messages.Subjects
 	Bands    messages.Bands
 	Groups   []string // model groups, in config order
@@ -84,6 +94,9 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Service, error) {
 	}
 	if opts.PublishPerTick <= 0 {
 		opts.PublishPerTick = 500
+	}
+	if opts.Queue == nil {
+		return nil, errors.New("batch: Options.Queue is required")
 	}
 	if opts.MaxFileLines <= 0 || opts.MaxFileBytes <= 0 || opts.MaxCompletionWindow <= 0 {
 		return nil, errors.New("batch: MaxFileLines, MaxFileBytes and MaxCompletionWindow must be positive")

@@ -554,6 +554,25 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 	}
 }
 
+// Enqueue publishes req for a party other than this client, which answers
+// its pickups and takes its answer on replyTo (internal/batch answers a
+// batch's lines this way, durably, from any gateway). It returns once
+// JetStream stored the request, with Do's publish guarantees: repeated
+// through a cluster failover, the request id as Nats-Msg-Id, an error
+// matching messages.ErrQueueFull when its band and group are full and
+// messages.ErrBrokerUnavailable past Options.PublishTimeout. Only ID (made
+// when empty), Kind, Group, Priority, Body, Deadline and AnswerDeadline are
+// used.
+func (c *Client) Enqueue(ctx context.Context, req *Request, replyTo string) error {
+	if req.ID == "" {
+		req.ID = nuid.Next()
+	}
+	return c.publish(ctx, c.subjects.Msg(&messages.Request{
+		ID: req.ID, Kind: req.Kind, Group: req.Group, Band: c.bands.Band(req.Priority), Priority: req.Priority,
+		ReplyTo: replyTo, Deadline: req.Deadline, AnswerDeadline: req.AnswerDeadline, Body: req.Body,
+	}, time.Now()))
+}
+
 // forget removes w from the waiters; later messages for it are refused.
 func (c *Client) forget(w *waiter) {
 	c.mu.Lock()

@@ -28,7 +28,9 @@ const (
 )
 
 type batchLLMQ struct {
-	Keys []opsKey `yaml:"keys,omitempty"`
+	Keys      []opsKey `yaml:"keys,omitempty"`
+	MaxQueued int64    `yaml:"max_queued,omitempty"`
+	Batches   any      `yaml:"batches,omitempty"`
 }
 
 type batchConfig struct {
@@ -466,5 +468,48 @@ func TestBatchExpiry(t *testing.T) {
 		if l.Error == nil || l.Error.Code != "batch_expired" {
 			t.Errorf("error line %+v, want batch_expired", l)
 		}
+	}
+}
+
+// TestBatchFullQueue runs a batch of more lines than its band and group may
+// hold (max_queued): the driver queues what fits, waits while the queue is
+// full, and the batch completes with every line once.
+func TestBatchFullQueue(t *testing.T) {
+	fake := newFake(t)
+	cfg := writeYAMLConfig(t, batchConfig{
+		ModelList: []deployment{fakeDeployment("assistant", "assistant-0", fake, 1)},
+		LLMQ:      &batchLLMQ{MaxQueued: 3, Batches: map[string]any{"max_file_lines": 12}},
+	})
+	g := startEmbeddedGateway(t, cfg, 2)
+	oc := openaiClient(g.URL, "")
+	var lines, ids []string
+	for i := range 12 {
+		id := fmt.Sprintf("q-%02d", i)
+		ids = append(ids, id)
+		lines = append(lines, batchLine(id, "assistant", id))
+	}
+	f := uploadBatch(t, oc, "full.jsonl", lines)
+	b, err := oc.Batches.New(waitCtx(t), openai.BatchNewParams{InputFileID: f.ID, Endpoint: openai.BatchNewParamsEndpointV1ChatCompletions,
+		CompletionWindow: openai.BatchNewParamsCompletionWindow24h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := waitBatch(t, oc, b.ID, openai.BatchStatusCompleted, openai.BatchStatusFailed, openai.BatchStatusExpired)
+	if done.Status != openai.BatchStatusCompleted || done.RequestCounts.Completed != 12 {
+		t.Fatalf("batch %s %+v", done.Status, done.RequestCounts)
+	}
+	checkExactlyOnce(t, ids, readResults(t, oc, done.OutputFileID), readResults(t, oc, done.ErrorFileID))
+	if fake.MaxInFlight() > 1 || fake.Count() != 12 {
+		t.Errorf("the provider got %d calls, at most %d at once; want 12, one at a time", fake.Count(), fake.MaxInFlight())
+	}
+
+	// The limit of lines is the config's.
+	_, err = oc.Files.New(waitCtx(t), openai.FileNewParams{
+		File:    openai.File(strings.NewReader(strings.Join(append(lines, batchLine("q-12", "assistant", "x")), "\n")), "long.jsonl", "application/jsonl"),
+		Purpose: openai.FilePurposeBatch,
+	})
+	var apiErr *openai.Error
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusBadRequest || !strings.Contains(apiErr.Message, "line 13: a batch file may have at most 12 lines") {
+		t.Errorf("a 13-line file with max_file_lines 12: %v", err)
 	}
 }
