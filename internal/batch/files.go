@@ -173,15 +173,6 @@ func compareIDs(a, b string) int {
 	return 0
 }
 
-// openFile opens a stored file's content; the caller closes it.
-func (s *Service) openFile(ctx context.Context, id string) (io.ReadCloser, error) {
-	r, err := s.files.Get(ctx, id)
-	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return nil, ErrNotFound
-	}
-	return r, err
-}
-
 func (s *Service) deleteFile(ctx context.Context, id string) error {
 	err := s.files.Delete(ctx, id)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
