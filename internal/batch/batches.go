@@ -302,6 +302,7 @@ type knownBatch struct {
 	expires time.Time
 	driver  string
 	lease   time.Time
+	input   string // input file id
 	view    queuestatus.Batch
 }
 
@@ -316,7 +317,7 @@ func (k *knownBatches) set(r *record) {
 		return
 	}
 	b := &r.Batch
-	k.by[b.ID] = knownBatch{status: b.Status, expires: r.expiresAt(), driver: r.Driver, lease: time.UnixMilli(r.LeaseUntil),
+	k.by[b.ID] = knownBatch{status: b.Status, expires: r.expiresAt(), driver: r.Driver, lease: time.UnixMilli(r.LeaseUntil), input: b.InputFileID,
 		view: queuestatus.Batch{ID: b.ID, Status: b.Status, Priority: r.Priority, Total: b.RequestCounts.Total,
 			Completed: b.RequestCounts.Completed, Failed: b.RequestCounts.Failed, CreatedAt: b.CreatedAt, ExpiresAt: r.ExpiresAtMs / 1000}}
 }
@@ -373,4 +374,16 @@ func (s *Service) countActive() {
 	for st, c := range n {
 		s.metrics.Batches(st, c)
 	}
+}
+
+// usedBy returns a batch not over that reads the file id, or "".
+func (k *knownBatches) usedBy(fileID string) string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for id, b := range k.by {
+		if b.input == fileID {
+			return id
+		}
+	}
+	return ""
 }

@@ -311,6 +311,10 @@ func (s *Service) handleDeleteFile(w http.ResponseWriter, r *http.Request) {
 	c := s.callerOf(r)
 	id := r.PathValue("id")
 	_, err := s.file(r.Context(), id, c.name, c.master)
+	if b := s.known.usedBy(id); err == nil && b != "" {
+		err = &messages.Error{Outcome: messages.OutcomeInvalidRequest, Status: http.StatusConflict, Code: "file_in_use",
+			Message: fmt.Sprintf("file %s is the input of batch %s, which is not over; cancel it first or wait for it", id, b)}
+	}
 	if err == nil {
 		err = s.deleteFile(r.Context(), id)
 	}

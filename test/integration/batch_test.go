@@ -373,8 +373,9 @@ func TestBatchCancel(t *testing.T) {
 	}
 	waitUpstream(t, fake, 2)
 
-	// The queue status shows the batch, at the priority alice may use.
-	var st struct {
+	// The queue status shows the batch, at the priority alice may use,
+	// once the driver has queued every line.
+	type queueStatus struct {
 		Batches []struct {
 			ID       string `json:"id"`
 			Status   string `json:"status"`
@@ -388,8 +389,16 @@ func TestBatchCancel(t *testing.T) {
 			Depth uint64 `json:"depth"`
 		} `json:"queues"`
 	}
-	if err := json.Unmarshal(mustGet(t, g.URL+"/v1/queue", batchMaster).Body, &st); err != nil {
-		t.Fatal(err)
+	var st queueStatus
+	for ctx := waitCtx(t); ; {
+		st = queueStatus{}
+		if err := json.Unmarshal(mustGet(t, g.URL+"/v1/queue", batchMaster).Body, &st); err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Queues) == 1 && st.Queues[0].Depth == 10 || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	if len(st.Batches) != 1 || st.Batches[0].ID != b.ID || st.Batches[0].Status != "in_progress" || st.Batches[0].Priority != 3 || st.Batches[0].Band != bandOf(3) || st.Batches[0].Total != 10 {
 		t.Errorf("queue status batches %+v, want alice's batch in progress at priority 3", st.Batches)
@@ -397,6 +406,10 @@ func TestBatchCancel(t *testing.T) {
 	if len(st.Queues) != 1 || st.Queues[0].Band != bandOf(3) || st.Queues[0].Group != "assistant" || st.Queues[0].Depth != 10 {
 		t.Errorf("queue status queues %+v, want the 10 lines in band %d", st.Queues, bandOf(3))
 	}
+	if _, err := alice.Files.Delete(waitCtx(t), f.ID); statusOf(err) != http.StatusConflict {
+		t.Errorf("deleting the input of a running batch: %v, want 409", err)
+	}
+
 	c, err := alice.Batches.Cancel(waitCtx(t), b.ID)
 	if err != nil || c.Status != openai.BatchStatusCancelling || c.CancellingAt == 0 {
 		t.Fatalf("cancel: %v, %+v", err, c)
