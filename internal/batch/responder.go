@@ -90,8 +90,15 @@ func (s *Service) onLine(ctx context.Context, m *nats.Msg) {
 	defer cancel()
 	switch m.Header.Get(messages.HeaderEvent) {
 	case messages.EventPickup:
+		accept, err := s.pickup(ctx, id, n)
+		if err != nil {
+			// Unanswered, the worker asks again (another process, or this
+			// one once JetStream answers): a refusal would drop the line.
+			s.log.Debug("batch line: pickup undecided", "batch", id, "line", n, "error", err)
+			return
+		}
 		ans := messages.PickupReject
-		if s.pickup(ctx, id, n) {
+		if accept {
 			ans = messages.PickupAccept
 		}
 		_ = m.Respond([]byte(ans))
@@ -107,24 +114,30 @@ func (s *Service) onLine(ctx context.Context, m *nats.Msg) {
 }
 
 // status returns what this process knows of the batch: from the watch of
-// the batches bucket, else read.
-func (s *Service) status(ctx context.Context, id string) (knownBatch, bool) {
+// the batches bucket, else read. A batch that does not exist is
+// ErrNotFound.
+func (s *Service) status(ctx context.Context, id string) (knownBatch, error) {
 	if b, ok := s.known.get(id); ok {
-		return b, true
+		return b, nil
 	}
 	r, _, err := s.getRecord(ctx, id)
 	if err != nil {
-		return knownBatch{}, false
+		return knownBatch{}, err
 	}
-	return knownBatch{status: r.Batch.Status, expires: r.expiresAt()}, true
+	return knownBatch{status: r.Batch.Status, expires: r.expiresAt()}, nil
 }
 
 // pickup decides whether a worker may start line n of batch id, and
-// records that it started.
-func (s *Service) pickup(ctx context.Context, id string, n int) bool {
-	b, ok := s.status(ctx, id)
-	if !ok {
-		return false
+// records that it started. An error means it could not decide (JetStream
+// did not answer, the process is stopping): the pickup must go unanswered,
+// since a refusal drops the line for good.
+func (s *Service) pickup(ctx context.Context, id string, n int) (bool, error) {
+	b, err := s.status(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
 	}
 	key := lineKey(id, n)
 	if b.status != StatusInProgress || !s.now().Before(b.expires) {
@@ -137,15 +150,22 @@ func (s *Service) pickup(ctx context.Context, id string, n int) bool {
 				}
 			}
 		}
-		return false
+		return false, nil
 	}
 	started, _ := json.Marshal(lineResult{State: stateStarted})
-	if _, err := s.lines.Create(ctx, key, started); err == nil {
-		return true
+	_, err = s.lines.Create(ctx, key, started)
+	if err == nil {
+		return true, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return false, err
 	}
 	e, err := s.lines.Get(ctx, key)
+	if err != nil {
+		return false, err
+	}
 	// Started before: its worker died and JetStream redelivered it.
-	return err == nil && decodeState(e.Value()) == stateStarted
+	return decodeState(e.Value()) == stateStarted, nil
 }
 
 // store records a worker's answer to line n of batch id.
@@ -167,7 +187,11 @@ func (s *Service) store(ctx context.Context, id string, n int, m *nats.Msg) erro
 		e, err := s.lines.Get(ctx, key)
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
-			if b, ok := s.status(ctx, id); !ok || terminal(b.status) || b.status == StatusFinalizing {
+			b, serr := s.status(ctx, id)
+			if serr != nil && !errors.Is(serr, ErrNotFound) {
+				return serr
+			}
+			if serr != nil || terminal(b.status) || b.status == StatusFinalizing {
 				return nil // the batch is over (its keys purged): too late
 			}
 			_, err = s.lines.Create(ctx, key, data)

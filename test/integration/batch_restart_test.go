@@ -21,9 +21,11 @@ func TestBatchSurvivesRestarts(t *testing.T) {
 	const group = "restarts"
 	cfg := relOneGroup(t, group, fake, 0, map[string]any{"ack_wait": relKillAckWait.Seconds()})
 	ns := relStartNATS(t)
-	a := relStartGateway(t, relEnv(cfg, ns.URL()))
+	env := relEnv(cfg, ns.URL())
+	env.LogLevel = "info" // what became of each answer, should one go missing
+	a := relStartGateway(t, env)
 	doomed := relStartProc(t, bin, relWorkerVars(cfg, ns.URL(), 2))
-	relStartWorker(t, relEnv(cfg, ns.URL()))
+	relStartWorker(t, env)
 
 	const n = 400
 	var lines, ids []string
@@ -61,7 +63,7 @@ func TestBatchSurvivesRestarts(t *testing.T) {
 	if err := a.Stop(); err != nil {
 		t.Fatalf("stop the first gateway: %v", err)
 	}
-	g2 := relStartGateway(t, relEnv(cfg, ns.URL()))
+	g2 := relStartGateway(t, env)
 	ob := openaiClient(g2.URL, "")
 	progress(ob, 140)
 	ns.Stop()
