@@ -30,5 +30,9 @@ func run(ctx context.Context) error {
 	if err := envconfig.Process("LLMQ", &env); err != nil {
 		return err
 	}
-	return app.RunWorker(ctx, env, os.LookupEnv, os.Stderr)
+	// SIGHUP reloads the config file (so does "llmqctl reload").
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	return app.RunWorker(ctx, env, os.LookupEnv, os.Stderr, app.ReloadOn(hup))
 }

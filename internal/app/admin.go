@@ -75,18 +75,7 @@ func OpenAdmin(ctx context.Context, env config.Env, lookup func(string) (string,
 	}
 	a := &Admin{Subjects: s.subjects, Bands: s.bands, Groups: s.cfg.Groups(), s: s, publishTimeout: env.PublishTimeout,
 		QueueTimeout: s.cfg.RouterSettings.Timeout.D(), AnswerTimeout: s.answerTimeout()}
-	a.ops = map[*context.CancelCauseFunc]struct{}{}
-	nc, err := client.Connect(env.NATSURL, env.NATSSecurity(),
-		nats.Name("llmqctl"),
-		nats.Timeout(AdminConnectTimeout),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { a.setAsync(err) }),
-	)
-	if err != nil {
-		return nil, err
-	}
-	a.NC = nc
-	if a.JS, err = jetstream.New(nc); err != nil {
-		nc.Close()
+	if err := a.dial(env); err != nil {
 		return nil, err
 	}
 	if s.hasLimits() {
@@ -105,6 +94,53 @@ func OpenAdmin(ctx context.Context, env config.Env, lookup func(string) (string,
 		a.PausesErr = a.Explain(err)
 	}
 	return a, nil
+}
+
+// dial connects a to env.NATSURL.
+func (a *Admin) dial(env config.Env) error {
+	a.ops = map[*context.CancelCauseFunc]struct{}{}
+	nc, err := client.Connect(env.NATSURL, env.NATSSecurity(),
+		nats.Name("llmqctl"),
+		nats.Timeout(AdminConnectTimeout),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { a.setAsync(err) }),
+	)
+	if err != nil {
+		return err
+	}
+	a.NC = nc
+	if a.JS, err = jetstream.New(nc); err != nil {
+		nc.Close()
+		return err
+	}
+	return nil
+}
+
+// OpenAdminConn connects to env.NATSURL for commands that need only the
+// subjects, under prefix: it neither reads the config file nor opens a
+// bucket, so it works while the file has errors (llmqctl reload, which
+// asks the processes to judge their own files).
+func OpenAdminConn(env config.Env, prefix string) (*Admin, error) {
+	if env.NATSURL == "" {
+		return nil, errors.New("LLMQ_NATS_URL is required: the NATS server of the installation (a gateway that embeds NATS logs its URL at start, 127.0.0.1:4222 by default)")
+	}
+	subjects, err := messages.NewSubjects(prefix)
+	if err != nil {
+		return nil, err
+	}
+	a := &Admin{Subjects: subjects}
+	if err := a.dial(env); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// SubjectPrefix is the subject prefix of the config file at env.Config, or
+// the default when the file cannot be read or has errors.
+func SubjectPrefix(env config.Env, lookup func(string) (string, bool)) string {
+	if cfg, err := config.Load(env.Config, lookup); err == nil {
+		return cfg.LLMQ.SubjectPrefix
+	}
+	return config.DefaultSubjectPrefix
 }
 
 func (a *Admin) setAsync(err error) {

@@ -187,7 +187,7 @@ func (s *setup) keys() []gateway.Key {
 	var out []gateway.Key
 	for _, k := range s.cfg.LLMQ.Keys {
 		out = append(out, gateway.Key{Name: k.Name, Secret: k.Key, MaxPriority: k.MaxPriority,
-			DefaultPriority: k.DefaultPriority, RPMLimit: k.RPMLimit, Models: k.Models})
+			DefaultPriority: k.DefaultPriority, RPMLimit: k.RPMLimit, Models: k.Models, ReadQueue: k.ReadQueue})
 	}
 	return out
 }
@@ -279,6 +279,15 @@ func (s *setup) setUp(ctx context.Context, nc *nats.Conn, log *slog.Logger, prog
 	}
 	if !s.hasLimits() {
 		return nil, nil
+	}
+	return s.openLimits(ctx, nc, log, prog)
+}
+
+// openLimits opens the mirror of the shared limits bucket (see openBucket).
+func (s *setup) openLimits(ctx context.Context, nc *nats.Conn, log *slog.Logger, prog *progress) (*limiter.Set, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
 	}
 	return openBucket(ctx, log, prog, "the shared limits bucket "+s.subjects.LimitsBucket(), func(ctx context.Context) (*limiter.Set, bool, error) {
 		set, err := limiter.Open(ctx, js, s.limiterOptions())

@@ -25,8 +25,9 @@ import (
 	"github.com/llmq/llmq/internal/queuestatus"
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/internal/topology"
-	"github.com/llmq/llmq/internal/worker"
+	"github.com/llmq/llmq/internal/waitstats"
 	"github.com/llmq/llmq/pkg/client"
+	"github.com/llmq/llmq/pkg/limiter"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -53,8 +54,8 @@ func (g *Gateway) Wait() error {
 }
 
 // RunGateway runs the gateway until ctx ends, then shuts it down.
-func RunGateway(ctx context.Context, env config.Env, lookup func(string) (string, bool), logOut io.Writer) error {
-	g, err := StartGateway(ctx, env, lookup, logOut)
+func RunGateway(ctx context.Context, env config.Env, lookup func(string) (string, bool), logOut io.Writer, opts ...Option) error {
+	g, err := StartGateway(ctx, env, lookup, logOut, opts...)
 	if err != nil {
 		return err
 	}
@@ -74,7 +75,11 @@ func RunGateway(ctx context.Context, env config.Env, lookup func(string) (string
 // Cancelling ctx shuts it down against the direction of traffic: stop
 // accepting and wait for in-flight answers (up to env.ShutdownTimeout), stop
 // the in-process workers, close NATS, stop the embedded server.
-func StartGateway(ctx context.Context, env config.Env, lookup func(string) (string, bool), logOut io.Writer) (*Gateway, error) {
+//
+// It reloads its config file when llmqctl reload asks, and on the signal
+// of ReloadOn: keys, model groups, deployments, limits, fallbacks and
+// retries change for the requests that arrive from then on (see live).
+func StartGateway(ctx context.Context, env config.Env, lookup func(string) (string, bool), logOut io.Writer, opts ...Option) (*Gateway, error) {
 	base := NewLogger(env, logOut)
 	log := base.With("component", "gateway")
 	s, err := load(env, lookup, log)
@@ -145,8 +150,12 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		}
 		return nil
 	})
+	// In-process workers get their own connection and their own context:
+	// they keep serving while the HTTP server drains.
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	// fail ends a start-up that failed for good.
 	fail := func(err error) (*Gateway, error) {
+		stopWork()
 		stop()
 		_ = grp.Wait()
 		undo()
@@ -172,7 +181,8 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		cleanup = append(cleanup, func() { _ = cl.Close() })
 	}
 
-	var pool *worker.Pool
+	lv := &live{env: env, lookup: lookup, log: log, kind: "gateway", s: s, nc: nc}
+	var ws *workers
 	var batches *batch.Service
 	if cl != nil && gctx.Err() == nil {
 		if s.cfg.GeneralSettings.MasterKey == "" {
@@ -184,7 +194,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		limits.Store(s.newRouter(nil, nil))
 		var paused atomic.Pointer[pauses.Set] // for the status page, once open
 		var files batch.Front
-		gw, met := s.newGatewayServer(env, log, nc, cl, &prog, &limits, &paused, &files)
+		gw, met := s.newGatewayServer(env, log, nc, cl, &prog, lv, &limits, &paused, &files)
 		srv.Store(gw)
 		front.set(gw.Handler())
 
@@ -194,8 +204,9 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		if err != nil && gctx.Err() == nil {
 			return fail(fmt.Errorf("set up JetStream: %w", err))
 		}
+		lv.set = set
+		cleanup = append(cleanup, lv.close) // the mirror in force, after reloads too
 		if set != nil {
-			cleanup = append(cleanup, func() { _ = set.Close() })
 			limits.Store(s.newRouter(nil, set))
 		}
 		var ps *pauses.Set
@@ -208,51 +219,57 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 			cleanup = append(cleanup, ps.Close)
 			paused.Store(ps)
 		}
+		lv.ps = ps
+		lv.apply = func(next *setup, set *limiter.Set) {
+			gw.SetPolicy(next.gatewayPolicy())
+			limits.Store(next.newRouter(nil, set))
+			if batches != nil {
+				batches.SetGroups(next.cfg.Groups())
+			}
+		}
 		if gctx.Err() == nil {
 			if batches, err = s.openBatches(gctx, nc, cl, env, base, &prog, met); err != nil && gctx.Err() == nil {
 				return fail(err)
 			}
 			files.Set(batches)
 		}
-		// In-process workers get their own connection and their own
-		// context: they keep serving while the HTTP server drains.
 		if embedded != nil && env.EmbeddedWorkers > 0 && ps != nil && gctx.Err() == nil {
 			wnc, err := embedded.Connect("llmq-embedded-worker")
 			if err != nil {
 				return fail(err)
 			}
 			cleanup = append(cleanup, wnc.Close)
-			pool, err = worker.New(wnc, worker.Options{
-				Paused: ps.Paused, PausesChanged: ps.Changed(),
-				Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.EmbeddedWorkers,
-				Router: s.newRouter(providerHTTPClient(), set), LimitsChanged: changed(set), Logger: base.With("component", "worker"), AckWait: s.spec.AckWait, Metrics: met,
-				DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
-				DefaultCompletionTokens: s.cfg.LLMQ.DefaultCompletionTokens,
-			})
-			if err != nil {
+			ws = newWorkers(workCtx, wnc, env.EmbeddedWorkers, base.With("component", "worker"), met, env.ShutdownTimeout)
+			if err := ws.start(s, set, ps); err != nil {
 				return fail(err)
 			}
+			lv.workers = ws
+		}
+		if gctx.Err() == nil {
+			// Ends with the HTTP server's group, before the workers stop.
+			grp.Go(func() error { return lv.serve(gctx, optionsOf(opts).reload) })
 		}
 	}
 
-	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
-	var workers errgroup.Group
-	if pool != nil {
-		workers.Go(func() error { return pool.Run(workCtx) })
-	}
+	batchesDone := make(chan error, 1)
 	if batches != nil {
-		workers.Go(func() error { return batches.Run(workCtx) })
+		go func() { batchesDone <- batches.Run(workCtx) }()
+	} else {
+		batchesDone <- nil
 	}
 	if gctx.Err() == nil {
 		prog.done()
-		log.Info("gateway listening", "addr", g.addr.String(), "nats", g.natsURL, "groups", s.cfg.Groups(), "embedded_workers", env.EmbeddedWorkers*boolInt(pool != nil))
+		log.Info("gateway listening", "addr", g.addr.String(), "nats", g.natsURL, "groups", s.cfg.Groups(), "embedded_workers", env.EmbeddedWorkers*boolInt(ws != nil))
 	} else {
 		log.Info("stopped during start-up")
 	}
 	go func() {
 		err := grp.Wait()
 		stopWork()
-		err = errors.Join(err, workers.Wait())
+		if ws != nil {
+			err = errors.Join(err, ws.wait())
+		}
+		err = errors.Join(err, <-batchesDone)
 		undo()
 		stop()
 		log.Info("gateway stopped")
@@ -265,19 +282,22 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 // newGatewayServer builds the HTTP API over cl. Its readiness is prog's
 // until start-up is complete, then NATS's and the topology's; its status
 // page shows the deployments of limits and the pauses of paused.
-func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn, cl *client.Client, prog *progress, limits *atomic.Pointer[router.Router], paused *atomic.Pointer[pauses.Set], files *batch.Front) (*gateway.Server, *metrics.Metrics) {
+func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn, cl *client.Client, prog *progress, lv *live, limits *atomic.Pointer[router.Router], paused *atomic.Pointer[pauses.Set], files *batch.Front) (*gateway.Server, *metrics.Metrics) {
 	js, _ := jetstream.New(nc)
 	met, metricsHandler := newRegistry()
+	p := s.gatewayPolicy()
+	waits := waitstats.New()
 	return gateway.New(gateway.Options{
+		Waits:           waits,
 		Metrics:         met,
 		MetricsHandler:  metricsHandler,
 		Client:          cl,
-		Groups:          s.cfg.Groups(),
-		MasterKey:       s.cfg.GeneralSettings.MasterKey,
-		Keys:            s.keys(),
-		DefaultPriority: *s.cfg.RouterSettings.DefaultPriority,
-		QueueTimeout:    s.cfg.RouterSettings.Timeout.D(),
-		AnswerTimeout:   s.answerTimeout(),
+		Groups:          p.Groups,
+		MasterKey:       p.MasterKey,
+		Keys:            p.Keys,
+		DefaultPriority: p.DefaultPriority,
+		QueueTimeout:    p.QueueTimeout,
+		AnswerTimeout:   p.AnswerTimeout,
 		MaxBodyBytes:    env.MaxBodyBytes,
 		ParkAfter:       env.ParkAfter,
 		Logger:          log,
@@ -291,6 +311,7 @@ func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn
 			if ps := paused.Load(); ps != nil {
 				st.Paused = ps.List()
 			}
+			st.QueueWait = waits.Read(time.Now())
 			st.Batches = files.Active()
 			return st, nil
 		},
@@ -301,9 +322,22 @@ func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn
 			if !nc.IsConnected() {
 				return errors.New("NATS is not connected")
 			}
-			return topology.Check(ctx, js, s.spec)
+			return topology.Check(ctx, js, lv.current().spec)
 		},
 	}), met
+}
+
+// gatewayPolicy is what the gateway takes from the configuration that a
+// reload may change.
+func (s *setup) gatewayPolicy() gateway.Policy {
+	return gateway.Policy{
+		Groups:          s.cfg.Groups(),
+		MasterKey:       s.cfg.GeneralSettings.MasterKey,
+		Keys:            s.keys(),
+		DefaultPriority: *s.cfg.RouterSettings.DefaultPriority,
+		QueueTimeout:    s.cfg.RouterSettings.Timeout.D(),
+		AnswerTimeout:   s.answerTimeout(),
+	}
 }
 
 // frontHandler serves with the handler stored last.

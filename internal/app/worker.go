@@ -9,13 +9,10 @@ import (
 	"net/http"
 	"time"
 
-	"log/slog"
-
 	"golang.org/x/sync/errgroup"
 
 	"github.com/llmq/llmq/internal/config"
 	"github.com/llmq/llmq/internal/metrics"
-	"github.com/llmq/llmq/internal/worker"
 )
 
 // RunWorker runs a worker process until ctx ends: it connects to
@@ -25,7 +22,11 @@ import (
 // streams) it waits, logging what for, and serves its metrics meanwhile;
 // ctx ending then stops it cleanly. On cancellation it stops taking work
 // and finishes the calls it holds.
-func RunWorker(ctx context.Context, env config.Env, lookup func(string) (string, bool), logOut io.Writer) error {
+//
+// It reloads its config file when llmqctl reload asks, and on the signal
+// of ReloadOn: a new pool of slots takes over and the old one finishes the
+// calls it holds (see live).
+func RunWorker(ctx context.Context, env config.Env, lookup func(string) (string, bool), logOut io.Writer, opts ...Option) error {
 	log := NewLogger(env, logOut).With("component", "worker")
 	s, err := load(env, lookup, log)
 	if err != nil {
@@ -56,13 +57,15 @@ func RunWorker(ctx context.Context, env config.Env, lookup func(string) (string,
 		})
 		log.Info("metrics listening", "addr", ln.Addr().String())
 	}
-	grp.Go(func() error { return serveWorker(gctx, env, s, met, log) })
+	lv := &live{env: env, lookup: lookup, log: log, kind: "worker", s: s}
+	grp.Go(func() error { return serveWorker(gctx, lv, met, optionsOf(opts)) })
 	return grp.Wait()
 }
 
 // serveWorker connects, sets up JetStream and runs the worker slots until
-// ctx ends. A start-up that ctx ended returns nil.
-func serveWorker(ctx context.Context, env config.Env, s *setup, met *metrics.Metrics, log *slog.Logger) error {
+// ctx ends, reloading on request. A start-up that ctx ended returns nil.
+func serveWorker(ctx context.Context, lv *live, met *metrics.Metrics, o options) error {
+	log, s := lv.log, lv.s
 	stopped := func(err error) error {
 		if ctx.Err() != nil {
 			log.Info("stopped during start-up", "reason", err)
@@ -70,33 +73,28 @@ func serveWorker(ctx context.Context, env config.Env, s *setup, met *metrics.Met
 		}
 		return err
 	}
-	nc, err := connect(ctx, env, "llmq-worker", log, nil)
+	nc, err := connect(ctx, lv.env, "llmq-worker", log, nil)
 	if err != nil {
 		return stopped(err)
 	}
 	defer nc.Close()
-	set, err := s.setUp(ctx, nc, log, nil) // no readiness endpoint: the log says what it waits for
+	lv.nc = nc
+	lv.set, err = s.setUp(ctx, nc, log, nil) // no readiness endpoint: the log says what it waits for
 	if err != nil {
 		return stopped(fmt.Errorf("set up JetStream: %w", err))
 	}
-	if set != nil {
-		defer set.Close()
-	}
-	ps, err := s.openPauses(ctx, nc, log, nil)
-	if err != nil {
+	defer lv.close()
+	if lv.ps, err = s.openPauses(ctx, nc, log, nil); err != nil {
 		return stopped(err)
 	}
-	defer ps.Close()
-	pool, err := worker.New(nc, worker.Options{
-		Paused: ps.Paused, PausesChanged: ps.Changed(),
-		Metrics:  met,
-		Subjects: s.subjects, Bands: s.bands.Count(), Groups: s.cfg.Groups(), Slots: env.WorkerSlots,
-		Router: s.newRouter(providerHTTPClient(), set), LimitsChanged: changed(set), Logger: log, AckWait: s.spec.AckWait,
-		DrainTimeout: env.ShutdownTimeout, Policy: s.policy(),
-		DefaultCompletionTokens: s.cfg.LLMQ.DefaultCompletionTokens,
-	})
-	if err != nil {
+	defer lv.ps.Close()
+	lv.workers = newWorkers(ctx, nc, lv.env.WorkerSlots, log, met, lv.env.ShutdownTimeout)
+	if err := lv.workers.start(s, lv.set, lv.ps); err != nil {
 		return err
 	}
-	return pool.Run(ctx)
+	// The reload loop ends with the pools' context (ctx, or a pool that
+	// failed), before the pools are waited for: no reload starts a pool
+	// after that.
+	err = lv.serve(lv.workers.ctx, o.reload)
+	return errors.Join(err, lv.workers.wait())
 }

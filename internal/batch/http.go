@@ -29,7 +29,7 @@ func (c caller) clamp(p int64) int64 { return c.clampKey.Clamp(p) }
 func (s *Service) callerOf(r *http.Request) caller {
 	g := gateway.CallerOf(r.Context())
 	c := caller{name: g.Name(), master: g.Master(), clampKey: g}
-	for _, group := range s.opts.Groups {
+	for _, group := range s.groups.Load().names {
 		if !g.Allows(group) {
 			c.allowed = s.allowedGroups(g)
 			break
@@ -40,7 +40,7 @@ func (s *Service) callerOf(r *http.Request) caller {
 
 func (s *Service) allowedGroups(g gateway.Caller) []string {
 	out := []string{}
-	for _, group := range s.opts.Groups {
+	for _, group := range s.groups.Load().names {
 		if g.Allows(group) {
 			out = append(out, group)
 		}

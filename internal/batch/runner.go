@@ -297,7 +297,7 @@ func (d *driver) validate(ctx context.Context, r *record) ([]BatchError, error) 
 			break
 		}
 		model, _ := modelOf(l.Body)
-		group, ok := d.s.groups.Match(model)
+		group, ok := d.s.groups.Load().match.Match(model)
 		param := "body.model"
 		switch {
 		case !ok:
@@ -370,7 +370,7 @@ func (d *driver) publish(ctx context.Context, r *record) (int, error) {
 			}
 		}
 		model, _ := modelOf(body)
-		group, _ := s.groups.Match(model)
+		group, _ := s.groups.Load().match.Match(model)
 		req := &client.Request{
 			ID: requestID(r.Batch.ID, i), Kind: kind, Group: group, Priority: r.Priority,
 			Deadline: r.expiresAt(), AnswerDeadline: r.expiresAt(), Body: body,

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -69,7 +71,7 @@ type Service struct {
 	opts    Options
 	nc      *nats.Conn
 	js      jetstream.JetStream
-	groups  messages.Groups
+	groups  atomic.Pointer[groupSet] // the model groups in force (SetGroups)
 	files   jetstream.ObjectStore
 	batches jetstream.KeyValue
 	lines   jetstream.KeyValue
@@ -105,7 +107,8 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{opts: opts, nc: nc, js: js, groups: messages.NewGroups(opts.Groups), log: opts.Logger, now: opts.Now, self: nuid.Next()}
+	s := &Service{opts: opts, nc: nc, js: js, log: opts.Logger, now: opts.Now, self: nuid.Next()}
+	s.SetGroups(opts.Groups)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -135,4 +138,16 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Service, error) {
 		return nil, fmt.Errorf("batch lines bucket: %w", err)
 	}
 	return s, nil
+}
+
+// groupSet is the model groups in force, as names and as a matcher.
+type groupSet struct {
+	names []string
+	match messages.Groups
+}
+
+// SetGroups puts the model groups of a reloaded config in force: batches
+// validated from now on check their lines against them.
+func (s *Service) SetGroups(groups []string) {
+	s.groups.Store(&groupSet{names: slices.Clone(groups), match: messages.NewGroups(groups)})
 }

@@ -108,6 +108,9 @@ const (
 )
 
 // Defaults and limits.
+// DefaultSubjectPrefix is llmq_settings.subject_prefix when the file sets none.
+const DefaultSubjectPrefix = "llmq"
+
 const (
 	defaultRoutingStrategy = StrategySimpleShuffle
 	defaultPriority        = int64(5)
@@ -116,7 +119,6 @@ const (
 	defaultCooldownTime    = 5 * time.Second
 	defaultAllowedFails    = 3
 	defaultRequestTimeout  = 600 * time.Second
-	defaultSubjectPrefix   = "llmq"
 	defaultAckWait         = 30 * time.Second
 	defaultReplicas        = 1
 	maxModelNameBytes      = 200
@@ -242,6 +244,9 @@ type APIKey struct {
 	RPMLimit int64 `yaml:"rpm_limit"`
 	// Models lists the model groups the key may use; empty = all.
 	Models []string `yaml:"models"`
+	// ReadQueue lets the key read the queue status (GET /v1/queue and the
+	// /ui page), as the master key may; nothing else of the master key's.
+	ReadQueue bool `yaml:"read_queue"`
 }
 
 // Load reads the file at path, resolves every scalar value of the form "os.environ/NAME"
@@ -358,7 +363,7 @@ func (c *Config) ApplyDefaults() {
 		l.PriorityBands = []int64{0, 1, 2, 3, 4, 5, 6, 7, 8}
 	}
 	if l.SubjectPrefix == "" {
-		l.SubjectPrefix = defaultSubjectPrefix
+		l.SubjectPrefix = DefaultSubjectPrefix
 	}
 	if l.AckWait == 0 {
 		l.AckWait = Seconds(defaultAckWait)

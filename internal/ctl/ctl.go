@@ -10,6 +10,7 @@
 //	llmqctl dead purge (--all | ID...)  remove dead letters
 //	llmqctl pause GROUP [--band N]      stop dispatching a model group (or one band of it)
 //	llmqctl resume GROUP [--band N]     dispatch it again
+//	llmqctl reload [--wait D] [--prefix P]  every gateway and worker reloads its config file
 //
 // Pause and resume write the pauses bucket (internal/pauses) that every
 // worker process watches.
@@ -62,6 +63,12 @@ Commands:
                                  queued, their queue deadlines still running
   resume GROUP [--band N]        dispatch them again (without --band: every
                                  pause of the group)
+  reload [--wait DURATION] [--prefix PREFIX]
+                                 every gateway and worker process reloads its
+                                 own config file (as on SIGHUP) and answers;
+                                 prints the answers that came within --wait (5s)
+                                 and fails if one process refused. PREFIX: the
+                                 subject prefix, when LLMQ_CONFIG cannot say it
 
 Settings: the LLMQ_NATS_* variables and LLMQ_CONFIG, as for cmd/worker
 (see .env.example). IDs are the sequence numbers "dead list" shows.
@@ -102,6 +109,22 @@ func Run(ctx context.Context, args []string, env config.Env, lookup func(string)
 			return err
 		}
 		cmd = c
+	case "reload":
+		// The processes judge their own config files: this one's may
+		// have errors, and only its subject prefix is needed.
+		c, prefix, err := reloadCommand(args[1:], out)
+		if err != nil {
+			return err
+		}
+		if prefix == "" {
+			prefix = app.SubjectPrefix(env, lookup)
+		}
+		a, err := app.OpenAdminConn(env, prefix)
+		if err != nil {
+			return err
+		}
+		defer a.Close()
+		return c(ctx, a)
 	case "help", "-h", "--help":
 		_, err := io.WriteString(out, Usage)
 		return err

@@ -35,8 +35,11 @@ import (
 
 	"github.com/llmq/llmq/internal/app"
 	"github.com/llmq/llmq/internal/config"
+	"github.com/llmq/llmq/internal/ctl"
+	"github.com/llmq/llmq/internal/deadletter"
 	"github.com/llmq/llmq/internal/gateway"
 	"github.com/llmq/llmq/internal/metrics"
+	"github.com/llmq/llmq/internal/queuepage"
 	"github.com/llmq/llmq/pkg/client"
 	"github.com/llmq/llmq/pkg/limiter"
 	"github.com/llmq/llmq/pkg/messages"
@@ -52,7 +55,11 @@ const (
 	roleGateway = "gateway"
 	roleWorker  = "worker"
 	roleService = "service" // an internal service using pkg/client
+	roleAdmin   = "admin"   // llmqctl, the operator's command
 )
+
+// roleOf maps the image's commands (cmd/<name>) to the role that runs them.
+var roleOf = map[string]string{"gateway": roleGateway, "worker": roleWorker, "llmqctl": roleAdmin}
 
 // ---------------------------------------------------------------------------
 // Loading everything under deploy/
@@ -494,8 +501,10 @@ type roleNeeds struct {
 // needs derives every subject each role uses from the code's names: the
 // subjects of pkg/messages for every band and model group of the example
 // config, the JetStream API calls of internal/topology (Ensure, Check),
-// internal/worker (bind, poll, fetch, ack, dead letters) and pkg/client, and
-// nats.go's inbox prefix (pkg/client and the worker use nc.NewRespInbox).
+// internal/worker (bind, poll, fetch, ack, dead letters), pkg/client and
+// llmqctl (internal/ctl, internal/deadletter, internal/pauses,
+// internal/reload), and nats.go's inbox prefix (pkg/client and the worker
+// use nc.NewRespInbox).
 func (d *deploy) needs() map[string]roleNeeds {
 	s := d.subj
 	api := jetstream.DefaultAPIPrefix
@@ -543,6 +552,10 @@ func (d *deploy) needs() map[string]roleNeeds {
 	// pkg/limiter's reservations: compare-and-set writes, and re-reads of one
 	// key (direct get; KV buckets allow it).
 	kvWrite := []string{kvPre + "k", api + "DIRECT.GET." + kvStream + "." + kvPre + "k"}
+	// internal/queuestatus: the queue's state and the oldest request of
+	// each band and group; internal/deadletter: reading dead letters.
+	queueRead := []string{api + "STREAM.INFO." + req, api + "STREAM.MSG.GET." + req}
+	deadRead := []string{api + "STREAM.INFO." + dead, api + "STREAM.MSG.GET." + dead}
 	// internal/batch (gateway): the files bucket (an object store) and the
 	// batches and batch lines buckets: create, write, read (direct gets),
 	// purge, watch and list (ordered push consumers with flow control), and
@@ -580,13 +593,14 @@ func (d *deploy) needs() map[string]roleNeeds {
 			// the newest dead letters (internal/queuestatus), and mirrors
 			// the limiter state and the pauses; pkg/client wakes workers
 			// for a redelivery.
-			pub: cat(requests, wakes, []string{s.Gone(), inbox}, ensure, consumers, []string{api + "STREAM.MSG.GET." + req},
-				[]string{api + "STREAM.INFO." + dead, api + "STREAM.MSG.GET." + dead}, kvOpen, pausesOpen, batches),
-			sub: []string{inbox, s.BatchReplyWildcard()},
+			pub: cat(requests, wakes, []string{s.Gone(), inbox}, ensure, consumers, queueRead, deadRead, kvOpen, pausesOpen, batches),
+			// llmqctl reload asks on s.Reload (internal/reload); batch lines'
+			// pickups and answers come on s.BatchReplyWildcard (internal/batch).
+			sub: []string{inbox, s.Reload(), s.BatchReplyWildcard()},
 		},
 		roleWorker: {
 			pub: cat([]string{inbox, s.BatchReply("batch_x", 0)}, deads, fetch, acks, infos, ensure, consumers, kvOpen, kvWrite, pausesOpen),
-			sub: cat(wakes, []string{s.Gone(), inbox}),
+			sub: cat(wakes, []string{s.Gone(), inbox, s.Reload()}),
 			// The v2 ack subject ($JS.ACK.<domain>.<account hash>.<stream>...),
 			// which nats-server 2.15 understands but does not send yet.
 			optPub: []string{"$JS.ACK.*.*." + req + ".>"},
@@ -595,6 +609,20 @@ func (d *deploy) needs() map[string]roleNeeds {
 			pub:    cat(requests, wakes, []string{s.Gone(), inbox}),
 			sub:    []string{inbox},
 			optPub: []string{api + "STREAM.INFO." + req},
+		},
+		roleAdmin: {
+			// internal/ctl through app.Admin, which creates no stream or
+			// consumer: status reads the queue and the dead letters as GET
+			// /v1/queue does, and opens the limiter's and the pauses'
+			// mirrors as the gateway does; dead list and show read dead
+			// letters, replay submits with pkg/client and then deletes the
+			// letter, purge purges the stream (internal/deadletter); pause
+			// and resume put and delete keys of the pauses bucket; reload
+			// asks on s.Reload and collects the answers on its inbox
+			// (internal/reload).
+			pub: cat(requests, wakes, []string{s.Gone(), inbox, s.Reload()}, queueRead, deadRead,
+				[]string{api + "STREAM.MSG.DELETE." + dead, api + "STREAM.PURGE." + dead}, kvOpen, pausesOpen, []string{pPre + ">"}),
+			sub: []string{inbox},
 		},
 	}
 }
@@ -746,7 +774,7 @@ func TestNATSConfigs(t *testing.T) {
 			}
 		}
 		if len(c.users) != len(needs) {
-			t.Errorf("%s: %d users, want exactly %d (gateway, worker, service)", where, len(c.users), len(needs))
+			t.Errorf("%s: %d users, want exactly %d (%s)", where, len(c.users), len(needs), strings.Join(slices.Sorted(maps.Keys(needs)), ", "))
 		}
 		if len(accounts) != 1 || accounts["$G"] {
 			t.Errorf("%s: the llmq users must share one named account, got %v", where, accounts)
@@ -799,6 +827,22 @@ func TestPermissionCheckerFailsOnGaps(t *testing.T) {
 	checkUser(rec, "probe", u, d.needs()[roleWorker], false)
 	if len(rec.errs) == 0 {
 		t.Error("checkUser did not notice a worker that may not subscribe to the wake-up hints")
+	}
+	// An admin that may not purge the dead letters, or may also purge the
+	// requests.
+	api := jetstream.DefaultAPIPrefix
+	a := d.natsServers["nats/single.conf"].users[roleAdmin]
+	a.PubAllow = slices.DeleteFunc(slices.Clone(a.PubAllow), func(s string) bool { return s == api+"STREAM.PURGE."+d.subj.DeadLetterStream() })
+	rec = &recorder{}
+	checkUser(rec, "probe", a, d.needs()[roleAdmin], false)
+	if len(rec.errs) == 0 {
+		t.Error("checkUser did not notice an admin that may not purge the dead letters")
+	}
+	a.PubAllow = append(a.PubAllow, api+"STREAM.PURGE."+d.subj.DeadLetterStream(), api+"STREAM.PURGE."+d.subj.RequestStream())
+	rec = &recorder{}
+	checkUser(rec, "probe", a, d.needs()[roleAdmin], true)
+	if len(rec.errs) != 1 {
+		t.Errorf("checkUser on an admin that may purge the requests: %q, want one error", rec.errs)
 	}
 	if covers("llmq.req.>", "llmq.wake.0.x") || !covers("llmq.req.>", "llmq.req.0.x") || covers("a.*", "a.>") || !covers("a.>", "a.*.b") {
 		t.Error("covers is wrong")
@@ -1236,7 +1280,7 @@ func varsIn(s string) []string {
 type composeService struct {
 	name string
 	raw  map[string]any
-	role string            // gateway or worker, for llmq services
+	role string            // gateway, worker or admin (llmqctl), for llmq services
 	env  map[string]string // llmq services: the image's ENV, then environment, interpolated
 }
 
@@ -1282,9 +1326,9 @@ func (d *deploy) composeServices(t *testing.T) (natsSvc *composeService, llmq []
 			if raw["entrypoint"] == nil {
 				entry = "gateway"
 			}
-			svc.role = entry
-			if entry != roleGateway && entry != roleWorker {
-				t.Errorf("compose.yaml: %s: entrypoint %v is neither the gateway nor the worker binary", name, raw["entrypoint"])
+			svc.role = roleOf[entry]
+			if svc.role == "" {
+				t.Errorf("compose.yaml: %s: entrypoint %v is not the gateway, the worker or llmqctl", name, raw["entrypoint"])
 			}
 			llmq = append(llmq, svc)
 		default:
@@ -1374,6 +1418,7 @@ func TestCompose(t *testing.T) {
 
 	needs := d.needs()
 	roles := map[string]int{}
+	admins := 0
 	for _, svc := range llmq {
 		where := "compose.yaml: " + svc.name
 		n := 1
@@ -1396,6 +1441,9 @@ func TestCompose(t *testing.T) {
 		if dep, _ := svc.raw["depends_on"].(map[string]any); dep[natsSvc.name] == nil {
 			t.Errorf("%s: must depend on %s", where, natsSvc.name)
 		}
+		if svc.role == roleAdmin && env.NATSUser != roleAdmin {
+			t.Errorf("%s: LLMQ_NATS_USER %q, want %s (llmqctl's user)", where, env.NATSUser, roleAdmin)
+		}
 		user, ok := conf.users[env.NATSUser]
 		if !ok {
 			t.Errorf("%s: LLMQ_NATS_USER %q is not a user of %s", where, env.NATSUser, conf.rel)
@@ -1404,6 +1452,23 @@ func TestCompose(t *testing.T) {
 			if env.NATSPassword != d.pwValue[user.PasswordVar] {
 				t.Errorf("%s: LLMQ_NATS_PASSWORD must be ${%s}, the password of user %s", where, user.PasswordVar, user.Name)
 			}
+		}
+		if svc.role == roleAdmin {
+			// A command run on demand: "up" must not start it.
+			if len(strList(svc.raw["profiles"])) == 0 {
+				t.Errorf("%s: give it a profile, so that \"docker compose up\" does not run it", where)
+			}
+			if svc.raw["restart"] != nil {
+				t.Errorf("%s: a command must not restart", where)
+			}
+			run := "docker compose -f deploy/compose.yaml run --rm " + svc.name
+			for _, verb := range []string{"status", "reload"} {
+				if !strings.Contains(d.text["README.md"], run+" "+verb) || !strings.Contains(d.text["compose.yaml"], run+" "+verb) {
+					t.Errorf("%s: README.md and compose.yaml must show how to run it (%s %s)", where, run, verb)
+				}
+			}
+			admins++
+			continue
 		}
 		if g, ok := svc.raw["stop_grace_period"].(string); !ok {
 			t.Errorf("%s: set stop_grace_period above LLMQ_SHUTDOWN_TIMEOUT (%s)", where, env.ShutdownTimeout)
@@ -1429,6 +1494,20 @@ func TestCompose(t *testing.T) {
 	}
 	if roles[roleGateway] < 1 || roles[roleWorker] < 2 {
 		t.Errorf("compose.yaml: %d gateway(s) and %d worker(s), want at least 1 and 2", roles[roleGateway], roles[roleWorker])
+	}
+	if admins != 1 {
+		t.Errorf("compose.yaml: %d llmqctl services, want one (entrypoint /usr/local/bin/llmqctl, user %s)", admins, roleAdmin)
+	}
+	// Reloading by signal: the services that reload on SIGHUP.
+	var hup []string
+	for _, svc := range llmq {
+		if svc.role == roleGateway || svc.role == roleWorker {
+			hup = append(hup, svc.name)
+		}
+	}
+	slices.Sort(hup)
+	if kill := "docker compose -f deploy/compose.yaml kill -s HUP " + strings.Join(hup, " "); !strings.Contains(d.text["README.md"], kill) {
+		t.Errorf("README.md: show the reload by signal: %s", kill)
 	}
 }
 
@@ -1511,7 +1590,7 @@ func labelsMatch(selector, labels any) bool {
 	return true
 }
 
-// k8sContainer is the llmq container of a Deployment, with what the test derives from it.
+// k8sContainer is the llmq container of a Deployment or a Job, with what the test derives from it.
 type k8sContainer struct {
 	deploy    k8sObj
 	raw       map[string]any
@@ -1525,7 +1604,7 @@ type k8sContainer struct {
 func (d *deploy) containers(t *testing.T) []*k8sContainer {
 	t.Helper()
 	var out []*k8sContainer
-	for _, dep := range d.objects("Deployment") {
+	for _, dep := range slices.Concat(d.objects("Deployment"), d.objects("Job")) {
 		where := dep.file + ": " + dep.name
 		cs, _ := get(dep.raw, "spec", "template", "spec", "containers").([]any)
 		if len(cs) != 1 {
@@ -1539,9 +1618,12 @@ func (d *deploy) containers(t *testing.T) []*k8sContainer {
 		}
 		c.role = roleGateway
 		if cmd := firstWord(raw["command"]); cmd != "" {
-			c.role = d.docker.bins[cmd]
+			c.role = roleOf[d.docker.bins[cmd]]
 		}
-		if c.role != roleGateway && c.role != roleWorker {
+		switch {
+		case dep.kind == "Job" && c.role != roleAdmin:
+			t.Errorf("%s: a Job runs llmqctl, not %v", where, raw["command"])
+		case dep.kind == "Deployment" && c.role != roleGateway && c.role != roleWorker:
 			t.Errorf("%s: command %v is neither the gateway nor the worker", where, raw["command"])
 		}
 		for _, ef := range asList(raw["envFrom"]) {
@@ -1647,6 +1729,23 @@ func (d *deploy) helmUsers(t *testing.T) map[string]natsUser {
 	return out
 }
 
+// secretCommand returns the "create secret generic name" command of a
+// text, with its continuation lines ("" if there is none).
+func secretCommand(text, name string) string {
+	i := strings.Index(text, "create secret generic "+name+" ")
+	if i < 0 {
+		return ""
+	}
+	var b strings.Builder
+	for line := range strings.Lines(text[i:]) {
+		b.WriteString(line)
+		if !strings.HasSuffix(strings.TrimSpace(line), `\`) {
+			break
+		}
+	}
+	return b.String()
+}
+
 func intOr(v any, def int) int {
 	if n, ok := v.(int); ok {
 		return n
@@ -1661,7 +1760,7 @@ func TestKubernetes(t *testing.T) {
 	if len(ns) != 1 {
 		t.Fatalf("deploy/k8s: want one Namespace, got %d", len(ns))
 	}
-	known := map[string]bool{"Namespace": true, "ConfigMap": true, "Deployment": true, "Service": true, "PodDisruptionBudget": true, "ScaledObject": true}
+	known := map[string]bool{"Namespace": true, "ConfigMap": true, "Deployment": true, "Job": true, "Service": true, "PodDisruptionBudget": true, "ScaledObject": true}
 	for _, o := range d.k8s {
 		if !known[o.kind] {
 			t.Errorf("%s: %s %s: deploycheck does not know this kind; add its checks", o.file, o.kind, o.name)
@@ -1670,11 +1769,26 @@ func TestKubernetes(t *testing.T) {
 			t.Errorf("%s: %s %s is in namespace %q, want %q", o.file, o.kind, o.name, o.namespace, ns[0].name)
 		}
 	}
-	// kustomization.yaml lists every manifest.
-	var manifests []string
+	// kustomization.yaml lists every manifest but the Jobs, which an
+	// operator creates when needed (llmqctl).
+	var manifests, jobs []string
 	for _, rel := range d.files {
-		if kind(rel) == "k8s" {
+		if kind(rel) != "k8s" {
+			continue
+		}
+		onlyJobs := true
+		for _, o := range d.k8s {
+			onlyJobs = onlyJobs && (o.file != rel || o.kind == "Job")
+		}
+		if onlyJobs {
+			jobs = append(jobs, path.Base(rel))
+		} else {
 			manifests = append(manifests, path.Base(rel))
+		}
+	}
+	for _, o := range d.objects("Job") {
+		if !slices.Contains(jobs, path.Base(o.file)) {
+			t.Errorf("%s: Job %s: keep Jobs in files of their own, out of kustomization.yaml", o.file, o.name)
 		}
 	}
 	var listed []string
@@ -1754,9 +1868,6 @@ func TestKubernetes(t *testing.T) {
 		where := c.deploy.file + ": " + c.deploy.name
 		byRole[c.role] = c
 		spec := get(c.deploy.raw, "spec")
-		if !labelsMatch(get(spec, "selector", "matchLabels"), get(spec, "template", "metadata", "labels")) {
-			t.Errorf("%s: selector does not match the pod labels", where)
-		}
 		env, err := d.envFrom(c.env)
 		if err != nil {
 			t.Errorf("%s: %v", where, err)
@@ -1780,6 +1891,35 @@ func TestKubernetes(t *testing.T) {
 			if ref := c.secretRef["LLMQ_NATS_PASSWORD"]; ref[1] != user.PasswordVar {
 				t.Errorf("%s: LLMQ_NATS_PASSWORD must come from a Secret key %s (the password of user %s), got %v", where, user.PasswordVar, user.Name, ref)
 			}
+		}
+		// The README's "kubectl create secret" commands fill every key used.
+		for name, ref := range c.secretRef {
+			if !strings.Contains(secretCommand(d.text["README.md"], ref[0]), ref[1]+"=") {
+				t.Errorf("README.md: the command that creates the Secret %s must set %s (%s of %s)", ref[0], ref[1], name, where)
+			}
+		}
+		if c.role == roleAdmin {
+			if c.deploy.kind != "Job" {
+				t.Errorf("%s: run llmqctl as a Job", where)
+			}
+			if env.NATSUser != roleAdmin {
+				t.Errorf("%s: LLMQ_NATS_USER %q, want %s (llmqctl's user)", where, env.NATSUser, roleAdmin)
+			}
+			// One run: a purge or a replay must not repeat.
+			if get(spec, "template", "spec", "restartPolicy") != "Never" || intOr(get(spec, "backoffLimit"), 6) != 0 {
+				t.Errorf("%s: want restartPolicy: Never and backoffLimit: 0, so that a command runs once", where)
+			}
+			args := strList(c.raw["args"])
+			if err := ctl.Run(context.Background(), args, config.Env{}, anyEnv, io.Discard, io.Discard); errors.Is(err, ctl.ErrUsage) || len(args) == 0 {
+				t.Errorf("%s: args %v are not an llmqctl command: %v", where, args, err)
+			}
+			if create := "kubectl create -f deploy/" + c.deploy.file; !strings.Contains(d.text["README.md"], create) || !strings.Contains(d.text[c.deploy.file], create) {
+				t.Errorf("%s: README.md and the file must show how to run it (%s)", where, create)
+			}
+			continue
+		}
+		if !labelsMatch(get(spec, "selector", "matchLabels"), get(spec, "template", "metadata", "labels")) {
+			t.Errorf("%s: selector does not match the pod labels", where)
 		}
 		// Shutdown: the grace period covers the drain and the preStop pause.
 		grace := intOr(get(spec, "template", "spec", "terminationGracePeriodSeconds"), 30)
@@ -1850,6 +1990,14 @@ func TestKubernetes(t *testing.T) {
 	gw, wk := byRole[roleGateway], byRole[roleWorker]
 	if gw == nil || wk == nil {
 		t.Fatal("deploy/k8s: want a gateway and a worker Deployment")
+	}
+	if byRole[roleAdmin] == nil {
+		t.Error("deploy/k8s: want a Job that runs llmqctl as user admin")
+	}
+	for _, u := range helmUsers {
+		if !strings.Contains(secretCommand(d.text["README.md"], "nats-auth"), u.PasswordVar+"=") || !strings.Contains(secretCommand(d.text["k8s/nats-values.yaml"], "nats-auth"), u.PasswordVar+"=") {
+			t.Errorf("README.md and k8s/nats-values.yaml: the command that creates the Secret nats-auth must set %s", u.PasswordVar)
+		}
 	}
 
 	// The gateway Service.
@@ -2176,8 +2324,9 @@ func freeAddr(t *testing.T) string {
 // and a worker with the environment compose.yaml gives them (addresses moved
 // to this machine), and checks that requests are served, that pkg/client
 // works as user "service", that the worker user can use the dead-letter
-// stream and the limiter's key-value bucket, and that the server reported no
-// permission violation — and does report the ones it should.
+// stream and the limiter's key-value bucket, that every llmqctl command works
+// as user "admin" (compose.yaml's llmqctl service), and that the server
+// reported no permission violation — and does report the ones it should.
 func TestLive(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts NATS, a gateway and a worker")
@@ -2242,16 +2391,19 @@ func TestLive(t *testing.T) {
 		return env, metricsAddr
 	}
 	lookup := func(name string) (string, bool) { v, ok := d.pwValue[name]; return v, ok }
-	var gwSvc, wkSvc *composeService
+	var gwSvc, wkSvc, ctlSvc *composeService
 	for _, s := range llmq {
-		if s.role == roleGateway {
+		switch s.role {
+		case roleGateway:
 			gwSvc = s
-		} else {
+		case roleWorker:
 			wkSvc = s
+		case roleAdmin:
+			ctlSvc = s
 		}
 	}
-	if gwSvc == nil || wkSvc == nil {
-		t.Fatal("compose.yaml: want a gateway and a worker service")
+	if gwSvc == nil || wkSvc == nil || ctlSvc == nil {
+		t.Fatal("compose.yaml: want a gateway, a worker and an llmqctl service")
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -2308,6 +2460,9 @@ func TestLive(t *testing.T) {
 	}
 	if code := status(base + "/v1/queue"); code != http.StatusOK {
 		t.Errorf("GET /v1/queue: %d", code)
+	}
+	if code := status(base + queuepage.Path); code != http.StatusOK {
+		t.Errorf("GET %s (the queue page): %d", queuepage.Path, code)
 	}
 
 	wkEnv, metricsAddr := local(wkSvc)
@@ -2406,6 +2561,47 @@ func TestLive(t *testing.T) {
 		t.Errorf("limiter cooldown: %v", err)
 	}
 
+	// llmqctl as user admin, with the environment of compose.yaml's llmqctl
+	// service: every command against the running gateway and worker, with
+	// a dead letter the worker user writes as a worker does.
+	deadReq := d.subj.Msg(&messages.Request{ID: "deploycheck-dead", Kind: messages.KindChat, Group: group, Band: 2,
+		ReplyTo: nats.InboxPrefix + "deploycheck.dead", Deadline: time.Now().Add(time.Second),
+		Body: []byte(`{"model":"` + group + `","messages":[{"role":"user","content":"hi"}]}`)}, time.Now())
+	ack, err := js.PublishMsg(rctx, deadletter.Msg(d.subj, deadReq.Subject, deadReq.Header, deadReq.Data, "deploycheck: failed for good"))
+	if err != nil {
+		t.Fatalf("dead-letter publish as %s: %v", roleWorker, err)
+	}
+	deadID := strconv.FormatUint(ack.Sequence, 10)
+	ctlEnv, _ := local(ctlSvc)
+	cctx, ccancel := context.WithTimeout(context.Background(), 90*time.Second) // outlives the gateway and the worker
+	defer ccancel()
+	llmqctl := func(env config.Env, args ...string) (string, error) {
+		var out bytes.Buffer
+		err := ctl.Run(cctx, args, env, lookup, &out, logs)
+		return out.String(), err
+	}
+	mustCtl := func(want string, args ...string) {
+		t.Helper()
+		out, err := llmqctl(ctlEnv, args...)
+		if err != nil || !strings.Contains(out, want) {
+			t.Errorf("llmqctl %s as %s: %v, want %q in:\n%s", strings.Join(args, " "), ctlEnv.NATSUser, err, want, out)
+		}
+	}
+	out, err := llmqctl(ctlEnv, "status")
+	if err != nil || !strings.Contains(out, "Queue "+d.subj.RequestStream()) || strings.Contains(out, "cannot be read") {
+		t.Errorf("llmqctl status as %s: %v\n%s", ctlEnv.NATSUser, err, out)
+	}
+	mustCtl("deploycheck-dead", "dead", "list")
+	mustCtl("Replayable: yes", "dead", "show", "--body", deadID)
+	mustCtl("paused", "pause", group, "--band", "2")
+	mustCtl(fmt.Sprintf("Paused: %q band 2", group), "status")
+	mustCtl("resumed", "resume", group)
+	mustCtl("dead letter "+deadID+" removed", "dead", "replay", deadID)
+	mustCtl("removed", "dead", "purge", "--all")
+	mustCtl("Dead letters in "+d.subj.DeadLetterStream()+": 0", "dead", "list")
+	// The gateway and the worker each answer.
+	mustCtl("2 processes answered within 3s, 0 refused", "reload", "--wait", "3s")
+
 	// Everything above has reached the server once every connection that
 	// did it is closed: a client flushes what it sent before it closes, and
 	// the server reads all of it (logging any violation) before it drops the
@@ -2440,15 +2636,31 @@ func TestLive(t *testing.T) {
 			t.Errorf("user %s may %s", user, what)
 		}
 	}
+	api := jetstream.DefaultAPIPrefix
 	refused(roleWorker, "publish requests", func(nc *nats.Conn) error { return nc.Publish(d.subj.Request(0, group), nil) })
 	refused(roleService, "delete the request stream", func(nc *nats.Conn) error {
-		return nc.Publish(jetstream.DefaultAPIPrefix+"STREAM.DELETE."+d.subj.RequestStream(), nil)
+		return nc.Publish(api+"STREAM.DELETE."+d.subj.RequestStream(), nil)
 	})
 	refused(roleGateway, "subscribe to the wake-up hints", func(nc *nats.Conn) error {
 		_, err := nc.SubscribeSync(d.subj.WakeWildcard())
 		return err
 	})
-	if len(slog.take()) < 3 {
+	refused(roleAdmin, "delete the request stream", func(nc *nats.Conn) error {
+		return nc.Publish(api+"STREAM.DELETE."+d.subj.RequestStream(), nil)
+	})
+	refused(roleAdmin, "purge the request stream", func(nc *nats.Conn) error {
+		return nc.Publish(api+"STREAM.PURGE."+d.subj.RequestStream(), nil)
+	})
+	refused(roleAdmin, "delete the dead-letter stream", func(nc *nats.Conn) error {
+		return nc.Publish(api+"STREAM.DELETE."+d.subj.DeadLetterStream(), nil)
+	})
+	// llmqctl with another user's credentials fails, naming the refusal.
+	svcEnv := ctlEnv
+	svcEnv.NATSUser, svcEnv.NATSPassword = roleService, d.pwValue[conf.users[roleService].PasswordVar]
+	if out, err := llmqctl(svcEnv, "dead", "purge", "--all"); !errors.Is(err, nats.ErrPermissionViolation) {
+		t.Errorf("llmqctl dead purge as %s: %v, want a permissions violation\n%s", roleService, err, out)
+	}
+	if len(slog.take()) < 7 {
 		t.Error("nats-server logged fewer violations than the refused operations")
 	}
 }

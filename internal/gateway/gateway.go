@@ -29,6 +29,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nuid"
@@ -36,6 +37,7 @@ import (
 
 	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/queuepage"
+	"github.com/llmq/llmq/internal/waitstats"
 
 	"github.com/llmq/llmq/pkg/client"
 	"github.com/llmq/llmq/pkg/messages"
@@ -98,20 +100,42 @@ type Options struct {
 	Metrics *metrics.Metrics
 	// MetricsHandler serves GET /metrics when set.
 	MetricsHandler http.Handler
-	// QueueStatus, when set, serves GET /v1/queue (behind the master key).
+	// QueueStatus, when set, serves GET /v1/queue (to the master key and
+	// keys with ReadQueue).
 	QueueStatus func(ctx context.Context) (any, error)
 	// Routes are further handlers by ServeMux pattern ("POST /v1/files"),
 	// served behind authentication; CallerOf tells them who calls.
 	Routes map[string]http.Handler
+	// Waits, when set, records the queue wait of every request picked up.
+	Waits *waitstats.Window
 }
 
 // Server serves the HTTP API. It is safe for concurrent use.
 type Server struct {
 	opts   Options
-	groups messages.Groups
-	keys   *keyring // nil: no authentication
+	cur    atomic.Pointer[current] // what SetPolicy may change
 	log    *slog.Logger
 	parked parkedSet
+}
+
+// Policy is what a configuration reload may change in a running Server:
+// the model groups it accepts, its keys and its priorities and deadlines.
+type Policy struct {
+	Groups          []string
+	MasterKey       string
+	Keys            []Key
+	DefaultPriority int64
+	QueueTimeout    time.Duration
+	AnswerTimeout   time.Duration
+}
+
+// current is the Policy in force with what is derived from it. A request
+// reads it once per step; one that started under the previous Policy ends
+// under it.
+type current struct {
+	Policy
+	groups messages.Groups
+	keys   *keyring // nil: no authentication
 }
 
 // Metric label values for requests whose band or group is not known.
@@ -122,7 +146,9 @@ const (
 
 // New returns a Server.
 func New(opts Options) *Server {
-	s := &Server{opts: opts, groups: messages.NewGroups(opts.Groups), keys: newKeyring(opts.MasterKey, opts.Keys), log: opts.Logger}
+	s := &Server{opts: opts, log: opts.Logger}
+	s.SetPolicy(Policy{Groups: opts.Groups, MasterKey: opts.MasterKey, Keys: opts.Keys,
+		DefaultPriority: opts.DefaultPriority, QueueTimeout: opts.QueueTimeout, AnswerTimeout: opts.AnswerTimeout})
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -130,6 +156,17 @@ func New(opts Options) *Server {
 		s.opts.Metrics = metrics.New(prometheus.NewRegistry())
 	}
 	return s
+}
+
+// SetPolicy puts p in force for the requests that arrive from now on.
+// Requests in flight keep what they were admitted with. A key whose name
+// and rpm_limit stay the same keeps its count of the last minute.
+func (s *Server) SetPolicy(p Policy) {
+	c := &current{Policy: p, groups: messages.NewGroups(p.Groups), keys: newKeyring(p.MasterKey, p.Keys)}
+	if old := s.cur.Load(); old != nil {
+		c.keys.carry(old.keys)
+	}
+	s.cur.Store(c)
 }
 
 // Handler returns the HTTP routes.
@@ -154,7 +191,7 @@ func (s *Server) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /health/readiness", s.readiness)
 	if s.opts.QueueStatus != nil {
-		mux.Handle("GET /v1/queue", s.auth(s.masterOnly(http.HandlerFunc(s.queue))))
+		mux.Handle("GET /v1/queue", s.auth(s.queueReaders(http.HandlerFunc(s.queue))))
 		// The live page: static, without data; its script reads /v1/queue.
 		mux.Handle("GET "+queuepage.Path, queuepage.Handler())
 		mux.Handle("GET "+queuepage.Path+"/", queuepage.Handler())
@@ -227,7 +264,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	}
 	// A model no group names goes to the wildcard group that matches it,
 	// if any; the body keeps the requested model (see messages.Groups).
-	group, ok := s.groups.Match(p.Model)
+	c := s.cur.Load()
+	group, ok := c.groups.Match(p.Model)
 	if !ok {
 		return fail(&messages.Error{Outcome: messages.OutcomeUnknownModel, Param: "model", Code: "model_not_found",
 			Message: "the model group " + strconv.Quote(p.Model) + " does not exist; GET /v1/models lists them"})
@@ -241,15 +279,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, kind messages.Kin
 	if e := pol.admit(time.Now()); e != nil {
 		return fail(e)
 	}
-	priority := pol.priority(p.Priority, s.opts.DefaultPriority)
-	queueTimeout := s.opts.QueueTimeout
+	priority := pol.priority(p.Priority, c.DefaultPriority)
+	queueTimeout := c.QueueTimeout
 	if p.Timeout > 0 && p.Timeout < queueTimeout {
 		queueTimeout = p.Timeout
 	}
 	now := time.Now()
 	req := &client.Request{ID: nuid.Next(), Kind: kind, Group: group, Priority: priority, Body: p.Body, Deadline: now.Add(queueTimeout)}
-	if s.opts.AnswerTimeout > 0 {
-		req.AnswerDeadline = now.Add(queueTimeout + s.opts.AnswerTimeout)
+	if c.AnswerTimeout > 0 {
+		req.AnswerDeadline = now.Add(queueTimeout + c.AnswerTimeout)
 	}
 	ids := idHeaders{id: req.ID, priority: priority, band: s.opts.Client.Bands().Band(priority)}
 	l.band = metrics.Band(ids.band)
@@ -336,6 +374,9 @@ func (s *Server) picked(h http.Header, l *labels, info client.Result) {
 	if info.Picked && !l.picked {
 		l.picked = true
 		s.opts.Metrics.QueueWait(l.band, l.group, info.QueueWait)
+		if s.opts.Waits != nil {
+			s.opts.Waits.Add(info.Band, time.Now(), info.QueueWait)
+		}
 		h.Set(HeaderQueueMs, strconv.FormatInt(info.QueueWait.Milliseconds(), 10))
 		h.Set(HeaderDeployment, info.Deployment)
 	}
@@ -367,9 +408,10 @@ func (s *Server) models(w http.ResponseWriter, r *http.Request) {
 		Created int64  `json:"created"`
 		OwnedBy string `json:"owned_by"`
 	}
-	data := make([]model, 0, len(s.opts.Groups))
+	groups := s.cur.Load().Groups
+	data := make([]model, 0, len(groups))
 	pol := policyOf(r.Context())
-	for _, g := range s.opts.Groups {
+	for _, g := range groups {
 		if pol.allows(g) {
 			data = append(data, model{ID: g, Object: "model", OwnedBy: "llmq"})
 		}

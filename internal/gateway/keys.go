@@ -27,6 +27,8 @@ type Key struct {
 	RPMLimit int64
 	// Models are the groups the key may use; empty = all.
 	Models []string
+	// ReadQueue lets the key read the queue status, as the master key may.
+	ReadQueue bool
 }
 
 // keyring authenticates callers. Keys are compared as SHA-256 digests in
@@ -69,6 +71,21 @@ func newKeyring(master string, keys []Key) *keyring {
 		k.keys = append(k.keys, p)
 	}
 	return k
+}
+
+// carry keeps the rpm_limit counts of old's keys in k where a key's name
+// and limit are the same in both (a reload). Either may be nil.
+func (k *keyring) carry(old *keyring) {
+	if k == nil || old == nil {
+		return
+	}
+	for _, p := range k.keys {
+		for _, o := range old.keys {
+			if p.window != nil && o.window != nil && p.Name == o.Name && p.RPMLimit == o.RPMLimit {
+				p.window = o.window
+			}
+		}
+	}
 }
 
 // lookup returns the policy of the presented key, or nil.
@@ -144,15 +161,19 @@ func (w *rpmWindow) admit(now time.Time) (time.Duration, bool) {
 type policyKey struct{}
 
 // auth authenticates the caller and puts its policy in the request context.
+// Whether authentication is on is decided per request: a reload may turn it
+// on or off.
 func (s *Server) auth(next http.Handler) http.Handler {
-	if s.keys == nil {
-		return next
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		keys := s.cur.Load().keys
+		if keys == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
 		presented, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		var p *policy
 		if ok {
-			p = s.keys.lookup(strings.TrimSpace(presented))
+			p = keys.lookup(strings.TrimSpace(presented))
 		}
 		if p == nil {
 			writeError(w, messages.Errorf(messages.OutcomeUnauthenticated, "", "a valid API key is required: send Authorization: Bearer <key>"))
@@ -163,11 +184,12 @@ func (s *Server) auth(next http.Handler) http.Handler {
 	})
 }
 
-// masterOnly lets only the master key through (when authentication is on).
-func (s *Server) masterOnly(next http.Handler) http.Handler {
+// queueReaders lets only the master key and keys with ReadQueue through
+// (when authentication is on).
+func (s *Server) queueReaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if p := policyOf(r.Context()); p != nil && p.Name != masterName {
-			writeError(w, messages.Errorf(messages.OutcomeForbidden, "", "only the master key may read the queue status"))
+		if p := policyOf(r.Context()); p != nil && p.Name != masterName && !p.ReadQueue {
+			writeError(w, messages.Errorf(messages.OutcomeForbidden, "", "only the master key and keys with read_queue may read the queue status"))
 			return
 		}
 		next.ServeHTTP(w, r)

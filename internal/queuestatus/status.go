@@ -20,6 +20,7 @@ import (
 	"github.com/llmq/llmq/internal/deadletter"
 	"github.com/llmq/llmq/internal/pauses"
 	"github.com/llmq/llmq/internal/router"
+	"github.com/llmq/llmq/internal/waitstats"
 	"github.com/llmq/llmq/pkg/messages"
 )
 
@@ -46,6 +47,11 @@ type Status struct {
 	// Paused are the groups and bands an operator paused (llmqctl pause);
 	// band -1 is the whole group. Set by the caller.
 	Paused []pauses.Pause `json:"paused"`
+	// QueueWait is, per band, how many requests the gateway that answers
+	// answered in the last minute after a pickup, and the p50 and p99 of
+	// their waits for it (internal/waitstats); absent where nobody recorded
+	// them (llmqctl). Set by the caller.
+	QueueWait []waitstats.Band `json:"queue_wait,omitempty"`
 	// Batches are the batches not over (/v1/batches), oldest first. Set by
 	// the caller.
 	Batches []Batch `json:"batches"`

@@ -321,6 +321,17 @@ func (l *Lease) Reserve(ctx context.Context, tokens int64) error {
 	return nil
 }
 
+// Restamp moves the lease's global reservation to the present when it is
+// old enough for the provider to count the call in a later window than the
+// limiter did (limiter.Reservation.Restamp); call it just before the call.
+// A refusal matches limiter.ErrLimited and names when to try again.
+func (l *Lease) Restamp(ctx context.Context) error {
+	if l.res == nil {
+		return nil
+	}
+	return l.res.Restamp(ctx)
+}
+
 // Finish ends a lease whose call was made: the reservation is settled with
 // the tokens the provider reported (negative: unknown, keep the estimate) and
 // the capacity is released. Finish and Release are safe to call more than
@@ -476,7 +487,15 @@ func (d *Deployment) weight() float64 {
 // for a shared limit and for this process's max_parallel_requests alike.
 // With a backlog the admissions are real and the overflow goes to the worse
 // order at once.
-const AdmissionSettle = 50 * time.Millisecond
+//
+// The losers give their admissions back one fetch round trip and one KV
+// update later, as this process sees them: on two busy cores, with -race,
+// that was seen to take over 50 ms, and a lone request then went to the
+// worse order. 250 ms is several times the slowest such round trip seen
+// there; the price is that a lone request arriving within 250 ms of the
+// admission that filled the preferred deployment waits up to that long
+// before it overflows (the preferred deployment may have freed by then).
+const AdmissionSettle = 250 * time.Millisecond
 
 // pick chooses among the deployments with headroom of the lowest order.
 // With settle, it chooses none while a deployment of a lower order is full

@@ -96,6 +96,10 @@ func (p *Pool) serve(ctx context.Context, log *slog.Logger, req *messages.Reques
 					return deployment, expired(err)
 				}
 			}
+			if err := p.restamp(ctx, lease, req.Deadline); err != nil {
+				lease.Release()
+				return deployment, expired(err)
+			}
 			d := lease.Deployment()
 			deployment = d.ID
 			var events provider.Emit
@@ -236,6 +240,46 @@ func (p *Pool) reserve(ctx context.Context, group string, tokens int64, deadline
 		case <-ctx.Done():
 			t.Stop()
 			return nil, context.Cause(ctx)
+		case <-changed:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// restamp moves lease's reservation to the present if it has aged (see
+// router.Lease.Restamp), waiting for room until ctx ends or the deadline
+// (if not zero) passes. A limiter that does not answer leaves the
+// reservation as it is: the call goes out.
+func (p *Pool) restamp(ctx context.Context, lease *router.Lease, deadline time.Time) error {
+	if !deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadlineCause(ctx, deadline, queueTimeout)
+		defer cancel()
+	}
+	waiting := false
+	for {
+		changed := p.opts.Router.Changed()
+		err := lease.Restamp(ctx)
+		var le *limiter.LimitedError
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return context.Cause(ctx)
+		case !errors.As(err, &le):
+			p.log.Warn("limiter unavailable; the call goes out on its first admission", "deployment", lease.Deployment().ID, "error", err)
+			return nil
+		}
+		if !waiting { // keep the request's place, as reserve does
+			waiting = true
+			defer p.opts.Router.Waiting(lease.Deployment().Group)()
+		}
+		t := time.NewTimer(max(time.Until(le.Until), time.Millisecond))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return context.Cause(ctx)
 		case <-changed:
 		case <-t.C:
 		}

@@ -150,8 +150,11 @@ type Pool struct {
 	limited  []*limitedGroup // per group: nil unless some deployment has a shared limiter
 	limits   bool            // some deployment (of any group, fallbacks included) has a shared limiter
 	wake     chan struct{}
-	rotate   atomic.Uint32
-	inFlight workCount
+	// retired is closed by Retire.
+	retired    chan struct{}
+	retireOnce sync.Once
+	rotate     atomic.Uint32
+	inFlight   workCount
 
 	control   string         // prefix of this pool's control subjects
 	calls     sync.Map       // request id -> context.CancelCauseFunc of its call
@@ -210,6 +213,7 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 		nc: nc, js: js, opts: opts, log: opts.Logger,
 		groupIdx: make(map[string]int, len(opts.Groups)),
 		wake:     make(chan struct{}, opts.Slots),
+		retired:  make(chan struct{}),
 		control:  nc.NewRespInbox(),
 		keeper:   newKeeper(nc, opts.AckWait),
 	}
@@ -239,6 +243,17 @@ func (p *Pool) Run(ctx context.Context) error {
 	if err := p.bind(ctx); err != nil {
 		return err
 	}
+	// Slots take work until ctx ends or the pool is retired.
+	outer := ctx
+	ctx, stopTaking := context.WithCancel(ctx)
+	defer stopTaking()
+	go func() {
+		select {
+		case <-p.retired:
+			stopTaking()
+		case <-ctx.Done():
+		}
+	}()
 	defer func() {
 		for _, band := range p.pullers {
 			for _, pl := range band {
@@ -308,16 +323,32 @@ func (p *Pool) Run(ctx context.Context) error {
 	// The drain timer starts when ctx ends, not when the slots are done: a
 	// slot returns only after its call, so waiting for the slots first would
 	// let the slowest call decide how long shutdown takes.
-	drained := make(chan struct{})
+	// A retired pool waits for its calls without that bound, until outer
+	// ends too.
+	drained, slotsDone := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(drained)
 		<-ctx.Done()
+		if outer.Err() == nil {
+			select {
+			case <-slotsDone: // every call has ended
+			case <-outer.Done():
+			}
+		}
 		p.drain()
-		close(drained)
 	}()
 	wg.Wait()
+	close(slotsDone)
 	<-drained
 	return nil
 }
+
+// Retire stops the pool taking work, as the end of Run's context does, but
+// lets the calls and deliveries in progress run to their own end (their
+// provider timeouts and deadlines) rather than DrainTimeout: another pool
+// has taken over (a configuration reload). Run returns once they have
+// ended; if its context ends first, DrainTimeout applies from then.
+func (p *Pool) Retire() { p.retireOnce.Do(func() { close(p.retired) }) }
 
 // drain waits for the calls in progress, at most DrainTimeout; then it
 // cancels the rest, whose requests go back to JetStream.

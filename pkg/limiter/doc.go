@@ -25,7 +25,9 @@
 // counts arrivals, not admissions: a call arrives a variable moment after its
 // admission. Below, T stands for T + M: no window of T + M holds more than L
 // admissions, so no window of T at the provider holds more than L arrivals as
-// long as the delay from admission to arrival varies by less than M.
+// long as the delay from admission to arrival varies by less than M. A caller
+// keeps it so with Reservation.Restamp just before the call: an admission
+// older than M/2 is given back and taken anew at that moment.
 //
 // Guarantee: no half-open window [s, s+T) ever holds more than L admitted
 // units. Proof: let k be the last admission of the window in the order the

@@ -375,6 +375,55 @@ func (r *Reservation) Resize(ctx context.Context, tokens int64) error {
 	return nil
 }
 
+// Restamp moves the reservation's request and tokens to the present when
+// they were admitted more than half the margin (Options.Margin) ago, and
+// does nothing otherwise. Call it just before the call goes out: the window
+// log bounds what the provider sees only while the delay from admission to
+// arrival varies by less than the margin (see the package doc), and a
+// reservation taken before a fetch, a pickup and a starved scheduler may
+// be older than that. It is one compare-and-set that gives the old
+// admission back and admits anew at now; a refusal (*LimitedError, with
+// when to try again) leaves the reservation as it was.
+func (r *Reservation) Restamp(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.done || r.l == nil || (r.lim.RPM <= 0 && r.lim.TPM <= 0) {
+		return nil
+	}
+	if r.l.set.now().Sub(r.at) <= r.l.set.opts.Margin/2 {
+		return nil
+	}
+	var gR, gT Grant
+	var at time.Time
+	err := r.l.updateRate(ctx, r.lim, func(now time.Time, rpm, tpm *GCRA) error {
+		rpm.Cancel(now, r.rpm)
+		tpm.Cancel(now, r.tpm)
+		var until time.Time
+		reason := ""
+		var next time.Time
+		var ok bool
+		if gR, next, ok = rpm.ReserveN(now, 1); !ok {
+			until, reason = next, ReasonRPM
+		}
+		if gT, next, ok = tpm.ReserveN(now, r.tokens); !ok && (next.IsZero() || next.After(until)) {
+			until, reason = next, ReasonTPM // zero: never (it was admitted under other limits)
+		}
+		if reason != "" {
+			return &LimitedError{Until: until, Reason: reason}
+		}
+		at = now
+		return nil
+	})
+	if errors.Is(err, errContention) {
+		return &LimitedError{Until: r.l.set.now().Add(contentionJitter()), Reason: ReasonContention}
+	}
+	if err != nil {
+		return err
+	}
+	r.rpm, r.tpm, r.at = gR, gT, at
+	return nil
+}
+
 // contentionJitter is how long to wait after losing every compare-and-set
 // race of one attempt.
 func contentionJitter() time.Duration { return time.Duration(1+rand.IntN(10)) * time.Millisecond }

@@ -835,3 +835,64 @@ func BenchmarkReserveSettle(b *testing.B) {
 		})
 	}
 }
+
+// TestRestamp: a reservation older than half the margin when its call goes
+// out is moved to the present, so the window counts it when the provider
+// sees it; a younger one is left alone; one that no longer fits (others
+// were admitted after it) is refused and left as it was.
+func TestRestamp(t *testing.T) {
+	srv := startServer(t)
+	t0 := time.Now().Truncate(time.Second)
+	clock := &manualClock{t: t0}
+	opts := Options{Bucket: "restamp", Period: 10 * time.Second, Clock: clock.Now} // margin 250 ms
+	a := startProcess(t, srv, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ms := time.Millisecond
+
+	l := a.set.Deployment("rpm", Limits{RPM: 1})
+	r, err := l.Reserve(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.Set(t0.Add(100 * ms))
+	if err := r.Restamp(ctx); err != nil || !r.At().Equal(t0) {
+		t.Fatalf("restamp 100 ms after the admission: %v, at +%v; want nothing done", err, r.At().Sub(t0))
+	}
+	clock.Set(t0.Add(300 * ms))
+	if err := r.Restamp(ctx); err != nil || !r.At().Equal(t0.Add(300*ms)) {
+		t.Fatalf("restamp 300 ms after the admission: %v, at +%v; want +300ms", err, r.At().Sub(t0))
+	}
+	// The request counts from +300 ms now: at +10.5 s (the period and the
+	// margin after +250 ms) it still does; at +0 it would no longer.
+	if u := l.Usage(t0.Add(10500 * ms)); u.Requests != 1 {
+		t.Errorf("at +10.5 s the window holds %d requests, want the restamped one", u.Requests)
+	}
+	if err := r.Settle(ctx, -1); err != nil {
+		t.Fatal(err)
+	}
+
+	// tpm 1000 per 10 s: 300 tokens at +0, then 700 at +3 s fill the
+	// window; moving the first to +3.3 s does not fit the pacing.
+	lt := a.set.Deployment("tpm", Limits{TPM: 1000})
+	clock.Set(t0)
+	r1, err := lt.Reserve(ctx, 300)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.Set(t0.Add(3000 * ms))
+	if _, err := lt.Reserve(ctx, 700); err != nil {
+		t.Fatalf("second reservation: %v", err)
+	}
+	clock.Set(t0.Add(3300 * ms))
+	var le *LimitedError
+	if err := r1.Restamp(ctx); !errors.As(err, &le) || le.Reason != ReasonTPM {
+		t.Fatalf("restamp with the window full: %v, want a tpm refusal", err)
+	}
+	if !r1.At().Equal(t0) {
+		t.Errorf("a refused restamp moved the reservation to +%v", r1.At().Sub(t0))
+	}
+	if u := lt.Usage(t0.Add(3300 * ms)); u.Tokens != 1000 {
+		t.Errorf("after a refused restamp the window holds %d tokens, want 1000", u.Tokens)
+	}
+}

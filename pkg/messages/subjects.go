@@ -52,6 +52,11 @@ func (s Subjects) Wake(band int, group string) string {
 // on the inbox are dropped at once instead of being held for a reconnect.
 func (s Subjects) Gone() string { return s.prefix + ".gone" }
 
+// Reload is the subject on which every gateway and worker process takes a
+// request to reload its config file (llmqctl reload); each one answers
+// with a messages.ReloadResult.
+func (s Subjects) Reload() string { return s.prefix + ".admin.reload" }
+
 // RequestStream is the name of the JetStream work-queue stream holding requests.
 func (s Subjects) RequestStream() string { return strings.ToUpper(s.prefix) + "_REQUESTS" }
 

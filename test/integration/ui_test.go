@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"io"
 	"net/http"
@@ -51,6 +52,7 @@ func TestUIPage(t *testing.T) {
 	const (
 		master = "sk-master-ui"
 		other  = "sk-other-ui"
+		viewer = "sk-viewer-ui" // read_queue: may read the queue status
 	)
 	fake := newFake(t)
 	cfg := writeYAMLConfig(t, map[string]any{
@@ -61,7 +63,7 @@ func TestUIPage(t *testing.T) {
 		},
 		"router_settings":  map[string]any{"num_retries": 0, "allowed_fails": 100},
 		"general_settings": map[string]any{"master_key": master},
-		"llmq_settings":    map[string]any{"keys": []map[string]any{{"name": "other", "key": other}}},
+		"llmq_settings":    map[string]any{"keys": []map[string]any{{"name": "other", "key": other}, {"name": "viewer", "key": viewer, "read_queue": true}}},
 	})
 	g := startEmbeddedGateway(t, cfg, 4)
 	chat := g.URL + "/v1/chat/completions"
@@ -140,6 +142,29 @@ func TestUIPage(t *testing.T) {
 	t.Logf("page test output:\n%s\n%s", strings.Join(said, "\n"), stderr.String())
 	if err != nil || !strings.Contains(strings.Join(said, "\n"), "PASS") {
 		t.Fatalf("the browser test failed (%v): %s", err, stderr.String())
+	}
+	// Every request answered after a pickup counts in its band's queue
+	// waits of the last minute: three in band 0, five in band 9, and the one
+	// to the cooling deployment (a worker picked it up, then it waited for
+	// the cooldown until its deadline).
+	var st struct {
+		QueueWait []struct {
+			Band  int   `json:"band"`
+			Count int   `json:"count"`
+			P99Ms int64 `json:"p99_ms"`
+		} `json:"queue_wait"`
+	}
+	if r := mustGet(t, g.URL+"/v1/queue", master); json.Unmarshal(r.Body, &st) != nil || len(st.QueueWait) != 3 ||
+		st.QueueWait[0].Band != 0 || st.QueueWait[0].Count != 3 || st.QueueWait[1].Band != bandOf(5) || st.QueueWait[1].Count != 1 ||
+		st.QueueWait[2].Band != bandOf(9) || st.QueueWait[2].Count != 5 {
+		t.Errorf("GET /v1/queue queue_wait: %s, want 3 in band 0, 1 in band %d and 5 in band %d", r.Body, bandOf(5), bandOf(9))
+	}
+	// A key with read_queue reads the status, as the master key does; others may not.
+	if r := mustGet(t, g.URL+"/v1/queue", viewer); r.Status != http.StatusOK || !bytes.Contains(r.Body, []byte(`"queue_wait"`)) {
+		t.Errorf("GET /v1/queue with a read_queue key: %s, want 200 with the status", r)
+	}
+	if r := mustGet(t, g.URL+"/v1/queue", other); r.Status != http.StatusForbidden || !bytes.Contains(r.Body, []byte("read_queue")) {
+		t.Errorf("GET /v1/queue with a key without read_queue: %s, want 403 naming read_queue", r)
 	}
 	shot := filepath.Join(out, "ui.png")
 	png, err := os.ReadFile(shot)

@@ -5,7 +5,8 @@
 //   node page.test.mjs BASE_URL MASTER_KEY OTHER_KEY OUT_DIR GROUP...
 //
 // It checks that without the master key the page shows nothing of the
-// queue, that with it the page shows the same counts as GET /v1/queue and
+// queue, that with it the page shows the same counts (and queue waits per
+// band) as GET /v1/queue and
 // updates without reloading, then prints "READY" and waits for a line on
 // stdin (the Go test drains the queue), checks that the page shows the
 // queue drained, and prints "PASS". Screenshots go to OUT_DIR. Any failure
@@ -49,6 +50,8 @@ async function pageState(page) {
         coolMs: Number(tr.querySelector("[data-cooldown-ms]")?.dataset.cooldownMs || 0),
         coolText: tr.querySelector("[data-cooldown-ms]")?.textContent || "" })),
     paused: [...document.querySelectorAll("#heat td[data-paused]")].map((td) => Number(td.dataset.band) + "/" + td.dataset.group),
+    waits: [...document.querySelectorAll("#waits tr[data-band]")]
+      .map((tr) => ({ band: Number(tr.dataset.band), count: Number(tr.dataset.count), p50: tr.cells[2].textContent, p99: tr.cells[3].textContent })),
     loginError: document.getElementById("login-error").textContent,
     text: document.body.innerText,
   }));
@@ -81,6 +84,10 @@ function matches(st, q) {
     if ((p.coolMs > 0) !== (d.cooldown_remaining_ms > 0)) return `deployment ${d.id} cooldown ${p.coolMs}, /v1/queue ${d.cooldown_remaining_ms}`;
     if (d.cooldown_reason && !p.coolText.includes(d.cooldown_reason)) return `deployment ${d.id} cooldown "${p.coolText}" lacks its reason "${d.cooldown_reason}"`;
   }
+  // The queue waits of the last minute: the same bands and counts.
+  const wantW = (q.queue_wait || []).map((w) => `${w.band}=${w.count}`).join(",");
+  const gotW = st.waits.map((w) => `${w.band}=${w.count}`).join(",");
+  if (gotW !== wantW) return `queue waits ${gotW}, /v1/queue ${wantW}`;
   if (st.dead !== String(q.dead_letters?.count ?? "unknown")) return `dead letters ${st.dead}, /v1/queue ${q.dead_letters?.count}`;
   // Every cell of a paused band and group is marked, and no other.
   for (const p of q.paused) {
@@ -136,6 +143,7 @@ try {
   st = await waitFor(page, "the same queue as /v1/queue", async (s) => s.queueShown && matches(s, await queueJSON()));
   check(st.cells.length >= 2 && new Set(st.cells.map((c) => c.band)).size >= 2, `requests in two bands expected: ${JSON.stringify(st.cells)}`);
   check(st.paused.length > 0, "no paused cell shown although /v1/queue lists a pause");
+  check(st.waits.length > 0 && st.waits.every((w) => w.p50 && w.p99), "no queue wait shown for the requests picked up: " + JSON.stringify(st.waits));
   const cooling = st.deployments.filter((d) => d.coolMs > 0);
   check(cooling.length > 0, "no deployment shows a cooldown: " + JSON.stringify(st.deployments));
   const before = st.updates;

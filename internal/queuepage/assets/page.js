@@ -56,7 +56,7 @@ function show(which) {
 // clear removes everything drawn from the queue, so nothing of it stays on
 // the page once the key is refused or forgotten.
 function clear() {
-  for (const id of ["heat", "deployments", "dead"]) $(id).querySelector("tbody").replaceChildren();
+  for (const id of ["heat", "waits", "deployments", "dead"]) $(id).querySelector("tbody").replaceChildren();
   $("heat").querySelector("thead").replaceChildren();
   for (const id of ["total", "dead-count", "stream", "starving", "paused", "updated"]) $(id).textContent = "";
 }
@@ -101,6 +101,16 @@ function renderHeat(st) {
   }
 }
 
+// renderWaits draws each band's queue-wait p50 and p99 of the last minute,
+// coloured like the heat map.
+function renderWaits(st) {
+  const rows = (st.queue_wait || []).map((w) => el("tr", { "data-band": w.band, "data-count": w.count },
+    el("th", { scope: "row" }, w.band), el("td", {}, w.count),
+    el("td", { class: heat(w.p50_ms) }, fmtWait(w.p50_ms)), el("td", { class: heat(w.p99_ms) }, fmtWait(w.p99_ms))));
+  if (rows.length === 0) rows.push(el("tr", {}, el("td", { class: "muted", colSpan: 4 }, "no request answered in the last minute")));
+  $("waits").querySelector("tbody").replaceChildren(...rows);
+}
+
 function renderDeployments(st) {
   const rows = (st.deployments || []).map((d) => {
     const saturated = (d.max_parallel_requests && d.in_flight >= d.max_parallel_requests) ||
@@ -129,6 +139,7 @@ function render(st) {
   $("total").textContent = st.total;
   $("stream").textContent = st.stream;
   renderHeat(st);
+  renderWaits(st);
   renderDeployments(st);
   renderDead(st);
   $("updated").textContent = new Date().toLocaleTimeString();
@@ -145,7 +156,7 @@ async function poll(gen) {
       sessionStorage.removeItem(KEY);
       stop();
       clear();
-      $("login-error").textContent = key ? (r.status === 403 ? "This key may not see the queue: only the master key may." : "The key was refused.") : "";
+      $("login-error").textContent = key ? (r.status === 403 ? "This key may not see the queue: only the master key and keys with read_queue may." : "The key was refused.") : "";
       show("login");
       $("key").focus();
       return;
