@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/llmq/llmq/internal/batch"
 	"github.com/llmq/llmq/internal/config"
 	"github.com/llmq/llmq/internal/gateway"
 	"github.com/llmq/llmq/internal/metrics"
@@ -182,6 +183,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 
 	lv := &live{env: env, lookup: lookup, log: log, kind: "gateway", s: s, nc: nc}
 	var ws *workers
+	var batches *batch.Service
 	if cl != nil && gctx.Err() == nil {
 		if s.cfg.GeneralSettings.MasterKey == "" {
 			log.Warn("general_settings.master_key is not set: every caller is accepted without a key")
@@ -191,7 +193,8 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		var limits atomic.Pointer[router.Router]
 		limits.Store(s.newRouter(nil, nil))
 		var paused atomic.Pointer[pauses.Set] // for the status page, once open
-		gw, met := s.newGatewayServer(env, log, nc, cl, &prog, lv, &limits, &paused)
+		var files batch.Front
+		gw, met := s.newGatewayServer(env, log, nc, cl, &prog, lv, &limits, &paused, &files)
 		srv.Store(gw)
 		front.set(gw.Handler())
 
@@ -220,6 +223,15 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		lv.apply = func(next *setup, set *limiter.Set) {
 			gw.SetPolicy(next.gatewayPolicy())
 			limits.Store(next.newRouter(nil, set))
+			if batches != nil {
+				batches.SetGroups(next.cfg.Groups())
+			}
+		}
+		if gctx.Err() == nil {
+			if batches, err = s.openBatches(gctx, nc, cl, env, base, &prog, met); err != nil && gctx.Err() == nil {
+				return fail(err)
+			}
+			files.Set(batches)
 		}
 		if embedded != nil && env.EmbeddedWorkers > 0 && ps != nil && gctx.Err() == nil {
 			wnc, err := embedded.Connect("llmq-embedded-worker")
@@ -239,6 +251,12 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		}
 	}
 
+	batchesDone := make(chan error, 1)
+	if batches != nil {
+		go func() { batchesDone <- batches.Run(workCtx) }()
+	} else {
+		batchesDone <- nil
+	}
 	if gctx.Err() == nil {
 		prog.done()
 		log.Info("gateway listening", "addr", g.addr.String(), "nats", g.natsURL, "groups", s.cfg.Groups(), "embedded_workers", env.EmbeddedWorkers*boolInt(ws != nil))
@@ -251,6 +269,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 		if ws != nil {
 			err = errors.Join(err, ws.wait())
 		}
+		err = errors.Join(err, <-batchesDone)
 		undo()
 		stop()
 		log.Info("gateway stopped")
@@ -263,7 +282,7 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 // newGatewayServer builds the HTTP API over cl. Its readiness is prog's
 // until start-up is complete, then NATS's and the topology's; its status
 // page shows the deployments of limits and the pauses of paused.
-func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn, cl *client.Client, prog *progress, lv *live, limits *atomic.Pointer[router.Router], paused *atomic.Pointer[pauses.Set]) (*gateway.Server, *metrics.Metrics) {
+func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn, cl *client.Client, prog *progress, lv *live, limits *atomic.Pointer[router.Router], paused *atomic.Pointer[pauses.Set], files *batch.Front) (*gateway.Server, *metrics.Metrics) {
 	js, _ := jetstream.New(nc)
 	met, metricsHandler := newRegistry()
 	p := s.gatewayPolicy()
@@ -283,6 +302,7 @@ func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn
 		MaxBodyBytes:    env.MaxBodyBytes,
 		ParkAfter:       env.ParkAfter,
 		Logger:          log,
+		Routes:          files.Routes(),
 		QueueStatus: func(ctx context.Context) (any, error) {
 			st, err := queuestatus.Read(ctx, js, s.subjects, time.Now())
 			if err != nil {
@@ -293,6 +313,7 @@ func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn
 				st.Paused = ps.List()
 			}
 			st.QueueWait = waits.Read(time.Now())
+			st.Batches = files.Active()
 			return st, nil
 		},
 		Ready: func(ctx context.Context) error {
@@ -367,4 +388,20 @@ func boolInt(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// openBatches opens the files and batches buckets (see converge) and
+// returns the service that runs them in this process.
+func (s *setup) openBatches(ctx context.Context, nc *nats.Conn, cl *client.Client, env config.Env, base *slog.Logger, prog *progress, met *metrics.Metrics) (*batch.Service, error) {
+	b := s.cfg.LLMQ.Batches
+	opts := batch.Options{
+		Queue: cl, Subjects: s.subjects, Bands: s.bands, Groups: s.cfg.Groups(), Replicas: s.cfg.LLMQ.Replicas,
+		DefaultPriority: *b.DefaultPriority, MaxFileLines: b.MaxFileLines, MaxFileBytes: b.MaxFileBytes,
+		MaxLineBytes: int(env.MaxBodyBytes) + 64<<10, MaxCompletionWindow: b.MaxCompletionWindow.D(),
+		Logger: base.With("component", "batches"), Metrics: met,
+	}
+	return openBucket(ctx, base, prog, "the files and batches buckets", func(ctx context.Context) (*batch.Service, bool, error) {
+		svc, err := batch.Open(ctx, nc, opts)
+		return svc, true, err
+	})
 }

@@ -64,6 +64,13 @@ func restartOnly(old, next *config.Config) error {
 	check("llmq_settings.max_queued", o.MaxQueued, n.MaxQueued)
 	check("llmq_settings.ack_wait", o.AckWait, n.AckWait)
 	check("llmq_settings.limits_period", o.LimitsPeriod, n.LimitsPeriod)
+	// The batch service reads these once (internal/batch); a reload does
+	// put new model groups in force for batches.
+	ob, nb := o.Batches, n.Batches
+	check("llmq_settings.batches.default_priority", *ob.DefaultPriority, *nb.DefaultPriority)
+	check("llmq_settings.batches.max_file_lines", ob.MaxFileLines, nb.MaxFileLines)
+	check("llmq_settings.batches.max_file_bytes", ob.MaxFileBytes, nb.MaxFileBytes)
+	check("llmq_settings.batches.max_completion_window", ob.MaxCompletionWindow, nb.MaxCompletionWindow)
 	return errors.Join(errs...)
 }
 

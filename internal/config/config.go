@@ -212,7 +212,30 @@ type LLMQSettings struct {
 	// MockStreamGap is the pause between a mock deployment's streamed chunks;
 	// default 0.05 s, so the embedded default visibly streams.
 	MockStreamGap Seconds `yaml:"mock_stream_gap"`
+	// Batches configures /v1/files and /v1/batches.
+	Batches BatchSettings `yaml:"batches"`
 }
+
+// BatchSettings is llmq_settings.batches.
+type BatchSettings struct {
+	// DefaultPriority is the priority of a batch whose create request names
+	// none; default: one past the last priority_bands bound (the last band).
+	// Never nil after ApplyDefaults. A key's max_priority still applies.
+	DefaultPriority *int64 `yaml:"default_priority"`
+	// MaxFileLines caps the lines of an uploaded batch file; default 50000.
+	MaxFileLines int `yaml:"max_file_lines"`
+	// MaxFileBytes caps the size of an uploaded file; default 200 MB.
+	MaxFileBytes int64 `yaml:"max_file_bytes"`
+	// MaxCompletionWindow is the longest completion_window a batch may ask
+	// for; default 24 h. A window is "24h" or any Go duration up to it.
+	MaxCompletionWindow Seconds `yaml:"max_completion_window"`
+}
+
+// Batch defaults (OpenAI's limits).
+const (
+	DefaultBatchFileLines = 50_000
+	DefaultBatchFileBytes = 200 << 20
+)
 
 // APIKey is one caller's key and its priority policy. The master key has no
 // restrictions.
@@ -409,6 +432,20 @@ func (c *Config) ApplyDefaults() {
 		if l.Tenants[i].Weight == 0 {
 			l.Tenants[i].Weight = DefaultTenantWeight
 		}
+	}
+	b := &l.Batches
+	if b.DefaultPriority == nil && len(l.PriorityBands) > 0 {
+		p := l.PriorityBands[len(l.PriorityBands)-1] + 1
+		b.DefaultPriority = &p
+	}
+	if b.MaxFileLines == 0 {
+		b.MaxFileLines = DefaultBatchFileLines
+	}
+	if b.MaxFileBytes == 0 {
+		b.MaxFileBytes = DefaultBatchFileBytes
+	}
+	if b.MaxCompletionWindow == 0 {
+		b.MaxCompletionWindow = Seconds(24 * time.Hour)
 	}
 	index := map[string]int{}
 	for i := range c.ModelList {

@@ -809,3 +809,36 @@ llmq_settings:
 		t.Errorf("ListedTenants = %q, want %q", got, want)
 	}
 }
+
+// TestBatchSettings: llmq_settings.batches defaults to OpenAI's limits and
+// the last band, follows priority_bands, and reports bad values and unknown
+// keys with their paths.
+func TestBatchSettings(t *testing.T) {
+	const okModel = "model_list: [{model_name: m, litellm_params: {model: m, api_key: k}}]\n"
+	c, err := Parse([]byte(okModel), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.LLMQ.Batches
+	if *b.DefaultPriority != 9 || b.MaxFileLines != 50_000 || b.MaxFileBytes != 200<<20 || b.MaxCompletionWindow.D() != 24*time.Hour {
+		t.Errorf("defaults %+v (default_priority %d)", b, *b.DefaultPriority)
+	}
+	c, err = Parse([]byte(okModel+"llmq_settings: {priority_bands: [0, 10], batches: {max_file_lines: 3, max_completion_window: 60}}\n"), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := c.LLMQ.Batches; *b.DefaultPriority != 11 || b.MaxFileLines != 3 || b.MaxCompletionWindow.D() != time.Minute {
+		t.Errorf("set %+v (default_priority %d), want the last band's 11, 3 lines, 60 s", b, *b.DefaultPriority)
+	}
+	for yaml, want := range map[string]string{
+		"llmq_settings: {batches: {max_file_lines: -1}}":        "llmq_settings.batches.max_file_lines: must be at least 1",
+		"llmq_settings: {batches: {max_file_bytes: -5}}":        "llmq_settings.batches.max_file_bytes: must be at least 1",
+		"llmq_settings: {batches: {max_completion_window: -1}}": "llmq_settings.batches.max_completion_window: must be at least 1 second",
+		"llmq_settings: {batches: {max_lines: 3}}":              "llmq_settings.batches.max_lines: unknown key",
+	} {
+		_, err := Parse([]byte(okModel+yaml+"\n"), env(nil))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err %v, want %q", yaml, err, want)
+		}
+	}
+}

@@ -263,6 +263,15 @@ func (c *Config) validate() []*FieldError {
 	if bands := len(q.PriorityBands) + 1; q.Aging.LimitBand < 0 || q.Aging.LimitBand >= bands {
 		add("llmq_settings.aging.limit_band", "must be a band, 0 to %d, got %d", bands-1, q.Aging.LimitBand)
 	}
+	if b := q.Batches; b.MaxFileLines < 1 {
+		add("llmq_settings.batches.max_file_lines", "must be at least 1, got %d", b.MaxFileLines)
+	}
+	if b := q.Batches; b.MaxFileBytes < 1 {
+		add("llmq_settings.batches.max_file_bytes", "must be at least 1, got %d", b.MaxFileBytes)
+	}
+	if b := q.Batches; b.MaxCompletionWindow < Seconds(time.Second) {
+		add("llmq_settings.batches.max_completion_window", "must be at least 1 second")
+	}
 	if q.Replicas < 1 || q.Replicas > maxReplicas {
 		add("llmq_settings.replicas", "must be between 1 and %d, got %d", maxReplicas, q.Replicas)
 	}

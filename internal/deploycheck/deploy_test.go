@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"maps"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -559,6 +560,36 @@ func (d *deploy) needs() map[string]roleNeeds {
 	// each band and group; internal/deadletter: reading dead letters.
 	queueRead := []string{api + "STREAM.INFO." + req, api + "STREAM.MSG.GET." + req}
 	deadRead := []string{api + "STREAM.INFO." + dead, api + "STREAM.MSG.GET." + dead}
+	// internal/batch (gateway): the files bucket (an object store) and the
+	// batches and batch lines buckets: create, write, read (direct gets),
+	// purge, watch and list (ordered push consumers with flow control), and
+	// read through ordered pull consumers; the batch lines' pickups and
+	// answers, in a queue group.
+	var batches []string
+	for _, b := range []struct {
+		stream, pre string
+		purge, pull bool
+	}{
+		{"OBJ_" + s.FilesBucket(), "$O." + s.FilesBucket() + ".", true, true},
+		{"KV_" + s.BatchesBucket(), "$KV." + s.BatchesBucket() + ".", false, false},
+		{"KV_" + s.BatchLinesBucket(), "$KV." + s.BatchLinesBucket() + ".", true, true},
+	} {
+		batches = append(batches, b.pre+"k",
+			api+"STREAM.INFO."+b.stream, api+"STREAM.CREATE."+b.stream, api+"STREAM.UPDATE."+b.stream,
+			api+"DIRECT.GET."+b.stream+"."+b.pre+"k",
+			api+"CONSUMER.CREATE."+b.stream+".c."+b.pre+">", api+"CONSUMER.DELETE."+b.stream+".c")
+		if b.purge {
+			batches = append(batches, api+"STREAM.PURGE."+b.stream)
+		}
+		if b.pull {
+			batches = append(batches, api+"CONSUMER.MSG.NEXT."+b.stream+".c")
+		}
+		if b.stream != "KV_"+s.BatchLinesBucket() {
+			batches = append(batches, "$JS.FC."+b.stream+".c.1.1")
+		} else {
+			batches = append(batches, api+"CONSUMER.INFO."+b.stream+".c")
+		}
+	}
 	cat := func(lists ...[]string) []string { return slices.Concat(lists...) }
 	return map[string]roleNeeds{
 		roleGateway: {
@@ -566,12 +597,13 @@ func (d *deploy) needs() map[string]roleNeeds {
 			// the newest dead letters (internal/queuestatus), and mirrors
 			// the limiter state and the pauses; pkg/client wakes workers
 			// for a redelivery.
-			pub: cat(requests, wakes, []string{s.Gone(), inbox}, ensure, consumers, queueRead, deadRead, kvOpen, pausesOpen),
-			// llmqctl reload asks on s.Reload (internal/reload).
-			sub: []string{inbox, s.Reload()},
+			pub: cat(requests, wakes, []string{s.Gone(), inbox}, ensure, consumers, queueRead, deadRead, kvOpen, pausesOpen, batches),
+			// llmqctl reload asks on s.Reload (internal/reload); batch lines'
+			// pickups and answers come on s.BatchReplyWildcard (internal/batch).
+			sub: []string{inbox, s.Reload(), s.BatchReplyWildcard()},
 		},
 		roleWorker: {
-			pub: cat([]string{inbox}, deads, served, fetch, acks, infos, ensure, consumers, kvOpen, kvWrite, pausesOpen),
+			pub: cat([]string{inbox, s.BatchReply("batch_x", 0)}, deads, served, fetch, acks, infos, ensure, consumers, kvOpen, kvWrite, pausesOpen),
 			sub: cat(wakes, served, []string{s.Gone(), inbox, s.Reload()}),
 			// The v2 ack subject ($JS.ACK.<domain>.<account hash>.<stream>...),
 			// which nats-server 2.15 understands but does not send yet.
@@ -658,6 +690,8 @@ func jsStream(p string) (string, bool) {
 		return "", true
 	case t[0] == "$KV" && len(t) > 1:
 		return "KV_" + t[1], true
+	case t[0] == "$O" && len(t) > 1:
+		return "OBJ_" + t[1], true
 	case t[0] != "$JS" || len(t) < 3:
 		return "", false
 	case t[1] == "API" && t[2] == "STREAM" && len(t) > 3 && t[3] == "MSG":
@@ -694,7 +728,8 @@ func TestNATSConfigs(t *testing.T) {
 		}
 	}
 	needs := d.needs()
-	streams := map[string]bool{d.subj.RequestStream(): true, d.subj.DeadLetterStream(): true, "KV_" + d.subj.LimitsBucket(): true, "KV_" + d.subj.PausesBucket(): true}
+	streams := map[string]bool{d.subj.RequestStream(): true, d.subj.DeadLetterStream(): true, "KV_" + d.subj.LimitsBucket(): true, "KV_" + d.subj.PausesBucket(): true,
+		"OBJ_" + d.subj.FilesBucket(): true, "KV_" + d.subj.BatchesBucket(): true, "KV_" + d.subj.BatchLinesBucket(): true}
 	envDefault := d.env["LLMQ_MAX_BODY_BYTES"].def
 	maxBody, err := strconv.Atoi(envDefault)
 	if err != nil {
@@ -738,8 +773,7 @@ func TestNATSConfigs(t *testing.T) {
 				if !ok {
 					t.Errorf("%s: user %s: unrecognised JetStream permission %s", where, u.Name, p)
 				} else if s != "" && !streams[s] {
-					t.Errorf("%s: user %s: %s names stream %q; llmq's are %s, %s, %s and %s", where, u.Name, p, s,
-						d.subj.RequestStream(), d.subj.DeadLetterStream(), "KV_"+d.subj.LimitsBucket(), "KV_"+d.subj.PausesBucket())
+					t.Errorf("%s: user %s: %s names stream %q; llmq's are %v", where, u.Name, p, s, slices.Sorted(maps.Keys(streams)))
 				}
 			}
 		}
@@ -2472,6 +2506,11 @@ func TestLive(t *testing.T) {
 		}
 	}
 
+	// A batch (internal/batch, as the gateway user; its lines served by the
+	// worker user): upload, create, poll to completed, read the output, list,
+	// delete.
+	batchRun(t, httpc, base, group)
+
 	// An internal service submits with pkg/client.
 	cl, err := client.New(connect(roleService), client.Options{Prefix: d.subj.Prefix(), BandBounds: d.example.LLMQ.PriorityBands})
 	if err != nil {
@@ -2628,4 +2667,69 @@ func TestLive(t *testing.T) {
 	if len(slog.take()) < 7 {
 		t.Error("nats-server logged fewer violations than the refused operations")
 	}
+}
+
+// batchRun runs a two-line batch through the gateway at base: upload,
+// create, poll until completed, read the output, list the files, delete
+// the output.
+func batchRun(t *testing.T, httpc *http.Client, base, group string) {
+	t.Helper()
+	do := func(method, path, contentType string, body io.Reader, out any) {
+		t.Helper()
+		req, err := http.NewRequest(method, base+path, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if contentType != "" {
+			req.Header.Set("Content-Type", contentType)
+		}
+		resp, err := httpc.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, b)
+		}
+		if out != nil {
+			if err := json.Unmarshal(b, out); err != nil {
+				t.Fatalf("%s %s: %v: %s", method, path, err, b)
+			}
+		}
+	}
+	var form bytes.Buffer
+	mw := multipart.NewWriter(&form)
+	_ = mw.WriteField("purpose", "batch")
+	fw, _ := mw.CreateFormFile("file", "deploycheck.jsonl")
+	for i := range 2 {
+		fmt.Fprintf(fw, `{"custom_id":"dc-%d","method":"POST","url":"/v1/chat/completions","body":{"model":%q,"messages":[{"role":"user","content":"hi"}]}}`+"\n", i, group)
+	}
+	_ = mw.Close()
+	var file struct{ ID string }
+	do(http.MethodPost, "/v1/files", mw.FormDataContentType(), &form, &file)
+	var b struct {
+		ID, Status   string
+		OutputFileID string `json:"output_file_id"`
+	}
+	do(http.MethodPost, "/v1/batches", "application/json", strings.NewReader(`{"input_file_id":"`+file.ID+`","endpoint":"/v1/chat/completions","completion_window":"24h"}`), &b)
+	for deadline := time.Now().Add(20 * time.Second); b.Status != "completed"; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("batch %s is %s, want completed", b.ID, b.Status)
+		}
+		do(http.MethodGet, "/v1/batches/"+b.ID, "", nil, &b)
+	}
+	req, _ := http.NewRequest(http.MethodGet, base+"/v1/files/"+b.OutputFileID+"/content", nil)
+	resp, err := httpc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if n := bytes.Count(out, []byte(`"status_code":200`)); n != 2 {
+		t.Errorf("batch output has %d served lines, want 2: %s", n, out)
+	}
+	do(http.MethodGet, "/v1/files", "", nil, nil)
+	do(http.MethodGet, "/v1/batches", "", nil, nil)
+	do(http.MethodDelete, "/v1/files/"+b.OutputFileID, "", nil, nil)
 }

@@ -106,6 +106,9 @@ type Options struct {
 	// QueueStatus, when set, serves GET /v1/queue (to the master key and
 	// keys with ReadQueue).
 	QueueStatus func(ctx context.Context) (any, error)
+	// Routes are further handlers by ServeMux pattern ("POST /v1/files"),
+	// served behind authentication; CallerOf tells them who calls.
+	Routes map[string]http.Handler
 	// Waits, when set, records the queue wait of every request picked up.
 	Waits *waitstats.Window
 	// Tenants are the tenants whose names may be metric labels (the
@@ -201,6 +204,9 @@ func (s *Server) Handler() http.Handler {
 		// The live page: static, without data; its script reads /v1/queue.
 		mux.Handle("GET "+queuepage.Path, queuepage.Handler())
 		mux.Handle("GET "+queuepage.Path+"/", queuepage.Handler())
+	}
+	for pattern, h := range s.opts.Routes {
+		mux.Handle(pattern, s.auth(h))
 	}
 	if s.opts.MetricsHandler != nil {
 		mux.Handle("GET /metrics", s.opts.MetricsHandler)
@@ -472,3 +478,7 @@ func writeError(w http.ResponseWriter, e *messages.Error) {
 	w.WriteHeader(e.HTTPStatus())
 	_, _ = w.Write(messages.ErrorBody(e))
 }
+
+// WriteError writes e as an OpenAI error body with its status, for the
+// handlers mounted with Options.Routes.
+func WriteError(w http.ResponseWriter, e *messages.Error) { writeError(w, e) }

@@ -237,3 +237,34 @@ func (p *policy) tenant(h http.Header) (string, *messages.Error) {
 	}
 	return named[0], nil
 }
+
+// Caller is who sent a request, for the handlers mounted with
+// Options.Routes (internal/batch): the key's name and policy.
+type Caller struct{ p *policy }
+
+// CallerOf returns the caller of a request that passed authentication.
+func CallerOf(ctx context.Context) Caller { return Caller{policyOf(ctx)} }
+
+// Name is the key's name: "master" for general_settings.master_key, ""
+// when authentication is off.
+func (c Caller) Name() string {
+	if c.p == nil {
+		return ""
+	}
+	return c.p.Name
+}
+
+// Master reports whether the caller may see everyone's resources: the
+// master key, or anyone when authentication is off.
+func (c Caller) Master() bool { return c.p == nil || c.p.Name == masterName }
+
+// Allows reports whether the caller may use the model group.
+func (c Caller) Allows(group string) bool { return c.p.allows(group) }
+
+// Clamp raises priority to the key's max_priority.
+func (c Caller) Clamp(priority int64) int64 {
+	if c.p != nil && c.p.MaxPriority != nil && priority < *c.p.MaxPriority {
+		return *c.p.MaxPriority
+	}
+	return priority
+}

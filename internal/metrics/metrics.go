@@ -43,6 +43,9 @@ type Metrics struct {
 	parked       prometheus.Gauge
 	tenantReqs   *prometheus.CounterVec
 	tenantTokens *prometheus.CounterVec
+	batches      *prometheus.GaugeVec
+	batchesEnded *prometheus.CounterVec
+	batchLines   *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them on reg.
@@ -102,9 +105,22 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "llmq_tenant_served_tokens_total",
 			Help: "Tokens (prompt plus completion, as the provider reported them) of requests served by this worker, by tenant (listed tenants only; others are \"other\").",
 		}, []string{"tenant"}),
+		batches: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "llmq_batches",
+			Help: "Batches not over, by status (validating, in_progress, cancelling, finalizing), as this gateway last saw them.",
+		}, []string{"status"}),
+		batchesEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmq_batches_ended_total",
+			Help: "Batches this gateway ended, by final status (completed, failed, expired, cancelled).",
+		}, []string{"status"}),
+		batchLines: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmq_batch_lines_total",
+			Help: "Batch lines this gateway ended, by outcome (a request outcome, or batch_expired and batch_cancelled for lines that never ran).",
+		}, []string{"outcome"}),
 	}
 	reg.MustRegister(m.requests, m.queueWait, m.queueDepth, m.inFlight, m.providerTime, m.tokens,
-		m.cooldowns, m.coolingDown, m.limiterUse, m.deadLetters, m.parked, m.tenantReqs, m.tenantTokens)
+		m.cooldowns, m.coolingDown, m.limiterUse, m.deadLetters, m.parked, m.tenantReqs, m.tenantTokens,
+		m.batches, m.batchesEnded, m.batchLines)
 	return m
 }
 
@@ -200,3 +216,12 @@ func (l TenantLabels) Label(tenant string) string {
 	}
 	return OtherTenant
 }
+
+// Batches sets the number of batches not over in status.
+func (m *Metrics) Batches(status string, n int) { m.batches.WithLabelValues(status).Set(float64(n)) }
+
+// BatchEnded counts a batch that ended in status.
+func (m *Metrics) BatchEnded(status string) { m.batchesEnded.WithLabelValues(status).Inc() }
+
+// BatchLine counts a batch line that ended with outcome.
+func (m *Metrics) BatchLine(outcome string) { m.batchLines.WithLabelValues(outcome).Inc() }

@@ -52,6 +52,23 @@ type Status struct {
 	// their waits for it (internal/waitstats); absent where nobody recorded
 	// them (llmqctl). Set by the caller.
 	QueueWait []waitstats.Band `json:"queue_wait,omitempty"`
+	// Batches are the batches not over (/v1/batches), oldest first. Set by
+	// the caller.
+	Batches []Batch `json:"batches"`
+}
+
+// Batch is one batch that is not over: its lines wait in Band like any
+// request, and are counted in Queues.
+type Batch struct {
+	ID        string `json:"id"`
+	Status    string `json:"status"`
+	Band      int    `json:"band"`
+	Priority  int64  `json:"priority"`
+	Total     int    `json:"total"`
+	Completed int    `json:"completed"`
+	Failed    int    `json:"failed"`
+	CreatedAt int64  `json:"created_at"` // Unix seconds
+	ExpiresAt int64  `json:"expires_at"` // Unix seconds
 }
 
 // DeadLetters summarises the dead-letter stream.

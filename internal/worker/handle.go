@@ -29,7 +29,7 @@ func (p *Pool) onControl(m *nats.Msg) {
 		if p.reconnect.settling(time.Now()) {
 			return
 		}
-		if inbox := p.keeper.inboxOf(m.Subject); inbox != "" && p.callers.known(inbox) {
+		if inbox := p.keeper.inboxOf(m.Subject); inbox != "" && p.mayReconnect(inbox) {
 			return
 		}
 	default:

@@ -183,6 +183,14 @@ func (c *callers) closed(inbox string) bool {
 	return c.by[inboxPrefix(inbox)].closed
 }
 
+// mayReconnect reports whether nobody on inbox may mean that its caller is
+// reconnecting: a caller heard from lately, or a batch line, whose answer
+// any gateway takes and which no process ever announces gone (see
+// internal/batch); a batch line is held until its batch expires.
+func (p *Pool) mayReconnect(inbox string) bool {
+	return p.callers.known(inbox) || p.opts.Subjects.IsBatchReply(inbox)
+}
+
 // onGone records a caller that closed; the payload is its inbox prefix.
 func (p *Pool) onGone(m *nats.Msg) {
 	if n := len(m.Data); n > 0 && n <= 256 {
@@ -193,7 +201,7 @@ func (p *Pool) onGone(m *nats.Msg) {
 // holdFor is until when a pickup or answer to inbox that found nobody there
 // at now may be tried again, for a caller whose wait ends at deadline.
 func (p *Pool) holdFor(inbox string, deadline, now time.Time) time.Time {
-	if !p.callers.known(inbox) {
+	if !p.mayReconnect(inbox) {
 		deadline = time.Time{}
 	}
 	return holdUntil(deadline, now)

@@ -71,3 +71,22 @@ func TestCallers(t *testing.T) {
 		t.Errorf("%d callers remembered, want at most %d", n, maxCallers)
 	}
 }
+
+// TestBatchLinesMayReconnect: a batch line's reply subject is held for a
+// reconnect (until its batch expires) although no worker heard from it: any
+// gateway, started at any time, answers it.
+func TestBatchLinesMayReconnect(t *testing.T) {
+	subjects, err := messages.NewSubjects("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Pool{opts: Options{Subjects: subjects}}
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	expires := now.Add(24 * time.Hour)
+	if got := p.holdFor(subjects.BatchReply("batch_x", 7), expires, now); !got.Equal(expires) {
+		t.Errorf("a batch line is held until %v, want its expiry %v", got, expires)
+	}
+	if got := p.holdFor("_INBOX.abc.def.req-1", expires, now); !got.Equal(now.Add(noResponderRetries * retryGap)) {
+		t.Errorf("an unknown caller is held until %v, want the short default", got)
+	}
+}

@@ -16,7 +16,14 @@
 // that a repeat is never stored twice; only past the bound does Do fail
 // with messages.ErrBrokerUnavailable.
 //
-// Ownership: Do owns a request from publish to answer. When its context ends
+// Submitting and waiting are separate steps when the caller wants them so:
+// [Client.Submit] returns a [Handle] once the request is queued, and
+// [Handle.Wait] waits for its answer ([Client.Do] is both); a handle that
+// will not be waited for is given up with [Handle.Abandon]. [Client.Enqueue]
+// queues a request whose pickups and answer another party takes on a
+// subject of its own (internal/batch's batch lines).
+//
+// Ownership: Do (or Submit and Wait) owns a request from publish to answer. When its context ends
 // or the queue deadline passes before a worker picked the request up, Do
 // returns at once and the request is abandoned; the worker that later finds
 // it drops it without a provider call. A request with a [Parker] may be
@@ -380,12 +387,40 @@ func answerTimeout() error {
 // Response.Body is empty: the events went to req.OnChunk. A request handed
 // over to its Parker returns ErrParked.
 func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Result, err error) {
+	h, err := c.Submit(ctx, req)
+	if err != nil {
+		return nil, Result{ID: req.ID, Band: c.bands.Band(req.Priority)}, err
+	}
+	return h.Wait(ctx)
+}
+
+// Handle is a submitted request: Wait for its answer, or Abandon it. It
+// holds the request's waiter, not its body.
+type Handle struct {
+	c                *Client
+	w                *waiter
+	onChunk          func([]byte) error
+	onStart          func(Result)
+	parkAfter        time.Duration
+	waited, released atomic.Bool
+}
+
+// ID is the request's id.
+func (h *Handle) ID() string { return h.w.id }
+
+// Submit publishes req and returns once JetStream stored it (with the
+// guarantees described for Do); from then on this client answers the
+// request's pickups. Every handle must be waited for (Wait, once) or
+// abandoned (Abandon): until then the client keeps the request's waiter,
+// and accepts its pickup. ctx bounds the publish; its deadline also
+// travels with the request (see Request.AnswerDeadline).
+func (c *Client) Submit(ctx context.Context, req *Request) (*Handle, error) {
 	if req.ID == "" {
 		req.ID = nuid.Next()
 	}
 	if req.Tenant != "" {
 		if err := messages.ValidTenant(req.Tenant); err != nil {
-			return nil, Result{}, messages.Errorf(messages.OutcomeInvalidRequest, "", "tenant: %v", err)
+			return nil, messages.Errorf(messages.OutcomeInvalidRequest, "", "tenant: %v", err)
 		}
 	}
 	w := &waiter{
@@ -407,17 +442,11 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 	c.mu.Lock()
 	if _, dup := c.waiters[w.id]; dup {
 		c.mu.Unlock()
-		return nil, w.result(), messages.Errorf(messages.OutcomeInvalidRequest, "", "request id %q is already in use", w.id)
+		return nil, messages.Errorf(messages.OutcomeInvalidRequest, "", "request id %q is already in use", w.id)
 	}
 	c.waiters[w.id] = w
 	c.peak = max(c.peak, len(c.waiters))
 	c.mu.Unlock()
-	parked := false
-	defer func() {
-		if !parked {
-			c.forget(w)
-		}
-	}()
 
 	w.start = time.Now()
 	// The workers hold an answer or a pickup that finds nobody on the
@@ -435,8 +464,41 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 	req = nil // see above
 	if err := c.publish(ctx, msg); err != nil {
 		w.state.Store(stateAbandoned)
-		return nil, w.result(), err
+		c.forget(w)
+		return nil, err
 	}
+	return &Handle{c: c, w: w, onChunk: onChunk, onStart: onStart, parkAfter: parkAfter}, nil
+}
+
+// Abandon gives the request up without waiting: a worker that has not
+// picked it up yet drops it without a provider call, and one that has is
+// told to stop. It does nothing after Wait.
+func (h *Handle) Abandon() {
+	if h.waited.Load() || !h.released.CompareAndSwap(false, true) {
+		return
+	}
+	if h.w.state.Swap(stateAbandoned) == statePicked {
+		h.c.cancel(h.w)
+	}
+	h.c.forget(h.w)
+}
+
+// Wait waits for the answer of a submitted request, as Do does; it may be
+// called once. A request handed over to its Parker returns ErrParked.
+func (h *Handle) Wait(ctx context.Context) (resp *Response, info Result, err error) {
+	c, w, onChunk, onStart, parkAfter := h.c, h.w, h.onChunk, h.onStart, h.parkAfter
+	if !h.waited.CompareAndSwap(false, true) {
+		return nil, w.result(), errors.New("client: Wait called twice")
+	}
+	if h.released.Load() {
+		return nil, w.result(), fmt.Errorf("%w: the request was abandoned", messages.ErrCancelled)
+	}
+	parked := false
+	defer func() {
+		if !parked {
+			c.forget(w)
+		}
+	}()
 
 	// One timer serves both deadlines: it fires at the queue deadline (or
 	// the answer deadline, whichever comes first) and, if the request was
@@ -562,6 +624,25 @@ func (c *Client) Do(ctx context.Context, req *Request) (resp *Response, info Res
 			return fail(fmt.Errorf("%w: %w", messages.ErrCancelled, cause))
 		}
 	}
+}
+
+// Enqueue publishes req for a party other than this client, which answers
+// its pickups and takes its answer on replyTo (internal/batch answers a
+// batch's lines this way, durably, from any gateway). It returns once
+// JetStream stored the request, with Do's publish guarantees: repeated
+// through a cluster failover, the request id as Nats-Msg-Id, an error
+// matching messages.ErrQueueFull when its band and group are full and
+// messages.ErrBrokerUnavailable past Options.PublishTimeout. Only ID (made
+// when empty), Kind, Group, Priority, Body, Deadline and AnswerDeadline are
+// used.
+func (c *Client) Enqueue(ctx context.Context, req *Request, replyTo string) error {
+	if req.ID == "" {
+		req.ID = nuid.Next()
+	}
+	return c.publish(ctx, c.subjects.Msg(&messages.Request{
+		ID: req.ID, Kind: req.Kind, Group: req.Group, Band: c.bands.Band(req.Priority), Priority: req.Priority,
+		ReplyTo: replyTo, Deadline: req.Deadline, AnswerDeadline: req.AnswerDeadline, Body: req.Body,
+	}, time.Now()))
 }
 
 // forget removes w from the waiters; later messages for it are refused.

@@ -150,6 +150,45 @@ func (s Subjects) LimitsBucket() string { return s.prefix + "_limits" }
 // request of them.
 func (s Subjects) PausesBucket() string { return s.prefix + "_pauses" }
 
+// BatchReply is the reply subject (Llmq-Reply) of line n (from 0) of the
+// batch id: a batch line is an ordinary request whose "caller's inbox" is
+// this subject, answered by whichever gateway holds a subscription to
+// [Subjects.BatchReplyWildcard] (internal/batch) rather than by a waiting
+// client. id must be one plain token (letters, digits, '-', '_').
+func (s Subjects) BatchReply(id string, n int) string {
+	return s.prefix + ".batch." + id + "." + strconv.Itoa(n)
+}
+
+// BatchReplyWildcard matches every batch line's reply subject.
+func (s Subjects) BatchReplyWildcard() string { return s.prefix + ".batch.>" }
+
+// IsBatchReply reports whether subject is a batch line's reply subject.
+func (s Subjects) IsBatchReply(subject string) bool {
+	return strings.HasPrefix(subject, s.prefix+".batch.")
+}
+
+// ParseBatchReply splits a batch line's reply subject into batch id and line.
+func (s Subjects) ParseBatchReply(subject string) (id string, n int, err error) {
+	rest, ok := strings.CutPrefix(subject, s.prefix+".batch.")
+	id, line, ok2 := strings.Cut(rest, ".")
+	if ok && ok2 && isPlainToken(id) {
+		if n, err = strconv.Atoi(line); err == nil && n >= 0 {
+			return id, n, nil
+		}
+	}
+	return "", 0, fmt.Errorf("%w: %q is not a batch reply subject", ErrBadSubject, subject)
+}
+
+// FilesBucket is the JetStream Object Store bucket of /v1/files.
+func (s Subjects) FilesBucket() string { return s.prefix + "_files" }
+
+// BatchesBucket is the KV bucket of the /v1/batches records.
+func (s Subjects) BatchesBucket() string { return s.prefix + "_batches" }
+
+// BatchLinesBucket is the KV bucket of the batch lines' results, one key
+// "<batch id>.<line>" per line.
+func (s Subjects) BatchLinesBucket() string { return s.prefix + "_batch_lines" }
+
 // Consumer returns the durable consumer name that serves one band and group
 // (its own lane, NoLane).
 func (s Subjects) Consumer(band int, group string) string {

@@ -301,3 +301,23 @@ func TestLanes(t *testing.T) {
 		}
 	}
 }
+
+func TestBatchReplySubjects(t *testing.T) {
+	s, err := messages.NewSubjects("q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj := s.BatchReply("batch_ABC", 42)
+	if subj != "q.batch.batch_ABC.42" {
+		t.Fatalf("BatchReply = %q", subj)
+	}
+	id, n, err := s.ParseBatchReply(subj)
+	if err != nil || id != "batch_ABC" || n != 42 {
+		t.Fatalf("ParseBatchReply(%q) = %q, %d, %v", subj, id, n, err)
+	}
+	for _, bad := range []string{"q.batch.x", "q.batch.x.-1", "q.batch.x.y", "llmq.batch.x.1", "q.batch.a.b.1"} {
+		if _, _, err := s.ParseBatchReply(bad); !errors.Is(err, messages.ErrBadSubject) {
+			t.Errorf("ParseBatchReply(%q) = %v, want ErrBadSubject", bad, err)
+		}
+	}
+}
