@@ -83,6 +83,10 @@ type record struct {
 	Batch Batch `json:"batch"`
 	// Owner is the name of the key that created the batch.
 	Owner string `json:"owner"`
+	// Tenant is who its lines are for: they share their band and group
+	// with the tenant's other requests (the key's tenant, or the one a
+	// trusted key named in x-llmq-tenant at creation).
+	Tenant string `json:"tenant,omitempty"`
 	// Allowed are the model groups the owner's key may use; nil = all.
 	Allowed  []string `json:"allowed,omitempty"`
 	Priority int64    `json:"priority"`
@@ -174,7 +178,7 @@ func (e *paramError) Error() string { return e.msg }
 
 // create validates p and stores a new batch in status validating; a driver
 // takes it from there.
-func (s *Service) create(ctx context.Context, c caller, p *CreateParams) (*Batch, error) {
+func (s *Service) create(ctx context.Context, c caller, tenant string, p *CreateParams) (*Batch, error) {
 	if p.Endpoint != EndpointChat && p.Endpoint != EndpointCompletion {
 		return nil, &paramError{"endpoint", fmt.Sprintf("endpoint must be %q or %q, got %q", EndpointChat, EndpointCompletion, p.Endpoint)}
 	}
@@ -214,7 +218,7 @@ func (s *Service) create(ctx context.Context, c caller, p *CreateParams) (*Batch
 			CompletionWindow: p.CompletionWindow, Status: StatusValidating, CreatedAt: created, ExpiresAt: &expSec,
 			RequestCounts: RequestCounts{Total: f.lines}, Metadata: p.Metadata,
 		},
-		Owner: c.name, Allowed: c.allowed, Priority: c.clamp(priority), ExpiresAtMs: expires.UnixMilli(),
+		Owner: c.name, Tenant: tenant, Allowed: c.allowed, Priority: c.clamp(priority), ExpiresAtMs: expires.UnixMilli(),
 	}
 	if _, err := s.putRecord(ctx, r, 0); err != nil {
 		return nil, err

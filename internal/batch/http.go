@@ -335,7 +335,13 @@ func (s *Service) handleCreate(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, invalid("", "the request body is not a batch create object: %v", err))
 		return
 	}
-	b, err := s.create(r.Context(), s.callerOf(r), &p)
+	c := s.callerOf(r)
+	tenant, terr := c.clampKey.Tenant(r.Header)
+	if terr != nil {
+		s.fail(w, terr)
+		return
+	}
+	b, err := s.create(r.Context(), c, tenant, &p)
 	var pe *paramError
 	if errors.As(err, &pe) {
 		err = invalid(pe.param, "%s", pe.msg)

@@ -372,7 +372,7 @@ func (d *driver) publish(ctx context.Context, r *record) (int, error) {
 		model, _ := modelOf(body)
 		group, _ := s.groups.Load().match.Match(model)
 		req := &client.Request{
-			ID: requestID(r.Batch.ID, i), Kind: kind, Group: group, Priority: r.Priority,
+			ID: requestID(r.Batch.ID, i), Kind: kind, Group: group, Priority: r.Priority, Tenant: r.Tenant,
 			Deadline: r.expiresAt(), AnswerDeadline: r.expiresAt(), Body: body,
 		}
 		if err := s.opts.Queue.Enqueue(ctx, req, s.opts.Subjects.BatchReply(r.Batch.ID, i)); err != nil {

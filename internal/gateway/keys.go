@@ -261,6 +261,11 @@ func (c Caller) Master() bool { return c.p == nil || c.p.Name == masterName }
 // Allows reports whether the caller may use the model group.
 func (c Caller) Allows(group string) bool { return c.p.allows(group) }
 
+// Tenant is who the caller's requests are for, as for a completion: the
+// tenant the x-llmq-tenant header of h names if the key is trusted, else
+// the key's own; a header from any other key is refused (403).
+func (c Caller) Tenant(h http.Header) (string, *messages.Error) { return c.p.tenant(h) }
+
 // Clamp raises priority to the key's max_priority.
 func (c Caller) Clamp(priority int64) int64 {
 	if c.p != nil && c.p.MaxPriority != nil && priority < *c.p.MaxPriority {

@@ -639,9 +639,14 @@ func (c *Client) Enqueue(ctx context.Context, req *Request, replyTo string) erro
 	if req.ID == "" {
 		req.ID = nuid.Next()
 	}
+	if req.Tenant != "" {
+		if err := messages.ValidTenant(req.Tenant); err != nil {
+			return messages.Errorf(messages.OutcomeInvalidRequest, "", "tenant: %v", err)
+		}
+	}
 	return c.publish(ctx, c.subjects.Msg(&messages.Request{
 		ID: req.ID, Kind: req.Kind, Group: req.Group, Band: c.bands.Band(req.Priority), Priority: req.Priority,
-		ReplyTo: replyTo, Deadline: req.Deadline, AnswerDeadline: req.AnswerDeadline, Body: req.Body,
+		ReplyTo: replyTo, Deadline: req.Deadline, AnswerDeadline: req.AnswerDeadline, Tenant: req.Tenant, Body: req.Body,
 	}, time.Now()))
 }
 

@@ -13,8 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+
+	"github.com/llmq/llmq/pkg/messages"
 )
 
 // batchWait bounds the wait for a batch to end.
@@ -524,5 +528,71 @@ func TestBatchFullQueue(t *testing.T) {
 	var apiErr *openai.Error
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusBadRequest || !strings.Contains(apiErr.Message, "line 13: a batch file may have at most 12 lines") {
 		t.Errorf("a 13-line file with max_file_lines 12: %v", err)
+	}
+}
+
+// TestBatchTenant: a batch's lines are its creator's tenant's requests (they
+// share their band with that tenant's other requests); a trusted key may
+// name the tenant at creation, any other key may not.
+func TestBatchTenant(t *testing.T) {
+	natsURL := startNATS(t)
+	fake := newFake(t)
+	cfg := writeYAMLConfig(t, map[string]any{
+		"model_list":       []deployment{fakeDeployment("assistant", "assistant-0", fake, 0)},
+		"general_settings": map[string]any{"master_key": batchMaster},
+		"llmq_settings": map[string]any{"keys": []map[string]any{
+			{"name": "alice", "key": batchAlice},
+			{"name": "svc", "key": batchBob, "trusted": true},
+		}},
+	})
+	env := baseEnv(cfg)
+	env.NATSURL = natsURL
+	g := startGateway(t, env) // no worker: the lines stay queued
+	create := func(key, tenant string) error {
+		opts := []option.RequestOption{}
+		if tenant != "" {
+			opts = append(opts, option.WithHeader("x-llmq-tenant", tenant))
+		}
+		oc := openaiClient(g.URL, key)
+		f := uploadBatch(t, oc, "t.jsonl", []string{batchLine("c-"+key, "assistant", "x")})
+		_, err := oc.Batches.New(waitCtx(t), openai.BatchNewParams{InputFileID: f.ID, Endpoint: openai.BatchNewParamsEndpointV1ChatCompletions,
+			CompletionWindow: openai.BatchNewParamsCompletionWindow24h}, opts...)
+		return err
+	}
+	if err := create(batchAlice, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := create(batchBob, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	var apiErr *openai.Error
+	if err := create(batchAlice, "acme"); !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusForbidden {
+		t.Errorf("alice (not trusted) naming a tenant: %v, want 403", err)
+	}
+
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	stream, err := js.Stream(waitCtx(t), "LLMQ_REQUESTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tenants []string
+	limPoll(t, func() bool {
+		info, err := stream.Info(waitCtx(t))
+		return err == nil && info.State.Msgs == 2
+	})
+	info, _ := stream.Info(waitCtx(t))
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		if m, err := stream.GetMsg(waitCtx(t), seq); err == nil {
+			tenants = append(tenants, m.Header.Get(messages.HeaderTenant))
+		}
+	}
+	slices.Sort(tenants)
+	if !slices.Equal(tenants, []string{"acme", "alice"}) {
+		t.Errorf("the queued lines are for tenants %q, want acme (named by the trusted key) and alice (the key's own)", tenants)
 	}
 }
