@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/openai/openai-go/v3"
 )
 
 // uiScreenshot, when set, is where TestUIPage copies its screenshot of the
@@ -99,7 +101,14 @@ func TestUIPage(t *testing.T) {
 	send("chat", 0, 3)
 	send("chat", 9, 2)
 	send("batch", 9, 3)
-	q.waitStored(t, 8+1) // and the 408 request before them
+	// And a one-line batch (its line waits in the last band, behind them).
+	oc := openaiClient(g.URL, master)
+	f := uploadBatch(t, oc, "ui.jsonl", []string{batchLine("ui-1", "batch", "ui batch line")})
+	if _, err := oc.Batches.New(waitCtx(t), openai.BatchNewParams{InputFileID: f.ID, Endpoint: openai.BatchNewParamsEndpointV1ChatCompletions,
+		CompletionWindow: openai.BatchNewParamsCompletionWindow24h}); err != nil {
+		t.Fatal(err)
+	}
+	q.waitStored(t, 8+1+1) // and the 408 request before them
 	waitUpstream(t, fake, 1+3)
 
 	// And one is paused (llmqctl pause): the page marks it.

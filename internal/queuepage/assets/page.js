@@ -25,8 +25,10 @@ function fmtWait(ms) {
   if (ms < 1000) return ms + " ms";
   const s = ms / 1000;
   if (s < 10) return s.toFixed(1) + " s";
-  if (s < 3600) return Math.floor(s / 60) > 0 ? Math.floor(s / 60) + " min " + Math.round(s % 60) + " s" : Math.round(s) + " s";
-  return Math.floor(s / 3600) + " h " + Math.round((s % 3600) / 60) + " min";
+  const r = Math.round(s); // whole seconds, so no "1 min 60 s"
+  if (r < 3600) return r >= 60 ? Math.floor(r / 60) + " min " + (r % 60) + " s" : r + " s";
+  const m = Math.round(s / 60); // whole minutes, so no "23 h 60 min"
+  return Math.floor(m / 60) + " h " + (m % 60) + " min";
 }
 
 // heat is the colour class of an oldest wait: 0 <100ms, 1 <1s, 2 <3s, 3 <10s, 4 <30s, 5 <60s, 6 beyond.
@@ -56,7 +58,7 @@ function show(which) {
 // clear removes everything drawn from the queue, so nothing of it stays on
 // the page once the key is refused or forgotten.
 function clear() {
-  for (const id of ["heat", "waits", "deployments", "dead"]) $(id).querySelector("tbody").replaceChildren();
+  for (const id of ["heat", "waits", "deployments", "batches", "dead"]) $(id).querySelector("tbody").replaceChildren();
   $("heat").querySelector("thead").replaceChildren();
   for (const id of ["total", "dead-count", "stream", "starving", "paused", "updated"]) $(id).textContent = "";
 }
@@ -127,6 +129,17 @@ function renderDeployments(st) {
   $("deployments").querySelector("tbody").replaceChildren(...rows);
 }
 
+// renderBatches draws the batches not over with their progress.
+function renderBatches(st) {
+  const now = Date.now() / 1000;
+  const rows = (st.batches || []).map((b) => el("tr", { "data-batch": b.id, "data-done": b.completed + b.failed, "data-total": b.total },
+    el("td", {}, b.id), el("td", {}, b.status), el("td", {}, b.band),
+    el("td", {}, bar(b.completed + b.failed, b.total), b.failed ? el("span", { class: "muted" }, " (" + b.failed + " failed)") : ""),
+    el("td", {}, fmtWait(Math.max(0, Math.round((b.expires_at - now) * 1000))))));
+  if (rows.length === 0) rows.push(el("tr", {}, el("td", { class: "muted", colSpan: 5 }, "no batch running")));
+  $("batches").querySelector("tbody").replaceChildren(...rows);
+}
+
 function renderDead(st) {
   const dl = st.dead_letters;
   $("dead-count").textContent = dl ? dl.count : "unknown";
@@ -141,6 +154,7 @@ function render(st) {
   renderHeat(st);
   renderWaits(st);
   renderDeployments(st);
+  renderBatches(st);
   renderDead(st);
   $("updated").textContent = new Date().toLocaleTimeString();
   document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
