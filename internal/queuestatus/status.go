@@ -33,6 +33,19 @@ type Queue struct {
 	Depth uint64 `json:"depth"`
 	// OldestWaitMs is the age of the oldest of them, in milliseconds.
 	OldestWaitMs int64 `json:"oldest_wait_ms"`
+	// Tenants splits Depth by the subject the requests wait on: the band
+	// and group's own (anonymous callers, old publishers) and each tenant
+	// lane, largest first.
+	Tenants []TenantQueue `json:"tenants"`
+}
+
+// TenantQueue is the backlog of one subject of a band and group.
+type TenantQueue struct {
+	// Tenant is the tenant of the oldest request there. Tenants whose names
+	// hash to the same lane share it, and then only the oldest one's shows.
+	Tenant       string `json:"tenant"`
+	Depth        uint64 `json:"depth"`
+	OldestWaitMs int64  `json:"oldest_wait_ms"`
 }
 
 // Status is the queue's state at one moment.
@@ -170,9 +183,24 @@ func Read(ctx context.Context, js jetstream.JetStream, subjects messages.Subject
 		}
 		q := &st.Queues[i]
 		q.Depth += n
+		tq := TenantQueue{Tenant: messages.TenantAnonymous, Depth: n}
 		if m, err := stream.GetMsg(ctx, info.State.FirstSeq, jetstream.WithGetMsgSubject(subj)); err == nil {
-			q.OldestWaitMs = max(q.OldestWaitMs, now.Sub(m.Time).Milliseconds(), 0)
+			tq.OldestWaitMs = max(now.Sub(m.Time).Milliseconds(), 0)
+			if t := m.Header.Get(messages.HeaderTenant); t != "" {
+				tq.Tenant = t
+			}
+			q.OldestWaitMs = max(q.OldestWaitMs, tq.OldestWaitMs)
 		}
+		q.Tenants = append(q.Tenants, tq)
+	}
+	for i := range st.Queues {
+		sort.Slice(st.Queues[i].Tenants, func(a, b int) bool {
+			x, y := st.Queues[i].Tenants[a], st.Queues[i].Tenants[b]
+			if x.Depth != y.Depth {
+				return x.Depth > y.Depth
+			}
+			return x.Tenant < y.Tenant
+		})
 	}
 	sort.Slice(st.Queues, func(i, j int) bool {
 		a, b := st.Queues[i], st.Queues[j]

@@ -52,6 +52,7 @@ async function pageState(page) {
     paused: [...document.querySelectorAll("#heat td[data-paused]")].map((td) => Number(td.dataset.band) + "/" + td.dataset.group),
     waits: [...document.querySelectorAll("#waits tr[data-band]")]
       .map((tr) => ({ band: Number(tr.dataset.band), count: Number(tr.dataset.count), p50: tr.cells[2].textContent, p99: tr.cells[3].textContent })),
+    tenants: [...document.querySelectorAll("#tenants tr[data-key]")].map((tr) => `${tr.dataset.key}=${tr.dataset.count}`),
     batches: [...document.querySelectorAll("#batches tr[data-batch]")]
       .map((tr) => `${tr.dataset.batch}=${tr.dataset.done}/${tr.dataset.total}`),
     loginError: document.getElementById("login-error").textContent,
@@ -90,6 +91,9 @@ function matches(st, q) {
   const wantW = (q.queue_wait || []).map((w) => `${w.band}=${w.count}`).join(",");
   const gotW = st.waits.map((w) => `${w.band}=${w.count}`).join(",");
   if (gotW !== wantW) return `queue waits ${gotW}, /v1/queue ${wantW}`;
+  // Who waits, by band, group and tenant.
+  const wantT = q.queues.flatMap((x) => (x.tenants || []).map((t) => `${x.band}/${x.group}/${t.tenant}=${t.depth}`)).sort().join(",");
+  if ([...st.tenants].sort().join(",") !== wantT) return `tenants ${st.tenants.join(",")}, /v1/queue ${wantT}`;
   // The batches not over, with their progress.
   const wantB = (q.batches || []).map((b) => `${b.id}=${b.completed + b.failed}/${b.total}`).join(",");
   if (st.batches.join(",") !== wantB) return `batches ${st.batches.join(",")}, /v1/queue ${wantB}`;
@@ -149,6 +153,7 @@ try {
   check(st.cells.length >= 2 && new Set(st.cells.map((c) => c.band)).size >= 2, `requests in two bands expected: ${JSON.stringify(st.cells)}`);
   check(st.paused.length > 0, "no paused cell shown although /v1/queue lists a pause");
   check(st.batches.length > 0, "no batch shown although /v1/queue lists one");
+  check(st.tenants.some((x) => x.includes("/acme=")), "the tenant acme's waiting request is not shown: " + JSON.stringify(st.tenants));
   check(st.waits.length > 0 && st.waits.every((w) => w.p50 && w.p99), "no queue wait shown for the requests picked up: " + JSON.stringify(st.waits));
   const cooling = st.deployments.filter((d) => d.coolMs > 0);
   check(cooling.length > 0, "no deployment shows a cooldown: " + JSON.stringify(st.deployments));

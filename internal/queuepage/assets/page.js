@@ -58,7 +58,7 @@ function show(which) {
 // clear removes everything drawn from the queue, so nothing of it stays on
 // the page once the key is refused or forgotten.
 function clear() {
-  for (const id of ["heat", "waits", "deployments", "batches", "dead"]) $(id).querySelector("tbody").replaceChildren();
+  for (const id of ["heat", "tenants", "waits", "deployments", "batches", "dead"]) $(id).querySelector("tbody").replaceChildren();
   $("heat").querySelector("thead").replaceChildren();
   for (const id of ["total", "dead-count", "stream", "starving", "paused", "updated"]) $(id).textContent = "";
 }
@@ -129,6 +129,20 @@ function renderDeployments(st) {
   $("deployments").querySelector("tbody").replaceChildren(...rows);
 }
 
+// renderTenants lists who waits in each band and group.
+function renderTenants(st) {
+  const rows = [];
+  for (const q of st.queues) {
+    for (const t of q.tenants || []) {
+      rows.push(el("tr", { "data-key": `${q.band}/${q.group}/${t.tenant}`, "data-count": t.depth },
+        el("td", {}, q.band), el("td", {}, q.group), el("td", {}, t.tenant), el("td", {}, t.depth),
+        el("td", { class: heat(t.oldest_wait_ms) }, fmtWait(t.oldest_wait_ms))));
+    }
+  }
+  if (rows.length === 0) rows.push(el("tr", {}, el("td", { class: "muted", colSpan: 5 }, "nothing waiting")));
+  $("tenants").querySelector("tbody").replaceChildren(...rows);
+}
+
 // renderBatches draws the batches not over with their progress.
 function renderBatches(st) {
   const now = Date.now() / 1000;
@@ -152,6 +166,7 @@ function render(st) {
   $("total").textContent = st.total;
   $("stream").textContent = st.stream;
   renderHeat(st);
+  renderTenants(st);
   renderWaits(st);
   renderDeployments(st);
   renderBatches(st);
