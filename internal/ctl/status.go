@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -26,9 +27,9 @@ func writeStatus(out io.Writer, st *queuestatus.Status, limitsErr error) {
 	fmt.Fprintf(out, "Queue %s: %d requests (waiting, or being served)\n", st.Stream, st.Total)
 	if len(st.Queues) > 0 {
 		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "BAND\tGROUP\tREQUESTS\tOLDEST")
+		fmt.Fprintln(tw, "BAND\tGROUP\tREQUESTS\tOLDEST\tTENANTS")
 		for _, q := range st.Queues {
-			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\n", q.Band, q.Group, q.Depth, age(time.Duration(q.OldestWaitMs)*time.Millisecond))
+			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\n", q.Band, q.Group, q.Depth, age(time.Duration(q.OldestWaitMs)*time.Millisecond), tenants(q.Tenants))
 		}
 		_ = tw.Flush()
 	}
@@ -65,6 +66,15 @@ func writeStatus(out io.Writer, st *queuestatus.Status, limitsErr error) {
 		fmt.Fprint(out, " (llmqctl dead list)")
 	}
 	fmt.Fprintln(out)
+}
+
+// tenants formats who waits in a queue: "acme 3, anonymous 1".
+func tenants(ts []queuestatus.TenantQueue) string {
+	parts := make([]string, len(ts))
+	for i, t := range ts {
+		parts[i] = t.Tenant + " " + strconv.FormatUint(t.Depth, 10)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // used formats a use against its limit: "3/60", or "3/-" without a limit.

@@ -129,6 +129,10 @@ func TestCtlStatus(t *testing.T) {
 		if !tableRow(out, strconv.Itoa(q.Band), q.Group, strconv.FormatUint(q.Depth, 10)) {
 			t.Errorf("status lacks the row band %d, group %s, %d requests (as in /v1/queue):\n%s", q.Band, q.Group, q.Depth, out)
 		}
+		// Sent with the master key: its tenant, "master", holds them all.
+		if !strings.Contains(out, "master "+strconv.FormatUint(q.Depth, 10)) {
+			t.Errorf("status does not say the tenant master holds the %d requests of band %d, %s:\n%s", q.Depth, q.Band, q.Group, out)
+		}
 	}
 	if !tableRow(out, "alpha-0", "alpha", "0/2", "0/-", "0/-", "-") || !tableRow(out, "beta-0", "beta", "0/-") {
 		t.Errorf("status does not show the deployments' limits:\n%s", out)
