@@ -260,10 +260,15 @@ func (s *Service) handleListFiles(w http.ResponseWriter, r *http.Request) {
 	for i, f := range files {
 		data[i] = f.File
 	}
-	id := func(f File) string { return f.ID }
-	data, more, perr := page(r, data, id, 10_000)
-	if perr != nil {
-		s.fail(w, perr)
+	writePage(s, w, r, data, func(f File) string { return f.ID }, 10_000)
+}
+
+// writePage answers a list request with the page of data it asks for (see
+// page), or its error.
+func writePage[T any](s *Service, w http.ResponseWriter, r *http.Request, data []T, id func(T) string, maxLimit int) {
+	data, more, err := page(r, data, id, maxLimit)
+	if err != nil {
+		s.fail(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, newList(data, more, id))
@@ -376,13 +381,7 @@ func (s *Service) handleListBatches(w http.ResponseWriter, r *http.Request) {
 	for i, rec := range recs {
 		data[i] = rec.Batch
 	}
-	id := func(b Batch) string { return b.ID }
-	data, more, perr := page(r, data, id, 20)
-	if perr != nil {
-		s.fail(w, perr)
-		return
-	}
-	writeJSON(w, http.StatusOK, newList(data, more, id))
+	writePage(s, w, r, data, func(b Batch) string { return b.ID }, 20)
 }
 
 func (s *Service) handleCancel(w http.ResponseWriter, r *http.Request) {

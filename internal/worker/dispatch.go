@@ -716,13 +716,20 @@ func (lg *limitedGroup) sawTokens(n int64) {
 	lg.tokens = max(n, lg.tokens-lg.tokens/32)
 }
 
+// laneOf returns the band, group index and lane of a hint's subject; ok is
+// false for a subject this pool does not serve.
+func (p *Pool) laneOf(subject string) (band, gi, lane int, ok bool) {
+	band, group, lane, err := p.opts.Subjects.ParseLane(subject)
+	if err != nil || band >= p.opts.Bands {
+		return 0, 0, 0, false
+	}
+	gi, ok = p.groupIdx[group]
+	return band, gi, lane, ok
+}
+
 // onWake turns a wake-up hint into an event for the loop.
 func (p *Pool) onWake(m *nats.Msg) {
-	band, group, lane, err := p.opts.Subjects.ParseLane(m.Subject)
-	if err != nil || band >= p.opts.Bands {
-		return
-	}
-	gi, ok := p.groupIdx[group]
+	band, gi, lane, ok := p.laneOf(m.Subject)
 	if !ok {
 		return
 	}
@@ -736,11 +743,7 @@ func (p *Pool) onWake(m *nats.Msg) {
 
 // onServed turns a served-tokens hint into an event for the loop.
 func (p *Pool) onServed(m *nats.Msg) {
-	band, group, lane, err := p.opts.Subjects.ParseLane(m.Subject)
-	if err != nil || band >= p.opts.Bands {
-		return
-	}
-	gi, ok := p.groupIdx[group]
+	band, gi, lane, ok := p.laneOf(m.Subject)
 	if !ok {
 		return
 	}
