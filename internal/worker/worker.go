@@ -171,6 +171,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/llmq/llmq/internal/jsretry"
 	"github.com/llmq/llmq/internal/metrics"
 	"github.com/llmq/llmq/internal/router"
 	"github.com/llmq/llmq/internal/topology"
@@ -499,10 +500,15 @@ func (w *workCount) idle() <-chan struct{} {
 // pullTimeout bounds the wait for the server's answer to one fetch.
 const pullTimeout = 5 * time.Second
 
+// bind looks up the request stream and every band and group's consumer,
+// and makes a puller per lane. Its lookups are repeated while JetStream does
+// not answer (a cluster electing a leader), as the rest of start-up's are
+// (internal/jsretry).
 func (p *Pool) bind(ctx context.Context) error {
-	var err error
-	p.stream, err = p.js.Stream(ctx, p.opts.Subjects.RequestStream())
-	if err != nil {
+	if _, err := jsretry.Do(ctx, func(ctx context.Context) (err error) {
+		p.stream, err = p.js.Stream(ctx, p.opts.Subjects.RequestStream())
+		return err
+	}); err != nil {
 		return fmt.Errorf("worker: stream %s: %w", p.opts.Subjects.RequestStream(), err)
 	}
 	p.pullers = make([][][]*puller, p.opts.Bands)
@@ -510,7 +516,10 @@ func (p *Pool) bind(ctx context.Context) error {
 		p.pullers[b] = make([][]*puller, len(p.opts.Groups))
 		for gi, g := range p.opts.Groups {
 			name := p.opts.Subjects.Consumer(b, g)
-			if _, err := p.stream.Consumer(ctx, name); err != nil {
+			if _, err := jsretry.Do(ctx, func(ctx context.Context) error {
+				_, err := p.stream.Consumer(ctx, name)
+				return err
+			}); err != nil {
 				return fmt.Errorf("worker: consumer %s: %w", name, err)
 			}
 			p.pullers[b][gi] = make([]*puller, lanes)
