@@ -168,8 +168,6 @@ func (n *relNATS) Start() {
 	n.mu.Unlock()
 }
 
-// relJS connects to url for the test's own observations and returns the
-// connection and its JetStream context.
 // relClient is a pkg/client Client on its own connection to url, as an
 // internal service has it; it is closed when the test ends.
 func relClient(t *testing.T, url string) *client.Client {
@@ -183,6 +181,8 @@ func relClient(t *testing.T, url string) *client.Client {
 	return cl
 }
 
+// relJS connects to url for the test's own observations and returns the
+// connection and its JetStream context.
 func relJS(t *testing.T, url string) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
 	nc, err := nats.Connect(url, nats.Name("llmq-reliability-test"), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))

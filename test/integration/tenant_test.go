@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/llmq/llmq/internal/fakeupstream"
@@ -133,16 +132,7 @@ func TestTenantOverNATS(t *testing.T) {
 		LLMQ:      &tenantLLMQ{Tenants: []tenantEntry{{Name: "acme"}}},
 	})
 	g := startEmbeddedGateway(t, cfg, 2)
-	nc, err := nats.Connect(g.NATSURL(), nats.Name("llmq-test-internal-service"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	cl, err := client.New(nc, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cl.Close() })
+	cl := relClient(t, g.NATSURL())
 
 	ctx, cancel := context.WithTimeout(t.Context(), waitLimit)
 	defer cancel()
@@ -329,16 +319,8 @@ func TestTenantLanesBounded(t *testing.T) {
 	fake := newFake(t)
 	cfg := writeYAMLConfig(t, tenantConfig{ModelList: []deployment{fakeDeployment("alpha", "alpha-0", fake, 0)}})
 	g := startEmbeddedGateway(t, cfg, 8)
-	nc, err := nats.Connect(g.NATSURL(), nats.Name("llmq-test-many-tenants"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	cl, err := client.New(nc, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cl.Close() })
+	cl := relClient(t, g.NATSURL())
+	nc, _ := relJS(t, g.NATSURL())
 	const tenants = 300
 	ctx, cancel := context.WithTimeout(t.Context(), 3*waitLimit)
 	defer cancel()
