@@ -285,24 +285,17 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 func (s *setup) newGatewayServer(env config.Env, log *slog.Logger, nc *nats.Conn, cl *client.Client, prog *progress, lv *live, limits *atomic.Pointer[router.Router], paused *atomic.Pointer[pauses.Set], files *batch.Front) (*gateway.Server, *metrics.Metrics) {
 	js, _ := jetstream.New(nc)
 	met, metricsHandler := newRegistry()
-	p := s.gatewayPolicy()
 	waits := waitstats.New()
 	return gateway.New(gateway.Options{
-		Waits:           waits,
-		Metrics:         met,
-		MetricsHandler:  metricsHandler,
-		Client:          cl,
-		Groups:          p.Groups,
-		MasterKey:       p.MasterKey,
-		Keys:            p.Keys,
-		DefaultPriority: p.DefaultPriority,
-		QueueTimeout:    p.QueueTimeout,
-		AnswerTimeout:   p.AnswerTimeout,
-		Tenants:         p.Tenants,
-		MaxBodyBytes:    env.MaxBodyBytes,
-		ParkAfter:       env.ParkAfter,
-		Logger:          log,
-		Routes:          files.Routes(),
+		Waits:          waits,
+		Metrics:        met,
+		MetricsHandler: metricsHandler,
+		Client:         cl,
+		Policy:         s.gatewayPolicy(),
+		MaxBodyBytes:   env.MaxBodyBytes,
+		ParkAfter:      env.ParkAfter,
+		Logger:         log,
+		Routes:         files.Routes(),
 		QueueStatus: func(ctx context.Context) (any, error) {
 			st, err := queuestatus.Read(ctx, js, s.subjects, time.Now())
 			if err != nil {

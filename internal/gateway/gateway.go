@@ -82,14 +82,9 @@ var _ Submitter = (*client.Client)(nil)
 
 // Options configure a Server.
 type Options struct {
-	Client          Submitter
-	Groups          []string // model groups, in config order
-	MasterKey       string   // empty and no Keys: no authentication
-	Keys            []Key    // further keys with their priority policies
-	DefaultPriority int64
-	QueueTimeout    time.Duration // router_settings.timeout
-	// AnswerTimeout bounds the whole wait for an answer (queue plus call).
-	AnswerTimeout time.Duration
+	Client Submitter
+	// Policy is the Server's first; SetPolicy replaces it.
+	Policy
 	// ParkAfter, when positive, parks a request that is not a stream once
 	// it waited this long without a pickup: its HTTP/1.x connection is
 	// taken over from net/http and answered, with "Connection: close",
@@ -111,9 +106,6 @@ type Options struct {
 	Routes map[string]http.Handler
 	// Waits, when set, records the queue wait of every request picked up.
 	Waits *waitstats.Window
-	// Tenants are the tenants whose names may be metric labels (the
-	// operator's list: config.ListedTenants); any other is "other".
-	Tenants []string
 }
 
 // Server serves the HTTP API. It is safe for concurrent use.
@@ -128,13 +120,16 @@ type Server struct {
 // the model groups it accepts, its keys, the tenants it names in metrics,
 // and its priorities and deadlines.
 type Policy struct {
-	Groups          []string
-	MasterKey       string
-	Keys            []Key
+	Groups    []string // model groups, in config order
+	MasterKey string   // empty and no Keys: no authentication
+	Keys      []Key    // further keys with their priority policies
+	// Tenants are the tenants whose names may be metric labels (the
+	// operator's list: config.ListedTenants); any other is "other".
 	Tenants         []string
 	DefaultPriority int64
-	QueueTimeout    time.Duration
-	AnswerTimeout   time.Duration
+	QueueTimeout    time.Duration // router_settings.timeout
+	// AnswerTimeout bounds the whole wait for an answer (queue plus call).
+	AnswerTimeout time.Duration
 }
 
 // current is the Policy in force with what is derived from it. A request
@@ -156,8 +151,7 @@ const (
 // New returns a Server.
 func New(opts Options) *Server {
 	s := &Server{opts: opts, log: opts.Logger}
-	s.SetPolicy(Policy{Groups: opts.Groups, MasterKey: opts.MasterKey, Keys: opts.Keys,
-		DefaultPriority: opts.DefaultPriority, QueueTimeout: opts.QueueTimeout, AnswerTimeout: opts.AnswerTimeout, Tenants: opts.Tenants})
+	s.SetPolicy(opts.Policy)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

@@ -148,7 +148,7 @@ const chatReq = `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`
 
 func TestAuth(t *testing.T) {
 	sub := &recordingSubmitter{}
-	srv := startGateway(t, gateway.Options{MasterKey: "sk-master"}, sub)
+	srv := startGateway(t, gateway.Options{Policy: gateway.Policy{MasterKey: "sk-master"}}, sub)
 	tests := []struct {
 		name, authorization string
 		ok                  bool
@@ -270,7 +270,7 @@ func TestMethodNotAllowed(t *testing.T) {
 }
 
 func TestUnknownPath(t *testing.T) {
-	srv := startGateway(t, gateway.Options{MasterKey: "sk-master"}, &recordingSubmitter{})
+	srv := startGateway(t, gateway.Options{Policy: gateway.Policy{MasterKey: "sk-master"}}, &recordingSubmitter{})
 	for _, tt := range []struct{ method, path string }{
 		{http.MethodGet, "/"},
 		{http.MethodGet, "/v2/models"},
@@ -445,7 +445,7 @@ func TestServed(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			sub := &recordingSubmitter{}
-			srv := startGateway(t, gateway.Options{DefaultPriority: 5, QueueTimeout: queueTimeout}, sub)
+			srv := startGateway(t, gateway.Options{Policy: gateway.Policy{DefaultPriority: 5, QueueTimeout: queueTimeout}}, sub)
 			before := time.Now()
 			resp, b := call(t, srv, http.MethodPost, tt.path, tt.body)
 			after := time.Now()
@@ -562,7 +562,7 @@ func TestStream(t *testing.T) {
 		}
 		return &client.Response{ID: req.ID, Band: 5, Deployment: "dep-2"}, info, nil
 	}}
-	srv := startGateway(t, gateway.Options{DefaultPriority: 5}, sub)
+	srv := startGateway(t, gateway.Options{Policy: gateway.Policy{DefaultPriority: 5}}, sub)
 	resp, b := call(t, srv, http.MethodPost, "/v1/chat/completions", `{"model":"gpt-4o","messages":[{}],"stream":true}`)
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("status %d, Content-Type %q", resp.StatusCode, resp.Header.Get("Content-Type"))

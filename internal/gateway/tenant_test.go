@@ -40,7 +40,7 @@ func TestTenant(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			sub := &recordingSubmitter{}
-			srv := startGateway(t, gateway.Options{MasterKey: "sk-master", Keys: keys}, sub)
+			srv := startGateway(t, gateway.Options{Policy: gateway.Policy{MasterKey: "sk-master", Keys: keys}}, sub)
 			if tt.open {
 				srv = startGateway(t, gateway.Options{}, sub)
 			}
