@@ -741,36 +741,6 @@ func (p *Pool) onWake(m *nats.Msg) {
 		tenant: m.Header.Get(messages.HeaderTenant)})
 }
 
-// onServed turns a served-tokens hint into an event for the loop.
-func (p *Pool) onServed(m *nats.Msg) {
-	band, gi, lane, ok := p.laneOf(m.Subject)
-	if !ok {
-		return
-	}
-	tokens, err := strconv.ParseInt(m.Header.Get(messages.HeaderTokens), 10, 64)
-	if err != nil || tokens < 0 {
-		return
-	}
-	e := event{kind: evServed, band: band, gi: gi, li: laneIndex(lane), tenant: m.Header.Get(messages.HeaderTenant), tokens: tokens}
-	if m.Header.Get(messages.HeaderWorker) == p.control {
-		// This process charged its estimate at the fetch: only the
-		// difference is left.
-		e.estimate, _ = strconv.ParseInt(m.Header.Get(messages.HeaderEstimate), 10, 64)
-	}
-	p.d.post(e)
-}
-
-// served tells every worker (and this one, through its own subscription)
-// how many tokens a request of a tenant lane was served with.
-func (p *Pool) served(req *messages.Request, tokens, estimate int64) {
-	m := nats.NewMsg(p.opts.Subjects.Served(req.Band, req.Group, messages.Lane(req.Tenant)))
-	m.Header[messages.HeaderTenant] = []string{req.Tenant}
-	m.Header[messages.HeaderTokens] = []string{strconv.FormatInt(tokens, 10)}
-	m.Header[messages.HeaderEstimate] = []string{strconv.FormatInt(estimate, 10)}
-	m.Header[messages.HeaderWorker] = []string{p.control}
-	_ = p.nc.PublishMsg(m)
-}
-
 // poll is the safety net: one stream-info request names every subject that
 // holds messages.
 func (p *Pool) poll(ctx context.Context) {

@@ -67,29 +67,33 @@
 // lane that becomes pending starts at the pool's virtual time, so an idle
 // tenant earns no credit, and a tenant alone is never held back.
 //
-// Shared state without a round trip. After a served call a worker
-// publishes a served-tokens hint (headers only: tenant, tokens, the
-// estimate it charged, its id) to <prefix>.served.<band>.<group>[.t<n>],
-// and every worker process subscribes to them, as to wake-up hints, so
-// every process charges every lane for what the whole pool served. The
-// process that fetched a request charges its lane at once (its usual size,
-// then the request's estimate when it is read) and corrects to the tokens
-// served when its own hint comes back.
+// Shared state without a round trip. Every worker process sums the tokens
+// it served per tenant, band and group, and every 20 ms while it serves
+// (servedFlush) publishes the sums as served-tokens hints (headers only:
+// tenant, tokens, its id) to <prefix>.served.<band>.<group>[.t<n>]; every
+// worker process subscribes to them, as to wake-up hints, so every process
+// charges every lane for what the whole pool served. The process that
+// fetched a request charges its lane at once (its usual size, then the
+// request's estimate when it is read, then the tokens served when the call
+// ends), and skips its own hints.
 //
 // Unfairness bound. For two tenants i and j backlogged over an interval,
 // in separate lanes, start-time fair queueing in one process keeps the
 // tokens served within |S_i/w_i - S_j/w_j| <= L_i/w_i + L_j/w_j, L being
 // the largest request of each (in tokens). Across processes a lane is
-// charged for another process's request only when that request's served
-// hint arrives, after its call: every request in flight elsewhere may be
-// one the others did not count. So the bound is (N+1)(L_i/w_i + L_j/w_j)
-// for a pool with N slots in all, plus, in the process that served it, the
-// error of a request's estimate until its hint is back. It bounds the
-// difference, not the ratio: over a long backlog the shares converge to
-// the weights.
+// charged for another process's request only when the hint with its
+// served tokens arrives, up to servedFlush after its call: every request
+// in flight elsewhere, or served there in the last servedFlush, may be one
+// the others did not count. So the bound is (N+1+F)(L_i/w_i + L_j/w_j)
+// for a pool with N slots in all that serves F requests per servedFlush,
+// plus, in the process that served it, the error of a request's estimate
+// until its call ends. It bounds the difference, not the ratio: over a
+// long backlog the shares converge to the weights.
 //
-// Cost. Per served request, one headers-only publish (about 200 bytes),
-// delivered to every worker process; no request waits for it. Per lane in
+// Cost. Per worker process, one headers-only publish (about 200 bytes)
+// per lane and tenant served in each 20 ms, delivered to every worker
+// process (at most 50 a second per lane and tenant, however many requests);
+// no request waits for it. Per lane in
 // use, one consumer (on the R3 cluster a replicated consumer, like the
 // others, created with one JetStream API call when its lane first has a
 // message after LaneIdle); the dispatcher keeps 33 small records per band
@@ -249,6 +253,7 @@ type Pool struct {
 	delivered deliveries
 	callers   callers
 	keeper    *keeper
+	hints     *servedHints
 	tenants   metrics.TenantLabels
 }
 
@@ -305,6 +310,7 @@ func New(nc *nats.Conn, opts Options) (*Pool, error) {
 		keeper:   newKeeper(nc, opts.AckWait),
 		tenants:  metrics.NewTenantLabels(opts.Tenants),
 	}
+	p.hints = newServedHints(nc, opts.Subjects, p.control)
 	p.reconnect.nc = nc
 	p.delivered.pending = make(map[string]*delivery)
 	limited := make([]*limitedGroup, len(opts.Groups))
@@ -369,6 +375,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	defer served.Unsubscribe()
 	_ = served.SetPendingLimits(-1, -1)
+	defer p.hints.stop()
 	gone, err := p.nc.Subscribe(p.opts.Subjects.Gone(), p.onGone)
 	if err != nil {
 		return fmt.Errorf("worker: subscribe closed callers: %w", err)

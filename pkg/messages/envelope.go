@@ -43,13 +43,12 @@ const (
 	// absent means TenantAnonymous.
 	HeaderTenant = "Llmq-Tenant"
 	// HeaderTokens, on a served-tokens hint, is the prompt plus completion
-	// tokens of a served request; HeaderEstimate what the worker that
-	// served it charged before the call; HeaderWorker names that worker.
-	HeaderTokens   = "Llmq-Tokens"
-	HeaderEstimate = "Llmq-Estimate"
-	HeaderWorker   = "Llmq-Worker"
-	HeaderMsgID    = "Nats-Msg-Id"
-	HeaderTTL      = "Nats-TTL"
+	// tokens a worker served to a tenant's requests of a band and group
+	// since its last hint; HeaderWorker names that worker.
+	HeaderTokens = "Llmq-Tokens"
+	HeaderWorker = "Llmq-Worker"
+	HeaderMsgID  = "Nats-Msg-Id"
+	HeaderTTL    = "Nats-TTL"
 )
 
 // Events carried in HeaderEvent on messages to a caller's inbox.

@@ -86,11 +86,12 @@ func (s Subjects) WakeLane(band int, group string, lane int) string {
 	return s.Wake(band, group) + "." + laneToken(lane)
 }
 
-// Served is the subject of a served-tokens hint: after a served call a
-// worker publishes one (headers only: HeaderTenant, HeaderTokens,
-// HeaderEstimate, HeaderWorker) to <prefix>.served.<band>.<group>[.<lane>],
-// and every worker hears them, so tenants share capacity across the pool
-// without a round trip per request.
+// Served is the subject of a served-tokens hint: a worker sums the tokens
+// it served per tenant, band and group, and publishes the sums (headers
+// only: HeaderTenant, HeaderTokens, HeaderWorker) to
+// <prefix>.served.<band>.<group>[.<lane>] every few milliseconds while it
+// serves; every worker hears them, so tenants share capacity across the
+// pool without a round trip, or a message, per request.
 func (s Subjects) Served(band int, group string, lane int) string {
 	sub := s.prefix + ".served." + strconv.Itoa(band) + "." + EncodeToken(group)
 	if lane >= 0 {
