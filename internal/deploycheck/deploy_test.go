@@ -597,22 +597,25 @@ func (d *deploy) needs() map[string]roleNeeds {
 			// the newest dead letters (internal/queuestatus), and mirrors
 			// the limiter state and the pauses; pkg/client wakes workers
 			// for a redelivery.
-			pub: cat(requests, wakes, []string{s.Gone(), inbox}, ensure, consumers, queueRead, deadRead, kvOpen, pausesOpen, batches),
+			// pkg/client announces requests it left (s.Left) and acks served
+			// requests when their answers arrive.
+			pub: cat(requests, wakes, []string{s.Gone(), s.Left(), inbox}, acks, ensure, consumers, queueRead, deadRead, kvOpen, pausesOpen, batches),
 			// llmqctl reload asks on s.Reload (internal/reload); batch lines'
 			// pickups and answers come on s.BatchReplyWildcard (internal/batch).
-			sub: []string{inbox, s.Reload(), s.BatchReplyWildcard()},
+			sub:    []string{inbox, s.Reload(), s.BatchReplyWildcard()},
+			optPub: []string{"$JS.ACK.*.*." + req + ".>"},
 		},
 		roleWorker: {
 			pub: cat([]string{inbox, s.BatchReply("batch_x", 0)}, deads, served, fetch, acks, infos, ensure, consumers, kvOpen, kvWrite, pausesOpen),
-			sub: cat(wakes, served, []string{s.Gone(), inbox, s.Reload()}),
+			sub: cat(wakes, served, []string{s.Gone(), s.Left(), inbox, s.Reload()}),
 			// The v2 ack subject ($JS.ACK.<domain>.<account hash>.<stream>...),
 			// which nats-server 2.15 understands but does not send yet.
 			optPub: []string{"$JS.ACK.*.*." + req + ".>"},
 		},
 		roleService: {
-			pub:    cat(requests, wakes, []string{s.Gone(), inbox}),
+			pub:    cat(requests, wakes, []string{s.Gone(), s.Left(), inbox}, acks),
 			sub:    []string{inbox},
-			optPub: []string{api + "STREAM.INFO." + req},
+			optPub: []string{api + "STREAM.INFO." + req, "$JS.ACK.*.*." + req + ".>"},
 		},
 		roleAdmin: {
 			// internal/ctl through app.Admin, which creates no stream or
@@ -624,9 +627,10 @@ func (d *deploy) needs() map[string]roleNeeds {
 			// and resume put and delete keys of the pauses bucket; reload
 			// asks on s.Reload and collects the answers on its inbox
 			// (internal/reload).
-			pub: cat(requests, wakes, []string{s.Gone(), inbox, s.Reload()}, queueRead, deadRead,
+			pub: cat(requests, wakes, []string{s.Gone(), s.Left(), inbox, s.Reload()}, acks, queueRead, deadRead,
 				[]string{api + "STREAM.MSG.DELETE." + dead, api + "STREAM.PURGE." + dead}, kvOpen, pausesOpen, []string{pPre + ">"}),
-			sub: []string{inbox},
+			sub:    []string{inbox},
+			optPub: []string{"$JS.ACK.*.*." + req + ".>"},
 		},
 	}
 }

@@ -137,7 +137,8 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 		}
 	}
 	d := lease.Deployment()
-	switch p.pickup(m, req, control, d.ID) {
+	answer := p.pickup(m, req, control, d.ID)
+	switch answer {
 	case pickupGone:
 		log.Info("dropping request whose caller is gone")
 		_ = m.TermWithReason("caller gone")
@@ -159,6 +160,16 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 	p.calls.Store(req.ID, cancel)
 	defer p.calls.Delete(req.ID)
 	started := time.Now()
+	unasked := answer == pickupNotify
+	if unasked {
+		p.notifyLater(req, control, d.ID, started)
+	}
+	// pickedAgo tells a caller that was not asked when its queue wait ended.
+	pickedAgo := func(m *nats.Msg) {
+		if unasked {
+			messages.SetPickedAgo(m, time.Since(started))
+		}
+	}
 	var emit relay
 	seq := 0
 	if req.Stream {
@@ -168,6 +179,7 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 			msg.Reply = control
 			if seq == 1 { // after fallbacks, not necessarily the one picked first
 				msg.Header[messages.HeaderDeployment] = []string{deployment}
+				pickedAgo(msg)
 			}
 			return p.nc.PublishMsg(msg)
 		}
@@ -175,6 +187,9 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 	deployment, a := p.serve(callCtx, log, req, lease, tokens, emit)
 	lease = nil // serve released it
 	rep := &messages.Reply{Deployment: deployment, Body: a.body}
+	if unasked {
+		rep.PickedAgo = max(time.Since(started), time.Millisecond)
+	}
 	if req.Stream {
 		rep.Seq = seq + 1
 	}
@@ -207,12 +222,21 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 		log.Debug("served", "duration", time.Since(started), "prompt_tokens", usage.PromptTokens, "completion_tokens", usage.CompletionTokens)
 	}
 	// The slot is free once the answer is out; the caller's confirmation
-	// settles the message.
+	// settles the message, or, for a caller that acks a served request
+	// itself, the caller's ack does.
 	keep = false
 	failed := err != nil
+	if !failed && req.CallerAcks {
+		rep.Ack = m.msg.Reply
+	}
+	p.keeper.quiet(control) // the answer says all a heartbeat would
 	p.deliver(req.ReplyTo, req.AnswerDeadline, rep, func(o replyOutcome) {
 		defer stop()
 		switch o {
+		case replyConfirmed:
+			if rep.Ack != "" {
+				return // the caller acks it
+			}
 		case replyUnconfirmed:
 			log.Warn("the caller did not confirm the answer; the request goes back to the queue")
 			p.nakAndHint(m, req)
@@ -266,15 +290,23 @@ type pickupAnswer int
 
 const (
 	pickupGo     pickupAnswer = iota // the caller waits: call the provider
+	pickupNotify                     // call the provider without asking, and tell the caller (left.go)
 	pickupGone                       // the caller said no, or stopped waiting and nobody listens on its inbox
 	pickupUnsure                     // no answer in time: try again now
 	pickupLater                      // nobody listens on the caller's inbox, but it may still wait: try again later (see hold.go)
 )
 
 // pickup asks the caller whether it still waits for m's request req, and
-// names the control subject it can cancel the call on. A pickup that finds
-// nobody on the caller's inbox is tried again (see hold.go).
+// names the control subject it can cancel the call on, unless the request
+// may be started without asking (left.go). A pickup that finds nobody on
+// the caller's inbox is tried again (see hold.go).
 func (p *Pool) pickup(m *pulled, req *messages.Request, control, deployment string) pickupAnswer {
+	if p.mayStartUnasked(m, req) {
+		// A request stored a moment ago is as good a sign of its caller's
+		// life as an answered pickup.
+		p.callers.heard(inboxPrefix(req.ReplyTo), false)
+		return pickupNotify
+	}
 	msg := messages.EventMsg(req.ReplyTo, messages.EventPickup, 0, nil)
 	msg.Header.Set(messages.HeaderControl, control)
 	msg.Header.Set(messages.HeaderDeployment, deployment)

@@ -43,6 +43,17 @@ type kept struct {
 	inbox, control string
 	nextProgress   time.Time
 	nextBeat       time.Time
+	quiet          bool // no more heartbeats: the caller has its answer
+	// started, set for a request started without asking (left.go), is the
+	// "started" event still to send: with the first heartbeat, or by
+	// started.by if that is earlier.
+	started *startedEvent
+}
+
+// startedEvent is a "started" event a keeper sends for a request.
+type startedEvent struct {
+	by         time.Time // send it no later than this
+	deployment string    // chosen at pickup
 }
 
 func newKeeper(nc *nats.Conn, ackWait time.Duration) *keeper {
@@ -85,6 +96,27 @@ func (k *keeper) hold(m *pulled, inbox, control string) (stop func()) {
 			delete(k.byControl, control)
 		}
 		k.mu.Unlock()
+	}
+}
+
+// quiet stops the heartbeats of the request held under control (its answer
+// is out); its in-progress acks go on until stop.
+func (k *keeper) quiet(control string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if e := k.byControl[control]; e != nil {
+		e.quiet = true
+	}
+}
+
+// notify makes the heartbeats of the request held under control start with
+// a "started" event (its call was started without asking), sent by ev.by
+// at the latest.
+func (k *keeper) notify(control string, ev *startedEvent) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if e := k.byControl[control]; e != nil {
+		e.started = ev
 	}
 }
 
@@ -145,6 +177,7 @@ func (k *keeper) run(ctx context.Context) {
 type due struct {
 	e               *kept
 	progress, beats bool
+	started         *startedEvent // sent instead of the heartbeat
 	redeliverIn     time.Duration // after this tick's in-progress ack, if any
 }
 
@@ -154,11 +187,43 @@ type due struct {
 // in-progress ack of a settled message and a heartbeat to a caller that has
 // its answer are ignored.
 func (k *keeper) send(now time.Time) bool {
+	out, held := k.collect(now)
+	for _, a := range out {
+		if a.progress {
+			_ = a.e.m.InProgress()
+		}
+		switch {
+		case a.started != nil:
+			msg := messages.EventMsg(a.e.inbox, messages.EventStarted, 0, nil)
+			msg.Header[messages.HeaderControl] = []string{a.e.control}
+			msg.Header[messages.HeaderDeployment] = []string{a.started.deployment}
+			msg.Reply = a.e.control
+			messages.SetRedeliverIn(msg, a.redeliverIn)
+			_ = k.nc.PublishMsg(msg)
+		case a.beats:
+			msg := messages.EventMsg(a.e.inbox, messages.EventAlive, 0, nil)
+			msg.Reply = a.e.control
+			messages.SetRedeliverIn(msg, a.redeliverIn)
+			_ = k.nc.PublishMsg(msg)
+		}
+	}
+	clear(out) // hold no finished request
+	k.out = out[:0]
+	return held
+}
+
+// collect returns what is due at now (in k.out's buffer, which only run's
+// goroutine uses) and whether any request is held, and moves the next times
+// on as if it was sent.
+func (k *keeper) collect(now time.Time) ([]due, bool) {
 	k.mu.Lock()
-	held := len(k.held)
+	defer k.mu.Unlock()
 	out := k.out[:0]
 	for e := range k.held {
-		a := due{e: e, progress: !now.Before(e.nextProgress), beats: !now.Before(e.nextBeat)}
+		a := due{e: e, progress: !now.Before(e.nextProgress), beats: !e.quiet && !now.Before(e.nextBeat)}
+		if e.started != nil && (a.beats || (!e.quiet && !now.Before(e.started.by))) {
+			a.beats, a.started, e.started = true, e.started, nil
+		}
 		if a.progress {
 			e.nextProgress = now.Add(k.progress)
 		}
@@ -170,21 +235,7 @@ func (k *keeper) send(now time.Time) bool {
 			out = append(out, a)
 		}
 	}
-	k.mu.Unlock()
-	for _, a := range out {
-		if a.progress {
-			_ = a.e.m.InProgress()
-		}
-		if a.beats {
-			msg := messages.EventMsg(a.e.inbox, messages.EventAlive, 0, nil)
-			msg.Reply = a.e.control
-			messages.SetRedeliverIn(msg, a.redeliverIn)
-			_ = k.nc.PublishMsg(msg)
-		}
-	}
-	clear(out) // hold no finished request
-	k.out = out[:0]
-	return held > 0
+	return out, len(k.held) > 0
 }
 
 // reconnectSettle is how long after this worker's connection came back a

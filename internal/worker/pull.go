@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/llmq/llmq/internal/jsretry"
+	"github.com/llmq/llmq/pkg/messages"
 )
 
 // puller takes one message at a time from one durable pull consumer with a
@@ -131,7 +132,7 @@ type pulled struct {
 
 // The acknowledgement tokens of the JetStream API.
 var (
-	ackAck      = []byte("+ACK")
+	ackAck      = messages.AckToken
 	ackNak      = []byte("-NAK")
 	ackProgress = []byte("+WPI")
 )

@@ -133,18 +133,23 @@
 //
 // # Ownership of a message
 //
-// The slot a message is handed to owns it until it acks or terminates it.
-// Before calling a provider it checks the queue deadline and asks the caller
-// (a pickup request to the caller's inbox) whether it still waits; if not, it
-// terminates the message and no provider is called. During the call it sends
-// in-progress acks so JetStream does not redeliver. It publishes the answer to
-// the caller's inbox first and acks once the caller confirmed it, so a worker
-// that dies in between causes a redelivery, never a lost answer; the caller
-// keeps only the first answer it receives. The slot does not wait for the
-// confirmation: it takes the next request while the answer's delivery
-// (deliver.go) settles the message. A pickup or an answer that finds nobody
-// on the caller's inbox is held for as long as the caller said it waits (its
-// gateway may be reconnecting; see hold.go).
+// The slot a message is handed to owns it until it acks or terminates it,
+// or hands the ack to the caller. Before calling a provider it checks the
+// queue deadline and asks the caller (a pickup request to the caller's
+// inbox) whether it still waits; if not, it terminates the message and no
+// provider is called. A request published a moment ago may instead be
+// started without asking, the caller being told afterwards (left.go).
+// During the call it sends in-progress acks so JetStream does not
+// redeliver. It publishes the answer to the caller's inbox first and acks
+// once the caller confirmed it, so a worker that dies in between causes a
+// redelivery, never a lost answer; the caller keeps only the first answer
+// it receives. A caller that acks its requests itself (pkg/client) gets the
+// served answer with the message's ack subject and acks it there: nothing
+// is confirmed, and an answer lost on the way shows as a redelivery. The
+// slot does not wait for either: it takes the next request while the
+// answer's delivery (deliver.go) settles the message. A pickup or an answer
+// that finds nobody on the caller's inbox is held for as long as the caller
+// said it waits (its gateway may be reconnecting; see hold.go).
 //
 // A worker that dies holding a message leaves it to JetStream, which
 // redelivers it after the ack wait but publishes no wake-up hint for it.
@@ -169,6 +174,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -251,7 +257,9 @@ type Pool struct {
 	calls     sync.Map       // request id -> context.CancelCauseFunc of its call
 	reconnect reconnectWatch // onControl's
 	delivered deliveries
+	draining  atomic.Bool // drain has begun (see drainAcked)
 	callers   callers
+	left      leftSet // requests their callers left (left.go)
 	keeper    *keeper
 	hints     *servedHints
 	tenants   metrics.TenantLabels
@@ -381,6 +389,12 @@ func (p *Pool) Run(ctx context.Context) error {
 		return fmt.Errorf("worker: subscribe closed callers: %w", err)
 	}
 	defer gone.Unsubscribe()
+	left, err := p.nc.Subscribe(p.opts.Subjects.Left(), p.onLeft)
+	if err != nil {
+		return fmt.Errorf("worker: subscribe left requests: %w", err)
+	}
+	defer left.Unsubscribe()
+	_ = left.SetPendingLimits(-1, -1)
 
 	// The keep-alives go on until Run returns: calls and deliveries outlive
 	// ctx by the drain.
@@ -453,6 +467,7 @@ func (p *Pool) Retire() { p.retireOnce.Do(func() { close(p.retired) }) }
 // drain waits for the calls in progress, at most DrainTimeout; then it
 // cancels the rest, whose requests go back to JetStream.
 func (p *Pool) drain() {
+	p.drainAcked()
 	done := p.inFlight.idle()
 	t := time.NewTimer(p.opts.DrainTimeout)
 	defer t.Stop()

@@ -8,7 +8,12 @@
 // any number of concurrent [Client.Do] calls; it is safe for concurrent use.
 // It answers the workers' pickup checks: a request whose Do call has returned
 // (deadline passed, context cancelled) is refused at pickup, so no provider is
-// ever called for it.
+// ever called for it. For its first second a request may be started without
+// that check (see pkg/messages): a request given up in that second is
+// announced to the workers, and a worker that started one anyway is told to
+// stop. The client acks a served request in JetStream itself when its
+// answer arrives (the answer names the ack subject): one message per
+// request instead of a confirmation and the worker's acknowledged ack.
 //
 // Publishing rides out a JetStream cluster's failover: a publish that meets
 // the request stream without a leader, or loses its node, is repeated
@@ -319,6 +324,9 @@ type waiter struct {
 	start                         time.Time // of the publish
 	queueDeadline, answerDeadline time.Time
 	stream                        bool
+	// notifyUntil is until when a worker may start the request without a
+	// pickup check (messages.Request.NotifyUntil); zero: never.
+	notifyUntil time.Time
 
 	state    atomic.Int32
 	pickedAt atomic.Int64 // unix nanos
@@ -457,9 +465,17 @@ func (c *Client) Submit(ctx context.Context, req *Request) (*Handle, error) {
 	if dl, ok := ctx.Deadline(); ok && w.parker == nil {
 		answerBy = earliest(answerBy, dl)
 	}
+	// A worker may start the request without asking for a moment: the
+	// caller is all but sure to wait, and says so if it leaves (left). Not
+	// for a request that may be parked by then: a parked caller's
+	// connection is checked at pickup (Parker.Alive).
+	if notify := parkWindow(w.parker, parkAfter); notify > 0 {
+		w.notifyUntil = w.start.Add(notify)
+	}
 	msg := c.subjects.Msg(&messages.Request{
 		ID: w.id, Kind: req.Kind, Group: req.Group, Band: w.band, Priority: req.Priority,
 		ReplyTo: c.inbox + "." + w.id, Deadline: w.queueDeadline, AnswerDeadline: answerBy, Stream: w.stream, Tenant: req.Tenant, Body: req.Body,
+		CallerAcks: true, NotifyUntil: w.notifyUntil,
 	}, w.start)
 	req = nil // see above
 	if err := c.publish(ctx, msg); err != nil {
@@ -470,6 +486,16 @@ func (c *Client) Submit(ctx context.Context, req *Request) (*Handle, error) {
 	return &Handle{c: c, w: w, onChunk: onChunk, onStart: onStart, parkAfter: parkAfter}, nil
 }
 
+// parkWindow is how long after its publish a worker may start a request
+// without asking: messages.NotifyWindow, but no longer than until it may be
+// parked.
+func parkWindow(p Parker, parkAfter time.Duration) time.Duration {
+	if p != nil {
+		return min(messages.NotifyWindow, parkAfter)
+	}
+	return messages.NotifyWindow
+}
+
 // Abandon gives the request up without waiting: a worker that has not
 // picked it up yet drops it without a provider call, and one that has is
 // told to stop. It does nothing after Wait.
@@ -477,9 +503,7 @@ func (h *Handle) Abandon() {
 	if h.waited.Load() || !h.released.CompareAndSwap(false, true) {
 		return
 	}
-	if h.w.state.Swap(stateAbandoned) == statePicked {
-		h.c.cancel(h.w)
-	}
+	h.c.giveUp(h.w)
 	h.c.forget(h.w)
 }
 
@@ -526,9 +550,7 @@ func (h *Handle) Wait(ctx context.Context) (resp *Response, info Result, err err
 	}
 	// fail abandons the request and tells its worker, if any, to stop.
 	fail := func(err error) (*Response, Result, error) {
-		if w.state.Swap(stateAbandoned) == statePicked {
-			c.cancel(w)
-		}
+		c.giveUp(w)
 		return nil, w.result(), err
 	}
 	next := 1 // the sequence number the next stream event must carry
@@ -602,6 +624,7 @@ func (h *Handle) Wait(ctx context.Context) (resp *Response, info Result, err err
 			}
 		case <-deadline:
 			if w.state.CompareAndSwap(stateWaiting, stateAbandoned) {
+				c.left(w)
 				return nil, w.result(), w.queueTimeout()
 			}
 			// Picked up: only the answer deadline is left.
@@ -696,6 +719,7 @@ func (c *Client) hand(w *waiter) {
 // parkedDeadline is Do's deadline case for a parked request.
 func (c *Client) parkedDeadline(w *waiter) {
 	if w.state.CompareAndSwap(stateWaiting, stateAbandoned) {
+		c.left(w)
 		c.endParked(w, nil, w.queueTimeout())
 		return
 	}
@@ -710,9 +734,7 @@ func (c *Client) parkedDeadline(w *waiter) {
 
 // failParked is Do's fail for a parked request.
 func (c *Client) failParked(w *waiter, err error) {
-	if w.state.Swap(stateAbandoned) == statePicked {
-		c.cancel(w)
-	}
+	c.giveUp(w)
 	c.endParked(w, nil, err)
 }
 
@@ -817,6 +839,27 @@ func earliest(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// giveUp abandons w's request: a worker serving it is told to stop, and,
+// while a worker may start it without asking, the workers are told it was
+// left.
+func (c *Client) giveUp(w *waiter) {
+	switch w.state.Swap(stateAbandoned) {
+	case statePicked:
+		c.cancel(w)
+	case stateWaiting:
+		c.left(w)
+	}
+}
+
+// left tells the workers that w's request, given up before a worker picked
+// it up, must not be started without asking (see Request's NotifyUntil in
+// pkg/messages): only needed before its notify time.
+func (c *Client) left(w *waiter) {
+	if !w.notifyUntil.IsZero() && time.Now().Before(w.notifyUntil) {
+		_ = c.nc.Publish(c.subjects.Left(), []byte(c.inbox+"."+w.id))
+	}
 }
 
 // cancel tells the worker serving w to stop.
@@ -932,7 +975,7 @@ func (c *Client) onInbox(m *nats.Msg) {
 	c.mu.Unlock()
 	event := m.Header.Get(messages.HeaderEvent)
 	switch {
-	case w == nil || event == messages.EventPickup:
+	case w == nil || event == messages.EventPickup || event == messages.EventStarted:
 	case event == messages.EventRequeue:
 		w.lastSeen.Store(0) // its worker let go: the next pickup may start it
 	default:
@@ -941,10 +984,22 @@ func (c *Client) onInbox(m *nats.Msg) {
 		if d, ok := messages.RedeliverIn(m.Header); ok {
 			w.redeliverAt.Store(now.Add(d).UnixNano())
 		}
+		if d, ok := messages.PickedAgo(m.Header); ok {
+			c.startedUnasked(w, m, now.Add(-d))
+		}
 	}
 	switch event {
 	case messages.EventPickup:
 		_ = m.Respond([]byte(c.pickup(w, m.Header)))
+	case messages.EventStarted:
+		// A worker started the request without asking: the same decision
+		// as for a pickup, and if the answer is no, the worker is told to
+		// stop.
+		if c.pickup(w, m.Header) != messages.PickupAccept {
+			if ctl := m.Header.Get(messages.HeaderControl); ctl != "" {
+				_ = c.nc.PublishMsg(messages.EventMsg(ctl, messages.EventCancel, 0, nil))
+			}
+		}
 	case messages.EventChunk:
 		if w == nil || w.chunks == nil {
 			return
@@ -960,13 +1015,38 @@ func (c *Client) onInbox(m *nats.Msg) {
 			})
 		}
 	case messages.EventReply:
-		// Confirm receipt, so the worker acks the request; a worker that
-		// gets no confirmation serves the request again.
-		_ = m.Respond(nil)
+		if ack := m.Header.Get(messages.HeaderAck); ack != "" {
+			// The request asked to ack its answer itself (Submit's requests
+			// do): one publish, and the worker waits for nothing. An ack
+			// that is lost leaves the request to be redelivered, and its
+			// pickup is refused, as this client has its answer.
+			if messages.ValidAck(ack) {
+				_ = c.nc.Publish(ack, messages.AckToken)
+			}
+		} else {
+			// Confirm receipt, so the worker acks the request; a worker
+			// that gets no confirmation serves the request again.
+			_ = m.Respond(nil)
+		}
 		if w != nil {
 			c.answered(w, m)
 		}
 	}
+}
+
+// startedUnasked records what the answer or first chunk m of a request
+// started without asking says of its pickup, when no "started" event came
+// before it: when it was picked up and, for a stream, that it is (so that
+// its queue deadline no longer applies) and where to cancel it.
+func (c *Client) startedUnasked(w *waiter, m *nats.Msg, at time.Time) {
+	if !w.pickedAt.CompareAndSwap(0, at.UnixNano()) || m.Header.Get(messages.HeaderEvent) != messages.EventChunk {
+		return
+	}
+	if m.Reply != "" {
+		control := m.Reply
+		w.control.Store(&control)
+	}
+	w.state.CompareAndSwap(stateWaiting, statePicked)
 }
 
 // answered hands the reply m to whoever waits for w: Do, or the parked

@@ -40,6 +40,11 @@
 //	                 capacity between tenants. The gateway sets it from the
 //	                 caller's key; a service that publishes directly sets it
 //	                 itself
+//	Llmq-Caller-Acks optional, "1": the caller acks the request itself
+//	                 when its served answer arrives (see Answers)
+//	Llmq-Notify-Until  optional, Unix milliseconds: until then a worker may
+//	                 start the request on its first delivery without a
+//	                 pickup check (see Answers)
 //	Nats-Msg-Id      the request id (JetStream deduplication)
 //	Nats-TTL         the time to the deadline (expired requests leave the stream)
 //
@@ -51,6 +56,22 @@
 // anything else, a timeout or "no responders" means the caller is gone, and the
 // worker drops the request without calling a provider. The caller must answer
 // pickups on its inbox; pkg/client does this.
+//
+// Unless the request says otherwise: a request with Llmq-Notify-Until may
+// be started without that round trip on its first delivery before then
+// (and no later than [NotifyWindow] after it was stored, and not within a
+// second of its queue deadline). The worker then sends Llmq-Event "started"
+// (with Llmq-Control, Llmq-Deployment and Llmq-Redeliver-In, as a pickup
+// has) with the call's first heartbeat, or half a second before the queue
+// deadline if that is sooner; a call that ends before that sends none, and
+// its answer (or first chunk) carries Llmq-Picked-Ago, the milliseconds
+// since the pickup. A caller that receives "started" for a request it no
+// longer waits for sends "cancel" to Llmq-Control. A caller that gives up
+// such a request before its Llmq-Notify-Until publishes its Llmq-Reply
+// subject to <prefix>.left ([Subjects.Left]): workers then ask before they
+// start it, and stop a call of it they started without asking. pkg/client
+// sets Llmq-Notify-Until to a second after the publish (or its ParkAfter,
+// if sooner: a parked caller is checked at its pickup).
 //
 // While it works, the worker sends Llmq-Event "alive" to the inbox every
 // HeartbeatInterval, with its control subject as the message's reply
@@ -106,6 +127,16 @@
 // gateway was briefly cut off from NATS) hands the request back to be served
 // again, and the caller keeps the first answer it gets.
 //
+// A served answer to a request with Llmq-Caller-Acks is not confirmed:
+// it carries Llmq-Ack, the request's JetStream ack subject ($JS.ACK...),
+// and the caller publishes [AckToken] there, which removes the request from
+// the stream (one message instead of a confirmation, the worker's ack and
+// its answer). The worker sends it with a reply subject of its own, so that
+// NATS answers "no responders" when nobody is on the inbox, and holds it
+// as above; otherwise it counts it as delivered. An answer lost on the way
+// leaves the request unacked: it is redelivered after the ack wait and
+// served again for the caller that still waits.
+//
 // # Wildcard groups
 //
 // A model group whose name holds '*' ("*", "openai/*") serves every model a
@@ -139,4 +170,10 @@
 //	     tenant's, on the subject they always had. A worker older than
 //	     lanes does not serve a lane's requests: upgrade the workers first,
 //	     then the gateways and services that send tenants
+//	1+a  Llmq-Caller-Acks and Llmq-Ack; Llmq-Notify-Until, the "started"
+//	     event, Llmq-Picked-Ago and <prefix>.left. A worker that does not
+//	     know them confirms and picks up as before, so a caller that sends
+//	     them must still answer pickups and confirmations (pkg/client
+//	     does); a caller that does not send them is served as before. Served-tokens
+//	     hints are summed per tenant over 20 ms (Llmq-Estimate is gone)
 package messages

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -47,16 +48,34 @@ const (
 	// since its last hint; HeaderWorker names that worker.
 	HeaderTokens = "Llmq-Tokens"
 	HeaderWorker = "Llmq-Worker"
-	HeaderMsgID  = "Nats-Msg-Id"
-	HeaderTTL    = "Nats-TTL"
+	// HeaderCallerAcks, "1" on a request, says its caller acknowledges the
+	// request in JetStream itself when its served answer arrives: the
+	// worker sends that answer with HeaderAck, the request's ack subject,
+	// and waits for no confirmation.
+	HeaderCallerAcks = "Llmq-Caller-Acks"
+	HeaderAck        = "Llmq-Ack"
+	// HeaderNotifyUntil, on a request, is until when (Unix milliseconds) a
+	// worker that takes it on its first delivery may start it without a
+	// pickup check, sending EventStarted instead (see the package doc).
+	HeaderNotifyUntil = "Llmq-Notify-Until"
+	// HeaderPickedAgo, on the answer and the first chunk of a request that
+	// was started without asking and whose caller has had no "started"
+	// event yet, is how long ago (milliseconds) the worker picked it up.
+	HeaderPickedAgo = "Llmq-Picked-Ago"
+	HeaderMsgID     = "Nats-Msg-Id"
+	HeaderTTL       = "Nats-TTL"
 )
 
 // Events carried in HeaderEvent on messages to a caller's inbox.
 const (
 	EventPickup = "pickup" // a worker asks whether the caller still waits
-	EventChunk  = "chunk"  // one streamed event, numbered by HeaderSeq from 1
-	EventAlive  = "alive"  // the worker still works on the request (every HeartbeatInterval)
-	EventReply  = "reply"  // the final answer; for a stream, numbered after the last chunk
+	// EventStarted tells the caller that a worker started its request
+	// without asking (before Llmq-Notify-Until); a caller that no longer
+	// waits sends EventCancel to its Llmq-Control.
+	EventStarted = "started"
+	EventChunk   = "chunk" // one streamed event, numbered by HeaderSeq from 1
+	EventAlive   = "alive" // the worker still works on the request (every HeartbeatInterval)
+	EventReply   = "reply" // the final answer; for a stream, numbered after the last chunk
 	// EventRequeue tells the caller that its worker handed the request back
 	// to the queue (shutting down) without answering: another worker may
 	// pick it up at once.
@@ -65,6 +84,12 @@ const (
 	// stop the provider call, nobody reads the answer.
 	EventCancel = "cancel"
 )
+
+// NotifyWindow is the longest Llmq-Notify-Until a worker honours, counted
+// from the request's store time: past it, it asks the caller (a pickup),
+// however long the caller said. It bounds what a worker must remember of
+// the requests callers left (Subjects.Left).
+const NotifyWindow = time.Second
 
 // HeartbeatInterval is how often a worker sends EventAlive while it serves a
 // request. A streaming caller that hears nothing for StreamSilence assumes
@@ -123,6 +148,12 @@ type Request struct {
 	// means the caller did not say.
 	AnswerDeadline time.Time
 	Stream         bool // the caller asked for server-sent events
+	// CallerAcks says the caller acks the request when its served answer
+	// arrives (HeaderCallerAcks).
+	CallerAcks bool
+	// NotifyUntil is until when a worker may start the request on its first
+	// delivery without asking the caller (HeaderNotifyUntil); zero: always ask.
+	NotifyUntil time.Time
 	// Tenant is who the request is for; DecodeRequest sets TenantAnonymous
 	// when the message names none, and Msg leaves the header out when it is
 	// empty.
@@ -143,6 +174,12 @@ func (s Subjects) Msg(r *Request, now time.Time) *nats.Msg {
 	h[HeaderReply] = []string{r.ReplyTo}
 	if r.Stream {
 		h[HeaderStream] = []string{"1"}
+	}
+	if r.CallerAcks {
+		h[HeaderCallerAcks] = []string{"1"}
+	}
+	if !r.NotifyUntil.IsZero() {
+		h[HeaderNotifyUntil] = []string{strconv.FormatInt(r.NotifyUntil.UnixMilli(), 10)}
 	}
 	if r.Tenant != "" {
 		h[HeaderTenant] = []string{r.Tenant}
@@ -206,6 +243,14 @@ func (s Subjects) DecodeRequest(subject string, h nats.Header, body []byte) (*Re
 		r.AnswerDeadline = time.UnixMilli(ms)
 	}
 	r.Stream = h.Get(HeaderStream) == "1"
+	r.CallerAcks = h.Get(HeaderCallerAcks) == "1"
+	if d := h.Get(HeaderNotifyUntil); d != "" {
+		ms, err := strconv.ParseInt(d, 10, 64)
+		if err != nil {
+			return nil, bad("header %s is %q, not Unix milliseconds", HeaderNotifyUntil, d)
+		}
+		r.NotifyUntil = time.UnixMilli(ms)
+	}
 	switch r.Tenant = h.Get(HeaderTenant); {
 	case r.Tenant == "":
 		r.Tenant = TenantAnonymous
@@ -226,6 +271,41 @@ type Reply struct {
 	Deployment string // model_info.id of the deployment that served it
 	RetryAfter string // Retry-After value, for 429 and 503
 	Body       []byte // provider response or OpenAI error body
+	// Ack, on a served answer to a request with CallerAcks, is the
+	// request's JetStream ack subject: the caller publishes AckToken there.
+	Ack string
+	// PickedAgo, when not zero, is how long before this answer the worker
+	// picked the request up (HeaderPickedAgo).
+	PickedAgo time.Duration
+}
+
+// SetPickedAgo writes HeaderPickedAgo on m.
+func SetPickedAgo(m *nats.Msg, d time.Duration) {
+	m.Header[HeaderPickedAgo] = []string{strconv.FormatInt(max(d, 0).Milliseconds(), 10)}
+}
+
+// PickedAgo reads HeaderPickedAgo; ok is false when it is missing or not a
+// non-negative number of milliseconds.
+func PickedAgo(h nats.Header) (d time.Duration, ok bool) {
+	v := h.Get(HeaderPickedAgo)
+	if v == "" {
+		return 0, false
+	}
+	ms, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || ms < 0 || ms > int64(365*24*time.Hour/time.Millisecond) {
+		return 0, false
+	}
+	return time.Duration(ms) * time.Millisecond, true
+}
+
+// AckToken is what a caller publishes to a reply's Ack subject: JetStream's
+// acknowledgement, which removes the request from the stream.
+var AckToken = []byte("+ACK")
+
+// ValidAck reports whether subject may be a reply's Ack subject: a
+// JetStream ack subject. A caller publishes nowhere else on a worker's word.
+func ValidAck(subject string) bool {
+	return strings.HasPrefix(subject, "$JS.ACK.") && !strings.ContainsAny(subject, " \t\r\n*>")
 }
 
 // ReplyMsg builds the message that carries r to the caller's inbox.
@@ -244,6 +324,12 @@ func ReplyMsg(inbox string, r *Reply) *nats.Msg {
 	if r.Seq > 0 {
 		m.Header[HeaderSeq] = []string{strconv.Itoa(r.Seq)}
 	}
+	if r.Ack != "" {
+		m.Header[HeaderAck] = []string{r.Ack}
+	}
+	if r.PickedAgo > 0 {
+		SetPickedAgo(m, r.PickedAgo)
+	}
 	m.Data = r.Body
 	return m
 }
@@ -259,7 +345,9 @@ func DecodeReply(h nats.Header, body []byte) (*Reply, error) {
 		return nil, fmt.Errorf("%w: reply status %q", ErrInternal, h.Get(HeaderStatus))
 	}
 	seq, _ := strconv.Atoi(h.Get(HeaderSeq))
-	return &Reply{Outcome: o, Status: st, Seq: seq, Deployment: h.Get(HeaderDeployment), RetryAfter: h.Get(HeaderRetryAfter), Body: body}, nil
+	r := &Reply{Outcome: o, Status: st, Seq: seq, Deployment: h.Get(HeaderDeployment), RetryAfter: h.Get(HeaderRetryAfter), Ack: h.Get(HeaderAck), Body: body}
+	r.PickedAgo, _ = PickedAgo(h)
+	return r, nil
 }
 
 // Err returns the reply as an *Error, or nil when it was served.

@@ -62,6 +62,10 @@ func sameRequest(got, want *messages.Request) string {
 		return "AnswerDeadline zero-ness differs"
 	case got.Stream != want.Stream:
 		return "Stream differs"
+	case got.CallerAcks != want.CallerAcks:
+		return "CallerAcks differs"
+	case !got.NotifyUntil.Equal(want.NotifyUntil) || got.NotifyUntil.IsZero() != want.NotifyUntil.IsZero():
+		return "NotifyUntil " + got.NotifyUntil.String() + " != " + want.NotifyUntil.String()
 	case got.Tenant != want.Tenant:
 		return "Tenant " + got.Tenant + " != " + want.Tenant
 	case !bytes.Equal(got.Body, want.Body):
@@ -90,6 +94,9 @@ func TestRequestRoundTrip(t *testing.T) {
 		{"group with subject characters", func(r *messages.Request) { r.Group = "a.b *>/=" }},
 		{"unicode id", func(r *messages.Request) { r.ID = "réq-ü" }},
 		{"tenant with spaces and punctuation", func(r *messages.Request) { r.Tenant = "Team A/eu-west:1" }},
+		{"caller acks, may start unasked", func(r *messages.Request) {
+			r.CallerAcks, r.NotifyUntil = true, testNow.Add(messages.NotifyWindow)
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -113,6 +120,9 @@ func TestRequestRoundTrip(t *testing.T) {
 			}
 			if !r.AnswerDeadline.IsZero() {
 				want.AnswerDeadline = time.UnixMilli(r.AnswerDeadline.UnixMilli())
+			}
+			if !r.NotifyUntil.IsZero() {
+				want.NotifyUntil = time.UnixMilli(r.NotifyUntil.UnixMilli())
 			}
 			if d := sameRequest(got, &want); d != "" {
 				t.Errorf("round trip: %s", d)
@@ -227,6 +237,7 @@ func TestDecodeRequestErrors(t *testing.T) {
 		{name: "deadline RFC 3339", header: map[string]string{messages.HeaderDeadline: "2025-03-04T05:06:07Z"}},
 		{name: "answer deadline not a number", header: map[string]string{messages.HeaderAnswerDeadline: "later"}},
 		{name: "answer deadline in seconds with a fraction", header: map[string]string{messages.HeaderAnswerDeadline: "1741064862.891"}},
+		{name: "notify time not a number", header: map[string]string{messages.HeaderNotifyUntil: "now"}},
 		{name: "empty body", body: new("")},
 		{name: "truncated body", body: new(`{"model":"m"`)},
 		{name: "non-JSON body", body: new("hello")},
@@ -325,6 +336,8 @@ func TestReplyRoundTrip(t *testing.T) {
 		{"stream end", messages.Reply{Seq: 42, Outcome: messages.OutcomeServed, Status: 200, Deployment: "d"}},
 		{"queue full", messages.Reply{Outcome: messages.OutcomeQueueFull, Status: 429, RetryAfter: "3", Body: []byte(`{"error":{"message":"full"}}`)}},
 		{"provider 400", messages.Reply{Outcome: messages.OutcomeProviderError, Status: 400, Deployment: "d", Body: []byte(`{"error":{"message":"bad"}}`)}},
+		{"served, caller acks, picked up unasked", messages.Reply{Outcome: messages.OutcomeServed, Status: 200, Deployment: "d",
+			Ack: "$JS.ACK.LLMQ_REQUESTS.c.1.2.3.4.5", PickedAgo: 1500 * time.Millisecond, Body: []byte(`{}`)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -343,7 +356,8 @@ func TestReplyRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 			if got.Seq != tt.reply.Seq || got.Outcome != tt.reply.Outcome || got.Status != tt.reply.Status ||
-				got.Deployment != tt.reply.Deployment || got.RetryAfter != tt.reply.RetryAfter || !bytes.Equal(got.Body, tt.reply.Body) {
+				got.Deployment != tt.reply.Deployment || got.RetryAfter != tt.reply.RetryAfter || !bytes.Equal(got.Body, tt.reply.Body) ||
+				got.Ack != tt.reply.Ack || got.PickedAgo != tt.reply.PickedAgo {
 				t.Errorf("DecodeReply = %+v, want %+v", got, tt.reply)
 			}
 		})
@@ -637,5 +651,39 @@ func TestRedeliverIn(t *testing.T) {
 				t.Errorf("RedeliverIn = %v, %v; want %v, %v", d, ok, tt.want, tt.ok)
 			}
 		})
+	}
+}
+
+func TestValidAck(t *testing.T) {
+	for subject, want := range map[string]bool{
+		"$JS.ACK.LLMQ_REQUESTS.llmq_0_gpt.1.42.42.1700000000000000000.0":          true,
+		"$JS.ACK.hub.ACCOUNTHASH.LLMQ_REQUESTS.c.1.42.42.1700000000000000000.0.x": true,
+		"llmq.req.0.gpt":           false,
+		"$JS.API.STREAM.DELETE.X":  false,
+		"$JS.ACK.>":                false,
+		"$JS.ACK.a b":              false,
+		"":                         false,
+		"_INBOX.abc.$JS.ACK.x.y.z": false,
+	} {
+		if got := messages.ValidAck(subject); got != want {
+			t.Errorf("ValidAck(%q) = %v, want %v", subject, got, want)
+		}
+	}
+}
+
+func TestPickedAgo(t *testing.T) {
+	m := messages.EventMsg("_INBOX.x.1", messages.EventChunk, 1, nil)
+	if _, ok := messages.PickedAgo(m.Header); ok {
+		t.Error("PickedAgo of a message without it: ok")
+	}
+	messages.SetPickedAgo(m, 2500*time.Microsecond)
+	if d, ok := messages.PickedAgo(m.Header); !ok || d != 2*time.Millisecond {
+		t.Errorf("PickedAgo = %v, %v; want 2ms (milliseconds, truncated)", d, ok)
+	}
+	for _, bad := range []string{"-1", "soon", "1.5"} {
+		m.Header.Set(messages.HeaderPickedAgo, bad)
+		if d, ok := messages.PickedAgo(m.Header); ok {
+			t.Errorf("PickedAgo(%q) = %v, ok", bad, d)
+		}
 	}
 }

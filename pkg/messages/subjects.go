@@ -119,6 +119,11 @@ func (s Subjects) Wake(band int, group string) string {
 // on the inbox are dropped at once instead of being held for a reconnect.
 func (s Subjects) Gone() string { return s.prefix + ".gone" }
 
+// Left is the subject on which a caller announces a request it gave up
+// while it waited, before its Llmq-Notify-Until (payload: the request's
+// Llmq-Reply subject), so that no worker starts it without asking.
+func (s Subjects) Left() string { return s.prefix + ".left" }
+
 // Reload is the subject on which every gateway and worker process takes a
 // request to reload its config file (llmqctl reload); each one answers
 // with a messages.ReloadResult.
