@@ -69,6 +69,9 @@ func TestRead(t *testing.T) {
 	if d.ByConn["pub"] != (InOut{In: n}) || d.ByConn["sub"] != (InOut{Out: n}) {
 		t.Errorf("by connection %+v, want pub %d in, sub %d out", d.ByConn, n, n)
 	}
+	if got := d.BySub()["sub x"]; got != n {
+		t.Errorf("subscription x of sub delivered %d, want %d (by subscription: %v)", got, n, d.BySub())
+	}
 	per := d.Per(2)
 	if per.All.Sum() != 3 || per.ByConn["pub"].In != 1.5 {
 		t.Errorf("per 2 requests: %+v", per)
@@ -83,5 +86,24 @@ func TestReadFails(t *testing.T) {
 	_, err := Read(context.Background(), notFound.Client(), []string{notFound.URL})
 	if err == nil || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("Read of a server answering 404: %v", err)
+	}
+}
+
+func TestSubClass(t *testing.T) {
+	for _, tt := range []struct{ subject, want string }{
+		{"llmq.req.>", "llmq.req.>"},
+		{"llmq.wake.>", "llmq.wake.>"},
+		{"_INBOX.2WektWKmqHS5ltMBj0JroQ.*", "_INBOX.*.*"},
+		{"_INBOX.2WektWKmqHS5ltMBj0JroQ.PUlpuqQD.r.*", "_INBOX.*.*.r.*"},
+		{"_INBOX.2WektWKmqHS5ltMBj0Ju38", "_INBOX.*"},
+		{"$JS.ACK.LLMQ_REQUESTS.llmq_b5_bench.*.*.*.*.*", "$JS.ACK.LLMQ_REQUESTS.>"},
+		{"$JS.API.CONSUMER.MSG.NEXT.LLMQ_REQUESTS.llmq_b5_bench_t3", "$JS.API.CONSUMER.MSG.NEXT.LLMQ_REQUESTS.*"},
+		{"$JS.API.>", "$JS.API.>"},
+		{"$NRG.AE.S-R3F-abc", "$NRG.AE.>"},
+		{"llmq.req.5.benchmarks", "llmq.req.5.benchmarks"}, // lower case: a name, not generated
+	} {
+		if got := subClass(tt.subject); got != tt.want {
+			t.Errorf("subClass(%q) = %q, want %q", tt.subject, got, tt.want)
+		}
 	}
 }

@@ -502,5 +502,18 @@ func medianMsgs(per [][]Figures, i int) *natscount.PerRequest {
 	for name := range runs[0].ByConn {
 		m.ByConn[name] = rate(func(p *natscount.PerRequest) natscount.Rate { return p.ByConn[name] })
 	}
+	m.BySub = make(map[string]float64)
+	for _, p := range runs {
+		for class := range p.BySub {
+			if _, done := m.BySub[class]; done {
+				continue
+			}
+			var xs []float64
+			for _, q := range runs {
+				xs = append(xs, q.BySub[class])
+			}
+			m.BySub[class] = stats.Median(xs)
+		}
+	}
 	return m
 }

@@ -3,6 +3,7 @@
 package report
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"maps"
@@ -303,6 +304,23 @@ func natsMessages(b *strings.Builder, c *phase.CompareResult) {
 		}
 		fmt.Fprintf(b, "| %s | %.2f | %.2f | %.2f | %.2f / %.2f | %.2f / %.2f | %s |\n", f.System, m.All.In, m.All.Out, m.All.Sum(),
 			m.Clients.In, m.Clients.Out, m.Routes.In, m.Routes.Out, strings.Join(conns, "; "))
+	}
+	fmt.Fprintf(b, "\nMessages delivered per request, by subscription (subsz; owner, then subject with generated names as *; \"server\" is the NATS server's own: what clients send to JetStream, and on R3 the replication between nodes; `$JS.API.>` also receives every `$JS.API.CONSUMER.MSG.NEXT`; subscriptions closed during a run are missing):\n\n")
+	for _, f := range rows {
+		bySub := f.MsgsPerRequest.BySub
+		classes := slices.SortedFunc(maps.Keys(bySub), func(a, b string) int {
+			if c := cmp.Compare(bySub[b], bySub[a]); c != 0 {
+				return c
+			}
+			return strings.Compare(a, b)
+		})
+		var parts []string
+		for _, c := range classes {
+			if bySub[c] >= 0.005 {
+				parts = append(parts, fmt.Sprintf("`%s` %.2f", c, bySub[c]))
+			}
+		}
+		fmt.Fprintf(b, "- %s: %s\n", f.System, strings.Join(parts, ", "))
 	}
 	b.WriteString("\n")
 }
