@@ -33,10 +33,11 @@ import (
 
 // Gateway is a started gateway process.
 type Gateway struct {
-	addr    net.Addr
-	natsURL string
-	done    chan struct{}
-	err     error
+	addr       net.Addr
+	natsURL    string
+	monitorURL string
+	done       chan struct{}
+	err        error
 }
 
 // Addr is the HTTP listen address.
@@ -45,6 +46,10 @@ func (g *Gateway) Addr() net.Addr { return g.addr }
 // NATSURL is the NATS URL workers and internal services use: the external
 // server's, or the embedded server's client URL ("" when it has no listener).
 func (g *Gateway) NATSURL() string { return g.natsURL }
+
+// NATSMonitorURL is the embedded NATS server's monitoring base URL
+// (LLMQ_EMBEDDED_NATS_MONITOR), or "" when it serves none or NATS is external.
+func (g *Gateway) NATSMonitorURL() string { return g.monitorURL }
 
 // Wait blocks until the gateway has shut down and returns why it stopped
 // (nil after a clean shutdown).
@@ -96,13 +101,13 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 
 	var embedded *natsembed.Server
 	if env.NATSURL == "" {
-		embedded, err = natsembed.Start(natsembed.Options{Listen: env.EmbeddedNATSListen, StoreDir: env.DataDir})
+		embedded, err = natsembed.Start(natsembed.Options{Listen: env.EmbeddedNATSListen, Monitor: env.EmbeddedNATSMonitor, StoreDir: env.DataDir})
 		if err != nil {
 			return nil, err
 		}
 		cleanup = append(cleanup, embedded.Shutdown)
 		embedded.Log(log)
-		g.natsURL = embedded.ClientURL()
+		g.natsURL, g.monitorURL = embedded.ClientURL(), embedded.MonitorURL()
 	}
 	ln, err := net.Listen("tcp", env.Listen)
 	if err != nil {
@@ -259,7 +264,11 @@ func StartGateway(ctx context.Context, env config.Env, lookup func(string) (stri
 	}
 	if gctx.Err() == nil {
 		prog.done()
-		log.Info("gateway listening", "addr", g.addr.String(), "nats", g.natsURL, "groups", s.cfg.Groups(), "embedded_workers", env.EmbeddedWorkers*boolInt(ws != nil))
+		attrs := []any{"addr", g.addr.String(), "nats", g.natsURL, "groups", s.cfg.Groups(), "embedded_workers", env.EmbeddedWorkers * boolInt(ws != nil)}
+		if g.monitorURL != "" {
+			attrs = append(attrs, "nats_monitor", g.monitorURL)
+		}
+		log.Info("gateway listening", attrs...)
 	} else {
 		log.Info("stopped during start-up")
 	}

@@ -726,6 +726,12 @@ func TestEnvValidate(t *testing.T) {
 		{name: "external NATS without data dir", modify: func(e *Env) { e.NATSURL, e.DataDir = "nats://n:4222", "" }},
 		{name: "no embedded listener", modify: func(e *Env) { e.EmbeddedNATSListen = "" }},
 		{name: "free port", modify: func(e *Env) { e.EmbeddedNATSListen = "127.0.0.1:-1" }},
+		{name: "monitor on a free port", modify: func(e *Env) { e.EmbeddedNATSMonitor = "127.0.0.1:0" }},
+		{
+			name:   "monitor without a port",
+			modify: func(e *Env) { e.EmbeddedNATSMonitor = "127.0.0.1" },
+			want:   []string{`LLMQ_EMBEDDED_NATS_MONITOR: must be host:port with a port from -1 to 65535, got "127.0.0.1"`},
+		},
 		{name: "body limits inclusive", modify: func(e *Env) { e.MaxBodyBytes = 64 << 20 }},
 		{
 			name:   "worker slots",

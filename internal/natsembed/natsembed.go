@@ -1,7 +1,9 @@
 // Package natsembed runs the NATS server with JetStream inside the gateway
 // process, so that one command gives a working system. Clients in the same
 // process connect through [Server.Connect] without TCP; other processes
-// (workers, internal services) connect to the listen address.
+// (workers, internal services) connect to the listen address. The server's
+// HTTP monitoring endpoints (/varz, /connz, /jsz, …) are off unless
+// [Options.Monitor] names a loopback address.
 package natsembed
 
 import (
@@ -26,6 +28,10 @@ type Options struct {
 	StoreDir string
 	// Name is the server name; default "llmq-embedded".
 	Name string
+	// Monitor is host:port of the HTTP monitoring endpoints. Port 0 or -1
+	// picks a free port; empty (the default) serves none. The host must be
+	// a loopback address, as for Listen.
+	Monitor string
 }
 
 // Server is a running embedded NATS server.
@@ -54,21 +60,18 @@ func Start(opts Options) (*Server, error) {
 	if opts.Listen == "" {
 		so.DontListen = true
 	} else {
-		host, port, err := net.SplitHostPort(opts.Listen)
+		host, port, err := loopbackHostPort("listen", opts.Listen)
 		if err != nil {
-			return nil, fmt.Errorf("embedded NATS listen address %q: %w", opts.Listen, err)
+			return nil, err
 		}
-		if !isLoopback(host) {
-			return nil, fmt.Errorf("embedded NATS listen address %q: %w", opts.Listen, ErrNotLoopback)
-		}
-		p, err := strconv.Atoi(port)
+		so.Host, so.Port = host, port
+	}
+	if opts.Monitor != "" {
+		host, port, err := loopbackHostPort("monitor", opts.Monitor)
 		if err != nil {
-			return nil, fmt.Errorf("embedded NATS listen address %q: bad port", opts.Listen)
+			return nil, err
 		}
-		if p == 0 {
-			p = server.RANDOM_PORT
-		}
-		so.Host, so.Port = host, p
+		so.HTTPHost, so.HTTPPort = host, port
 	}
 	srv, err := server.NewServer(so)
 	if err != nil {
@@ -80,6 +83,27 @@ func Start(opts Options) (*Server, error) {
 		return nil, errors.New("embedded NATS: not ready after 10s (is the port taken?)")
 	}
 	return &Server{srv: srv}, nil
+}
+
+// loopbackHostPort splits addr, the server's what address, into a loopback
+// host and a port for server.Options, where port 0 means "none": port 0 in
+// addr becomes server.RANDOM_PORT (a free port).
+func loopbackHostPort(what, addr string) (string, int, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("embedded NATS %s address %q: %w", what, addr, err)
+	}
+	if !isLoopback(host) {
+		return "", 0, fmt.Errorf("embedded NATS %s address %q: %w", what, addr, ErrNotLoopback)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "", 0, fmt.Errorf("embedded NATS %s address %q: bad port", what, addr)
+	}
+	if p == 0 {
+		p = server.RANDOM_PORT
+	}
+	return host, p, nil
 }
 
 func isLoopback(host string) bool {
@@ -99,6 +123,16 @@ func (s *Server) ClientURL() string {
 	return s.srv.ClientURL()
 }
 
+// MonitorURL returns the http:// base URL of the monitoring endpoints, or ""
+// when the server serves none.
+func (s *Server) MonitorURL() string {
+	a := s.srv.MonitorAddr()
+	if a == nil {
+		return ""
+	}
+	return "http://" + a.String()
+}
+
 // Connect opens an in-process client connection.
 func (s *Server) Connect(name string, opts ...nats.Option) (*nats.Conn, error) {
 	opts = append([]nats.Option{nats.Name(name), nats.InProcessServer(s.srv), nats.MaxReconnects(-1)}, opts...)
@@ -113,5 +147,5 @@ func (s *Server) Shutdown() {
 
 // Log writes the server's address to log.
 func (s *Server) Log(log *slog.Logger) {
-	log.Info("embedded NATS server started", "client_url", s.ClientURL(), "jetstream", true)
+	log.Info("embedded NATS server started", "client_url", s.ClientURL(), "monitor_url", s.MonitorURL(), "jetstream", true)
 }

@@ -50,7 +50,7 @@ type relProcSystem struct {
 }
 
 // relFreePorts returns n distinct loopback ports that were free a moment ago.
-func relFreePorts(t *testing.T, n int) []int {
+func relFreePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ports []int
 	for range n {

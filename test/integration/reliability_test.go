@@ -170,7 +170,7 @@ func (n *relNATS) Start() {
 
 // relClient is a pkg/client Client on its own connection to url, as an
 // internal service has it; it is closed when the test ends.
-func relClient(t *testing.T, url string) *client.Client {
+func relClient(t testing.TB, url string) *client.Client {
 	t.Helper()
 	nc, _ := relJS(t, url)
 	cl, err := client.New(nc, client.Options{})
@@ -183,7 +183,7 @@ func relClient(t *testing.T, url string) *client.Client {
 
 // relJS connects to url for the test's own observations and returns the
 // connection and its JetStream context.
-func relJS(t *testing.T, url string) (*nats.Conn, jetstream.JetStream) {
+func relJS(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
 	nc, err := nats.Connect(url, nats.Name("llmq-reliability-test"), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
@@ -450,7 +450,7 @@ func (w *relRawWorker) Kill() { w.nc.Close() }
 // relBuild builds the main package pkg (e.g. "cmd/worker") of this module
 // into t.TempDir() and returns the binary's path. A cached build takes a few
 // seconds; a test that needs a true SIGKILL or SIGTERM pays for it.
-func relBuild(t *testing.T, pkg string) string {
+func relBuild(t testing.TB, pkg string) string {
 	t.Helper()
 	return filepath.Join(relBuildAll(t, "github.com/llmq/llmq/"+pkg), filepath.Base(pkg))
 }
@@ -459,7 +459,7 @@ func relBuild(t *testing.T, pkg string) string {
 // module's, or one go.mod requires, such as github.com/nats-io/nats-server/v2)
 // with one go build into t.TempDir(), and returns that directory; each
 // binary is named as go build names it (gateway, worker, nats-server).
-func relBuildAll(t *testing.T, pkgs ...string) string {
+func relBuildAll(t testing.TB, pkgs ...string) string {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -486,7 +486,7 @@ type relProc struct {
 // relStartProc starts bin with args and the LLMQ_* variables of vars (and
 // no other LLMQ_* variable of this process's environment); its output goes
 // to t.Log and to Log. It is killed when the test ends if it still runs.
-func relStartProc(t *testing.T, bin string, vars map[string]string, args ...string) *relProc {
+func relStartProc(t testing.TB, bin string, vars map[string]string, args ...string) *relProc {
 	t.Helper()
 	var env []string
 	for _, kv := range os.Environ() {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/llmq/llmq/bench/internal/cputime"
 	"github.com/llmq/llmq/bench/internal/load"
+	"github.com/llmq/llmq/bench/internal/natscount"
 	"github.com/llmq/llmq/bench/internal/stats"
 	"github.com/llmq/llmq/bench/internal/system"
 	"github.com/llmq/llmq/internal/fakeupstream"
@@ -67,6 +68,9 @@ type Measure struct {
 	// ProcCPU is that of each of the system's own processes, by name
 	// (LLMQProcess and LLMQR3 only).
 	ProcCPU map[string]time.Duration
+	// Msgs are the messages its NATS server(s) counted during the attack
+	// and MsgSettle after it (llmq systems only; see natscount).
+	Msgs *natscount.Counts
 }
 
 // procCPU is the sum of m.ProcCPU.
@@ -97,6 +101,9 @@ type Figures struct {
 	// ProcCPUPerRequest splits CPUPerRequest by process (the systems with
 	// processes of their own only).
 	ProcCPUPerRequest map[string]time.Duration
+	// MsgsPerRequest are Measure.Msgs divided by the requests served (llmq
+	// systems only, else nil).
+	MsgsPerRequest *natscount.PerRequest
 }
 
 // CompareResult is a comparison's outcome.
@@ -126,6 +133,8 @@ type sut struct {
 	url    string
 	client *http.Client
 	procs  []system.Proc // its own processes; none when it runs in this one
+	// natsMonitors are its NATS servers' monitoring URLs (llmq only).
+	natsMonitors []string
 }
 
 // Compare measures the fake upstream directly, a plain hop in front of it and
@@ -166,10 +175,10 @@ func Compare(ctx context.Context, env Env, name string, cfg CompareConfig) (_ *C
 	if cfg.Shape.Rate <= 0 {
 		conns = cfg.Shape.Clients
 	}
-	newSUT := func(name, base string, procs []system.Proc) sut {
-		return sut{name: name, url: system.ChatURL(base), client: load.NewClient(conns, time.Minute), procs: procs}
+	newSUT := func(name, base string, procs []system.Proc, natsMonitors []string) sut {
+		return sut{name: name, url: system.ChatURL(base), client: load.NewClient(conns, time.Minute), procs: procs, natsMonitors: natsMonitors}
 	}
-	suts := []sut{newSUT(Direct, fake.URL, nil), newSUT(Hop, hop.URL, nil), newSUT(LLMQ, gw.URL, nil)}
+	suts := []sut{newSUT(Direct, fake.URL, nil, nil), newSUT(Hop, hop.URL, nil, nil), newSUT(LLMQ, gw.URL, nil, gw.NATSMonitors)}
 	if cfg.Processes {
 		po := po
 		po.DataDir += "-processes"
@@ -178,7 +187,7 @@ func Compare(ctx context.Context, env Env, name string, cfg CompareConfig) (_ *C
 			return nil, fmt.Errorf("start the gateway and worker processes: %w", err)
 		}
 		closers = append(closers, ext.Close)
-		suts = append(suts, newSUT(LLMQProcess, ext.URL, ext.Procs()))
+		suts = append(suts, newSUT(LLMQProcess, ext.URL, ext.Procs(), ext.NATSMonitors))
 	}
 	if cfg.R3 {
 		po, nodes, closeNATS, err := env.natsFor(ctx, name, true, sysCfg)
@@ -191,7 +200,7 @@ func Compare(ctx context.Context, env Env, name string, cfg CompareConfig) (_ *C
 			return nil, fmt.Errorf("start the gateway and worker processes on the 3-node cluster: %w", err)
 		}
 		closers = append(closers, ext.Close)
-		suts = append(suts, newSUT(LLMQR3, ext.URL, append(ext.Procs(), nodes...)))
+		suts = append(suts, newSUT(LLMQR3, ext.URL, append(ext.Procs(), nodes...), ext.NATSMonitors))
 	}
 	for _, s := range suts {
 		defer s.client.CloseIdleConnections()
@@ -231,7 +240,12 @@ func Compare(ctx context.Context, env Env, name string, cfg CompareConfig) (_ *C
 	return res, nil
 }
 
-// measure sends shape to s and returns the summary and the CPU time spent.
+// MsgSettle is how long after an attack its NATS messages are still counted:
+// a worker acknowledges a request after its answer is sent.
+const MsgSettle = 250 * time.Millisecond
+
+// measure sends shape to s and returns the summary, the CPU time spent and
+// the NATS messages counted.
 func measure(ctx context.Context, s sut, shape load.Shape, fake *fakeupstream.Server, profile string) (Measure, error) {
 	m := Measure{System: s.name}
 	targets := []load.Target{{Tag: s.name, URL: s.url, Body: system.ChatBody(-1)}}
@@ -254,6 +268,14 @@ func measure(ctx context.Context, s sut, shape load.Shape, fake *fakeupstream.Se
 	if err != nil {
 		return m, err
 	}
+	mon := &http.Client{Timeout: 10 * time.Second}
+	defer mon.CloseIdleConnections()
+	var msgs0 natscount.Counts
+	if len(s.natsMonitors) > 0 {
+		if msgs0, err = natscount.Read(ctx, mon, s.natsMonitors); err != nil {
+			return m, fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
 	samples, err := load.Attack(ctx, s.client, targets, shape)
 	if err != nil {
 		return m, fmt.Errorf("%s: %w", s.name, err)
@@ -269,6 +291,19 @@ func measure(ctx context.Context, s sut, shape load.Shape, fake *fakeupstream.Se
 	}
 	if len(s.procs) > 0 {
 		m.ProcCPU, _ = cpuSince(proc0, proc1)
+	}
+	if len(s.natsMonitors) > 0 {
+		select {
+		case <-time.After(MsgSettle):
+		case <-ctx.Done():
+			return m, ctx.Err()
+		}
+		msgs1, err := natscount.Read(ctx, mon, s.natsMonitors)
+		if err != nil {
+			return m, fmt.Errorf("%s: %w", s.name, err)
+		}
+		d := msgs1.Sub(msgs0)
+		m.Msgs = &d
 	}
 	fake.Reset() // forget the recorded requests: memory stays flat
 	var ok, queue []time.Duration
@@ -354,6 +389,10 @@ func derive(run []Measure) (fs []Figures, ratios map[string]float64) {
 		default:
 			f.CPUPerRequest = perReq(m.SelfCPU, m.Summary.Count) - directCPU
 		}
+		if served := m.Summary.Count - m.Summary.Errors; m.Msgs != nil && served > 0 {
+			p := m.Msgs.Per(served)
+			f.MsgsPerRequest = &p
+		}
 		if m.System != Direct {
 			f.AddedP50 = m.Summary.P50 - direct.Summary.P50
 			f.AddedP99 = m.Summary.P99 - direct.Summary.P99
@@ -415,6 +454,7 @@ func medians(runs [][]Measure) ([]Figures, map[string]float64) {
 			parts[name] = col(func(f Figures) time.Duration { return f.ProcCPUPerRequest[name] })
 		}
 		out[i] = Figures{
+			MsgsPerRequest:    medianMsgs(per, i),
 			ProcCPUPerRequest: parts,
 			System:            per[0][i].System,
 			Summary: stats.Summary{
@@ -434,4 +474,46 @@ func medians(runs [][]Measure) ([]Figures, map[string]float64) {
 		}
 	}
 	return out, ratios
+}
+
+// medianMsgs is the median over runs of each of system i's messages per
+// request, or nil when a run lacks them.
+func medianMsgs(per [][]Figures, i int) *natscount.PerRequest {
+	var runs []*natscount.PerRequest
+	for _, fs := range per {
+		if fs[i].MsgsPerRequest == nil {
+			return nil
+		}
+		runs = append(runs, fs[i].MsgsPerRequest)
+	}
+	rate := func(get func(*natscount.PerRequest) natscount.Rate) natscount.Rate {
+		var in, out []float64
+		for _, p := range runs {
+			in, out = append(in, get(p).In), append(out, get(p).Out)
+		}
+		return natscount.Rate{In: stats.Median(in), Out: stats.Median(out)}
+	}
+	m := &natscount.PerRequest{
+		All:     rate(func(p *natscount.PerRequest) natscount.Rate { return p.All }),
+		Clients: rate(func(p *natscount.PerRequest) natscount.Rate { return p.Clients }),
+		Routes:  rate(func(p *natscount.PerRequest) natscount.Rate { return p.Routes }),
+		ByConn:  make(map[string]natscount.Rate),
+	}
+	for name := range runs[0].ByConn {
+		m.ByConn[name] = rate(func(p *natscount.PerRequest) natscount.Rate { return p.ByConn[name] })
+	}
+	m.BySub = make(map[string]float64)
+	for _, p := range runs {
+		for class := range p.BySub {
+			if _, done := m.BySub[class]; done {
+				continue
+			}
+			var xs []float64
+			for _, q := range runs {
+				xs = append(xs, q.BySub[class])
+			}
+			m.BySub[class] = stats.Median(xs)
+		}
+	}
+	return m
 }

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmq/llmq/bench/internal/natscount"
 	"github.com/llmq/llmq/bench/internal/stats"
 )
 
@@ -42,5 +43,30 @@ func TestDeriveR3(t *testing.T) {
 	}
 	if _, ok := ratios[Hop]; ok {
 		t.Errorf("ratios %v: the hop has none", ratios)
+	}
+}
+
+// TestMediansMsgs checks that messages per request are divided by the
+// requests served and that the median is taken per figure over the runs.
+func TestMediansMsgs(t *testing.T) {
+	run := func(in, out int64) []Measure {
+		return []Measure{
+			{System: Direct, Summary: stats.Summary{Count: 100}},
+			{System: LLMQ, Summary: stats.Summary{Count: 110, Errors: 10}, Msgs: &natscount.Counts{
+				All: natscount.InOut{In: in, Out: out}, Clients: natscount.InOut{In: in, Out: out},
+				ByConn: map[string]natscount.InOut{"llmq-gateway": {In: in, Out: 0}},
+			}},
+		}
+	}
+	figs, _ := medians([][]Measure{run(300, 400), run(500, 200), run(400, 300)})
+	if figs[0].MsgsPerRequest != nil {
+		t.Errorf("direct has messages per request: %+v", figs[0].MsgsPerRequest)
+	}
+	m := figs[1].MsgsPerRequest
+	if m == nil {
+		t.Fatal("llmq has no messages per request")
+	}
+	if m.All != (natscount.Rate{In: 4, Out: 3}) || m.ByConn["llmq-gateway"].In != 4 || m.Routes != (natscount.Rate{}) {
+		t.Errorf("medians %+v, want 4 in and 3 out per request served (100 of 110)", m)
 	}
 }

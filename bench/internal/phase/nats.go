@@ -40,6 +40,6 @@ func (e Env) natsFor(ctx context.Context, name string, r3 bool, cfg system.Confi
 	if err != nil {
 		return po, nil, nil, fmt.Errorf("start the 3-node NATS cluster: %w", err)
 	}
-	po.NATSURL = cl.URL
+	po.NATSURL, po.NATSMonitors = cl.URL, cl.Monitors
 	return po, cl.Procs(), cl.Close, nil
 }

@@ -3,6 +3,7 @@
 package report
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"maps"
@@ -274,6 +275,54 @@ func compare(b *strings.Builder, title string, c *phase.CompareResult) {
 		fmt.Fprintf(b, "CPU per request by process: %s. ", strings.Join(parts, "; "))
 	}
 	b.WriteString("CPU per request of direct is the load generator's and fake upstream's.\n\n")
+	natsMessages(b, c)
+}
+
+// natsMessages writes the table of NATS messages per request of the llmq
+// systems that have the figure.
+func natsMessages(b *strings.Builder, c *phase.CompareResult) {
+	var rows []phase.Figures
+	for _, f := range c.Figures {
+		if f.MsgsPerRequest != nil {
+			rows = append(rows, f)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "NATS messages per request served, counted at the NATS server(s) from before a run to %s after it (varz in_msgs and out_msgs, summed over the nodes: in = received from a connection, out = delivered to one; JetStream storing a message or handling an API request or ack is one in and no out, its replies and deliveries to clients are out, its replication between nodes is on the routes; by connection: connz of the named client connections).\n\n", phase.MsgSettle)
+	fmt.Fprintf(b, "| system | in | out | in + out | clients in / out | routes in / out | by connection (in / out) |\n|---|---|---|---|---|---|---|\n")
+	for _, f := range rows {
+		m := f.MsgsPerRequest
+		var conns []string
+		for _, name := range slices.Sorted(maps.Keys(m.ByConn)) {
+			r := m.ByConn[name]
+			if name == "" {
+				name = "(unnamed)"
+			}
+			conns = append(conns, fmt.Sprintf("%s %.2f / %.2f", name, r.In, r.Out))
+		}
+		fmt.Fprintf(b, "| %s | %.2f | %.2f | %.2f | %.2f / %.2f | %.2f / %.2f | %s |\n", f.System, m.All.In, m.All.Out, m.All.Sum(),
+			m.Clients.In, m.Clients.Out, m.Routes.In, m.Routes.Out, strings.Join(conns, "; "))
+	}
+	fmt.Fprintf(b, "\nMessages delivered per request, by subscription (subsz; owner, then subject with generated names as *; \"server\" is the NATS server's own: what clients send to JetStream, and on R3 the replication between nodes; `$JS.API.>` also receives every `$JS.API.CONSUMER.MSG.NEXT`; subscriptions closed during a run are missing):\n\n")
+	for _, f := range rows {
+		bySub := f.MsgsPerRequest.BySub
+		classes := slices.SortedFunc(maps.Keys(bySub), func(a, b string) int {
+			if c := cmp.Compare(bySub[b], bySub[a]); c != 0 {
+				return c
+			}
+			return strings.Compare(a, b)
+		})
+		var parts []string
+		for _, c := range classes {
+			if bySub[c] >= 0.005 {
+				parts = append(parts, fmt.Sprintf("`%s` %.2f", c, bySub[c]))
+			}
+		}
+		fmt.Fprintf(b, "- %s: %s\n", f.System, strings.Join(parts, ", "))
+	}
+	b.WriteString("\n")
 }
 
 func priority(b *strings.Builder, p *phase.PriorityResult) {

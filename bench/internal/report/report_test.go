@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmq/llmq/bench/internal/natscount"
 	"github.com/llmq/llmq/bench/internal/phase"
 )
 
@@ -48,5 +49,32 @@ func TestR3Rows(t *testing.T) {
 func TestAtMostZero(t *testing.T) {
 	if got, want := atMost(2, 0, "inversions"), "**missed** by 2 inversions"; got != want {
 		t.Errorf("atMost(2, 0) = %q, want %q", got, want)
+	}
+}
+
+// TestNATSMessages checks the messages-per-request table and the
+// by-subscription list, and that systems without the figure get no row.
+func TestNATSMessages(t *testing.T) {
+	c := &phase.CompareResult{Config: phase.CompareConfig{Runs: 1}, Figures: []phase.Figures{
+		{System: phase.Direct},
+		{System: phase.LLMQProcess, MsgsPerRequest: &natscount.PerRequest{
+			All: natscount.Rate{In: 8, Out: 9}, Clients: natscount.Rate{In: 8, Out: 9},
+			ByConn: map[string]natscount.Rate{"llmq-gateway": {In: 3, Out: 3}, "llmq-worker": {In: 5, Out: 6}},
+			BySub:  map[string]float64{"llmq-worker llmq.wake.>": 1, "server llmq.req.>": 1, "server $JS.API.>": 0.001},
+		}},
+	}}
+	var b strings.Builder
+	compare(&b, "Latency", c)
+	out := b.String()
+	for _, want := range []string{
+		"| llmq-processes | 8.00 | 9.00 | 17.00 | 8.00 / 9.00 | 0.00 / 0.00 | llmq-gateway 3.00 / 3.00; llmq-worker 5.00 / 6.00 |",
+		"- llmq-processes: `llmq-worker llmq.wake.>` 1.00, `server llmq.req.>` 1.00\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "| direct | 0.00") {
+		t.Errorf("direct has a messages row:\n%s", out)
 	}
 }

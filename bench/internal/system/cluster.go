@@ -21,8 +21,10 @@ type NodeCommand func(args []string) *exec.Cmd
 // process with its own store.
 type Cluster struct {
 	// URL is the three client URLs, comma-separated (LLMQ_NATS_URL).
-	URL   string
-	procs []*proc
+	URL string
+	// Monitors are the nodes' HTTP monitoring base URLs.
+	Monitors []string
+	procs    []*proc
 }
 
 // StartCluster starts three nodes with node, storing under dir, on free
@@ -33,11 +35,11 @@ func StartCluster(ctx context.Context, node NodeCommand, dir string, logOut io.W
 	if node == nil {
 		return nil, errors.New("no command to run a NATS cluster node")
 	}
-	ports, err := freePorts(2 * clusterSize)
+	ports, err := freePorts(3 * clusterSize)
 	if err != nil {
 		return nil, err
 	}
-	client, cluster := ports[:clusterSize], ports[clusterSize:]
+	client, cluster, monitor := ports[:clusterSize], ports[clusterSize:2*clusterSize], ports[2*clusterSize:]
 	c := &Cluster{}
 	defer func() {
 		if err != nil {
@@ -48,7 +50,7 @@ func StartCluster(ctx context.Context, node NodeCommand, dir string, logOut io.W
 	for i := range clusterSize {
 		o := nodeOptions{
 			Name:       "nats-" + strconv.Itoa(i+1),
-			ClientPort: client[i], ClusterPort: cluster[i],
+			ClientPort: client[i], ClusterPort: cluster[i], MonitorPort: monitor[i],
 			StoreDir: filepath.Join(dir, "nats-"+strconv.Itoa(i+1)),
 		}
 		for j, p := range cluster {
@@ -68,6 +70,7 @@ func StartCluster(ctx context.Context, node NodeCommand, dir string, logOut io.W
 		}
 		c.procs = append(c.procs, p)
 		urls = append(urls, "nats://"+net.JoinHostPort(loopback, strconv.Itoa(client[i])))
+		c.Monitors = append(c.Monitors, "http://"+net.JoinHostPort(loopback, strconv.Itoa(monitor[i])))
 	}
 	deadline := time.Now().Add(startTimeout)
 	for _, p := range c.procs {

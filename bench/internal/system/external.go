@@ -34,7 +34,10 @@ type External struct {
 	// NATSURL is the NATS URL the worker uses: the gateway's embedded
 	// server's, or ProcessOptions.NATSURL.
 	NATSURL string
-	procs   []*proc // worker first: Close stops them in this order
+	// NATSMonitors are the monitoring base URLs of the NATS server(s): the
+	// embedded server's, or ProcessOptions.NATSMonitors.
+	NATSMonitors []string
+	procs        []*proc // worker first: Close stops them in this order
 }
 
 // StartExternal starts binDir/gateway and binDir/worker (built by Build) with
@@ -47,11 +50,11 @@ func StartExternal(ctx context.Context, binDir string, o ProcessOptions, slots i
 	}
 	gw, err := startProc(ctx, "gateway", command(filepath.Join(binDir, "gateway"), append(common,
 		"LLMQ_LISTEN=127.0.0.1:0", "LLMQ_DATA_DIR="+o.DataDir,
-		"LLMQ_EMBEDDED_NATS_LISTEN=127.0.0.1:0", "LLMQ_EMBEDDED_WORKERS=0", "LLMQ_PARK_AFTER="+o.ParkAfter.String())), "gateway listening", o.LogOut)
+		"LLMQ_EMBEDDED_NATS_LISTEN=127.0.0.1:0", "LLMQ_EMBEDDED_NATS_MONITOR=127.0.0.1:0", "LLMQ_EMBEDDED_WORKERS=0", "LLMQ_PARK_AFTER="+o.ParkAfter.String())), "gateway listening", o.LogOut)
 	if err != nil {
 		return nil, err
 	}
-	e := &External{URL: "http://" + gw.fields["addr"] + "/v1", NATSURL: gw.fields["nats"], procs: []*proc{gw}}
+	e := &External{URL: "http://" + gw.fields["addr"] + "/v1", NATSURL: gw.fields["nats"], NATSMonitors: monitors(gw.fields["nats_monitor"], o), procs: []*proc{gw}}
 	wk, err := startProc(ctx, "worker", command(filepath.Join(binDir, "worker"), append(common,
 		"LLMQ_NATS_URL="+e.NATSURL, "LLMQ_WORKER_SLOTS="+strconv.Itoa(slots))), "worker slots started", o.LogOut)
 	if err != nil {

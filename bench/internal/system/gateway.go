@@ -20,26 +20,42 @@ type ProcessOptions struct {
 	NATSURL string
 	// ParkAfter is the gateway's LLMQ_PARK_AFTER.
 	ParkAfter time.Duration
+	// NATSMonitors are the HTTP monitoring base URLs of the servers at
+	// NATSURL, when known (natscount reads them).
+	NATSMonitors []string
 }
 
 func (o ProcessOptions) env() config.Env {
 	return config.Env{
-		Config:             o.Config,
-		NATSURL:            o.NATSURL,
-		Listen:             "127.0.0.1:0",
-		DataDir:            o.DataDir,
-		EmbeddedNATSListen: "127.0.0.1:0",
-		WorkerSlots:        1,
-		LogLevel:           "error",
-		LogFormat:          "text",
-		MaxBodyBytes:       786432,
-		ShutdownTimeout:    5 * time.Second,
-		ParkAfter:          o.ParkAfter,
-		PublishTimeout:     10 * time.Second, // LLMQ_PUBLISH_TIMEOUT's default
+		Config:              o.Config,
+		NATSURL:             o.NATSURL,
+		Listen:              "127.0.0.1:0",
+		DataDir:             o.DataDir,
+		EmbeddedNATSListen:  "127.0.0.1:0",
+		EmbeddedNATSMonitor: "127.0.0.1:0",
+		WorkerSlots:         1,
+		LogLevel:            "error",
+		LogFormat:           "text",
+		MaxBodyBytes:        786432,
+		ShutdownTimeout:     5 * time.Second,
+		ParkAfter:           o.ParkAfter,
+		PublishTimeout:      10 * time.Second, // LLMQ_PUBLISH_TIMEOUT's default
 	}
 }
 
 func noEnv(string) (string, bool) { return "", false }
+
+// monitors are the monitoring URLs of a gateway's NATS: that of its embedded
+// server (embedded, when it has one), or o.NATSMonitors.
+func monitors(embedded string, o ProcessOptions) []string {
+	if o.NATSURL != "" {
+		return o.NATSMonitors
+	}
+	if embedded == "" {
+		return nil
+	}
+	return []string{embedded}
+}
 
 // Gateway is an llmq gateway running in this process.
 type Gateway struct {
@@ -47,9 +63,12 @@ type Gateway struct {
 	URL string
 	// NATSURL is the embedded NATS server's client URL.
 	NATSURL string
-	g       *app.Gateway
-	stop    context.CancelFunc
-	worker  *Worker // the worker slots when NATS is external
+	// NATSMonitors are the monitoring base URLs of its NATS server(s): the
+	// embedded server's, or ProcessOptions.NATSMonitors.
+	NATSMonitors []string
+	g            *app.Gateway
+	stop         context.CancelFunc
+	worker       *Worker // the worker slots when NATS is external
 }
 
 // StartGateway starts app.StartGateway and workers worker slots in this
@@ -67,7 +86,7 @@ func StartGateway(ctx context.Context, o ProcessOptions, workers int) (*Gateway,
 		stop()
 		return nil, err
 	}
-	gw := &Gateway{URL: "http://" + g.Addr().String() + "/v1", NATSURL: g.NATSURL(), g: g, stop: stop}
+	gw := &Gateway{URL: "http://" + g.Addr().String() + "/v1", NATSURL: g.NATSURL(), NATSMonitors: monitors(g.NATSMonitorURL(), o), g: g, stop: stop}
 	if o.NATSURL != "" && workers > 0 {
 		gw.worker = StartWorker(ctx, o, o.NATSURL, workers)
 	}

@@ -35,6 +35,7 @@ type nodeOptions struct {
 	ClientPort  int
 	ClusterPort int
 	RoutePorts  []int // the other nodes' cluster ports
+	MonitorPort int   // HTTP monitoring
 	StoreDir    string
 }
 
@@ -45,7 +46,7 @@ func (o nodeOptions) args() []string {
 		routes[i] = strconv.Itoa(p)
 	}
 	return []string{"-name", o.Name, "-port", strconv.Itoa(o.ClientPort), "-cluster-port", strconv.Itoa(o.ClusterPort),
-		"-routes", strings.Join(routes, ","), "-store", o.StoreDir}
+		"-routes", strings.Join(routes, ","), "-monitor-port", strconv.Itoa(o.MonitorPort), "-store", o.StoreDir}
 }
 
 func parseNodeArgs(args []string) (nodeOptions, error) {
@@ -56,12 +57,13 @@ func parseNodeArgs(args []string) (nodeOptions, error) {
 	fs.IntVar(&o.ClientPort, "port", 0, "client port on 127.0.0.1")
 	fs.IntVar(&o.ClusterPort, "cluster-port", 0, "cluster port on 127.0.0.1")
 	fs.StringVar(&routes, "routes", "", "comma-separated cluster ports of the other nodes on 127.0.0.1")
+	fs.IntVar(&o.MonitorPort, "monitor-port", 0, "HTTP monitoring port on 127.0.0.1")
 	fs.StringVar(&o.StoreDir, "store", "", "JetStream store directory")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
-	if o.Name == "" || o.StoreDir == "" || o.ClientPort <= 0 || o.ClusterPort <= 0 || routes == "" || fs.NArg() > 0 {
-		return o, fmt.Errorf("nats-node needs -name, -port, -cluster-port, -routes and -store, and nothing else (got %q)", args)
+	if o.Name == "" || o.StoreDir == "" || o.ClientPort <= 0 || o.ClusterPort <= 0 || o.MonitorPort <= 0 || routes == "" || fs.NArg() > 0 {
+		return o, fmt.Errorf("nats-node needs -name, -port, -cluster-port, -routes, -monitor-port and -store, and nothing else (got %q)", args)
 	}
 	for _, r := range strings.Split(routes, ",") {
 		p, err := strconv.Atoi(r)
@@ -92,6 +94,8 @@ func RunNode(ctx context.Context, args []string, stdin io.Reader, logOut io.Writ
 		ServerName: o.Name,
 		Host:       loopback,
 		Port:       o.ClientPort,
+		HTTPHost:   loopback,
+		HTTPPort:   o.MonitorPort,
 		MaxPayload: maxPayload,
 		JetStream:  true,
 		StoreDir:   o.StoreDir,
