@@ -100,6 +100,9 @@ type record struct {
 	// Driver is the process that drives the batch until LeaseUntil (Unix ms).
 	Driver     string `json:"driver,omitempty"`
 	LeaseUntil int64  `json:"lease_until,omitempty"`
+	// DriverInbox is the subject the driver's process answers on while it
+	// is connected (see liveness.go).
+	DriverInbox string `json:"driver_inbox,omitempty"`
 }
 
 func (r *record) expiresAt() time.Time { return time.UnixMilli(r.ExpiresAtMs) }
@@ -305,6 +308,7 @@ type knownBatch struct {
 	status  string
 	expires time.Time
 	driver  string
+	inbox   string // the driver's DriverInbox
 	lease   time.Time
 	input   string // input file id
 	view    queuestatus.Batch
@@ -321,7 +325,7 @@ func (k *knownBatches) set(r *record) {
 		return
 	}
 	b := &r.Batch
-	k.by[b.ID] = knownBatch{status: b.Status, expires: r.expiresAt(), driver: r.Driver, lease: time.UnixMilli(r.LeaseUntil), input: b.InputFileID,
+	k.by[b.ID] = knownBatch{status: b.Status, expires: r.expiresAt(), driver: r.Driver, inbox: r.DriverInbox, lease: time.UnixMilli(r.LeaseUntil), input: b.InputFileID,
 		view: queuestatus.Batch{ID: b.ID, Status: b.Status, Priority: r.Priority, Total: b.RequestCounts.Total,
 			Completed: b.RequestCounts.Completed, Failed: b.RequestCounts.Failed, CreatedAt: b.CreatedAt, ExpiresAt: r.ExpiresAtMs / 1000}}
 }

@@ -18,8 +18,9 @@ import (
 // gateways are in, so the killed one dies holding answers it was taking).
 // Its backlog is capped, so the driver queues the lines a few at a time:
 // without a new driver the batch cannot go on. The second gateway takes the
-// batch over; the batch completes with every custom_id exactly once across
-// the output and error files.
+// batch over because the first one's process is gone from NATS, not
+// because its lease (15 s) ran out; the batch completes with every
+// custom_id exactly once across the output and error files.
 func TestBatchGatewaySIGKILL(t *testing.T) {
 	bin := relBuild(t, "cmd/gateway")
 	fake := newFake(t)
@@ -43,7 +44,7 @@ func TestBatchGatewaySIGKILL(t *testing.T) {
 	env.LogLevel = "info"
 	relStartWorker(t, env)
 
-	const n = 300
+	const n = 600
 	var lines, ids []string
 	for i := range n {
 		id := fmt.Sprintf("k-%03d", i)
@@ -98,18 +99,22 @@ func TestBatchGatewaySIGKILL(t *testing.T) {
 	// Only the gateway process runs: it drives the batch.
 	first := waitFor("lines done", func(r record) bool { return r.Driver != "" && r.Batch.RequestCounts.Completed >= 20 })
 	// The second gateway joins: it answers half of the lines' pickups and
-	// replies from now on, while the lease is the first one's.
-	g2 := relStartGateway(t, env)
+	// replies from now on, and asks after the first one's process every
+	// tick, while the lease is the first one's. It must not take a batch
+	// over from a driver that lives.
+	g2log := newLogLines()
+	g2 := relStartGateway(t, env, g2log)
 	ob := openaiClient(g2.URL, "")
-	mid := waitFor("lines done with two gateways", func(r record) bool { return r.Batch.RequestCounts.Completed >= 60 })
+	mid := waitFor("lines done with two gateways", func(r record) bool { return r.Batch.RequestCounts.Completed >= 320 })
 	if mid.Driver != first.Driver || mid.Published >= n {
 		t.Fatalf("before the kill: driver %q (first %q), %d of %d lines queued; the test wants the first driver with lines still to queue", mid.Driver, first.Driver, mid.Published, n)
 	}
 	doomed.Kill(t)
 	killed := time.Now()
-	t.Logf("SIGKILL with %d lines queued, %+v", mid.Published, mid.Batch.RequestCounts)
+	t.Logf("SIGKILL with %d lines queued, %d done", mid.Published, mid.Batch.RequestCounts.Completed)
 	took := waitFor("another driver", func(r record) bool { return r.Driver != "" && r.Driver != first.Driver })
-	t.Logf("taken over %s after the kill, at %d lines queued, %+v", time.Since(killed).Round(time.Millisecond), took.Published, took.Batch.RequestCounts)
+	t.Logf("taken over %s after the kill, at %d lines queued", time.Since(killed).Round(time.Millisecond), took.Published)
+	g2log.waitFor(t, "taking the batch over", b.ID, "its process is gone from NATS")
 
 	done := waitBatch(t, ob, b.ID, openai.BatchStatusCompleted, openai.BatchStatusFailed, openai.BatchStatusExpired)
 	if done.Status != openai.BatchStatusCompleted {
