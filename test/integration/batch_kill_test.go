@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,7 +17,8 @@ import (
 // TestBatchGatewaySIGKILL kills, with SIGKILL, the gateway process (the
 // built cmd/gateway) that drives a batch, while its lines are queued, served
 // and answered (the batch's lines answer to a queue group that both
-// gateways are in, so the killed one dies holding answers it was taking).
+// gateways are in; the killed one is frozen just before, so it dies holding
+// pickups and answers it was given).
 // Its backlog is capped, so the driver queues the lines a few at a time:
 // without a new driver the batch cannot go on. The second gateway takes the
 // batch over because the first one's process is gone from NATS, not
@@ -26,7 +29,7 @@ func TestBatchGatewaySIGKILL(t *testing.T) {
 	fake := newFake(t)
 	fake.SetLatency(40 * time.Millisecond)
 	const group = "gwkill"
-	cfg := relOneGroup(t, group, fake, 0, map[string]any{"max_queued": 30})
+	cfg := relOneGroup(t, group, fake, 0, map[string]any{"max_queued": 100})
 	ns := relStartNATS(t)
 	port := relFreePorts(t, 1)[0]
 	doomed := relStartProc(t, bin, map[string]string{
@@ -42,9 +45,12 @@ func TestBatchGatewaySIGKILL(t *testing.T) {
 	}
 	env := relEnv(cfg, ns.URL())
 	env.LogLevel = "info"
-	relStartWorker(t, env)
+	workerLog := newLogLines()
+	wenv := env
+	wenv.WorkerSlots = 16 // many answers at once: the killed gateway dies holding some
+	relStartWorker(t, wenv, workerLog)
 
-	const n = 600
+	const n = 2000
 	var lines, ids []string
 	for i := range n {
 		id := fmt.Sprintf("k-%03d", i)
@@ -97,7 +103,7 @@ func TestBatchGatewaySIGKILL(t *testing.T) {
 	}
 
 	// Only the gateway process runs: it drives the batch.
-	first := waitFor("lines done", func(r record) bool { return r.Driver != "" && r.Batch.RequestCounts.Completed >= 20 })
+	first := waitFor("lines done", func(r record) bool { return r.Driver != "" && r.Batch.RequestCounts.Completed >= 50 })
 	// The second gateway joins: it answers half of the lines' pickups and
 	// replies from now on, and asks after the first one's process every
 	// tick, while the lease is the first one's. It must not take a batch
@@ -105,9 +111,20 @@ func TestBatchGatewaySIGKILL(t *testing.T) {
 	g2log := newLogLines()
 	g2 := relStartGateway(t, env, g2log)
 	ob := openaiClient(g2.URL, "")
-	mid := waitFor("lines done with two gateways", func(r record) bool { return r.Batch.RequestCounts.Completed >= 320 })
+	mid := waitFor("lines done with two gateways", func(r record) bool { return r.Batch.RequestCounts.Completed >= 1000 })
 	if mid.Driver != first.Driver || mid.Published >= n {
 		t.Fatalf("before the kill: driver %q (first %q), %d of %d lines queued; the test wants the first driver with lines still to queue", mid.Driver, first.Driver, mid.Published, n)
+	}
+	// Frozen first (SIGSTOP: its connection stays open, so NATS goes on
+	// handing it half of the lines' pickups and answers, which it holds),
+	// until the other gateway has let 20 more lines reach the provider;
+	// then killed, holding them.
+	if err := doomed.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP: %v", err)
+	}
+	calls0 := fake.Count()
+	if !relPoll(relWait, func() bool { return fake.Count() >= calls0+20 }) {
+		t.Fatalf("with the first gateway frozen, %d lines reached the provider within %s, want 20", fake.Count()-calls0, relWait)
 	}
 	doomed.Kill(t)
 	killed := time.Now()
@@ -141,5 +158,33 @@ func TestBatchGatewaySIGKILL(t *testing.T) {
 	}
 	if c := done.RequestCounts; c.Total != n || c.Completed != int64(len(out)) || c.Failed != int64(len(errs)) {
 		t.Errorf("request_counts %+v, but the files hold %d and %d lines of %d", c, len(out), len(errs), n)
+	}
+
+	// What the killed gateway held when it died: pickups it never answered
+	// (the worker put their lines back in the queue; the other gateway
+	// answered the next pickup) and answers it took and never confirmed
+	// (the worker sent them again, to the other gateway). Either way the
+	// line ended once, above. Timing decides how many there were.
+	workerLog.mu.Lock()
+	unanswered := 0
+	for _, l := range workerLog.lines {
+		if strings.Contains(l, "the caller did not answer the pickup") {
+			unanswered++
+		}
+	}
+	workerLog.mu.Unlock()
+	calls := map[string]int{}
+	for _, r := range fake.Requests() {
+		calls[r.Content]++
+	}
+	twice := 0
+	for _, id := range ids {
+		if calls[id] > 1 {
+			twice++
+		}
+	}
+	t.Logf("pickups the killed gateway never answered: %d; lines that reached the provider more than once: %d", unanswered, twice)
+	if unanswered == 0 {
+		t.Error("no worker waited in vain for the killed gateway to answer a pickup: the test did not kill it holding work")
 	}
 }
