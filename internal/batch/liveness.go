@@ -23,9 +23,10 @@ import (
 //
 // Taking over from a driver that was alive after all is safe, as after a
 // lease that ran out: records are written with compare-and-set, so the old
-// driver stops at its next step; a line it queued is queued again as the
-// same message (its request id is its Nats-Msg-Id); and a line ends once,
-// with compare-and-set, in the lines bucket.
+// driver stops at its next step; a line both queue has one Nats-Msg-Id
+// (its request id), so JetStream keeps one copy within its dedupe window;
+// and a line ends once, with compare-and-set, in the lines bucket, however
+// often it is delivered.
 
 // answerProbes answers other processes' asks on this process's inbox until
 // the returned subscription is unsubscribed.
