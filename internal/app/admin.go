@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/llmq/llmq/internal/batch"
 	"github.com/llmq/llmq/internal/config"
 	"github.com/llmq/llmq/internal/pauses"
 	"github.com/llmq/llmq/internal/queuestatus"
@@ -200,6 +201,15 @@ func (a *Admin) Status(ctx context.Context, now time.Time) (*queuestatus.Status,
 		st.Paused = a.Pauses.List()
 	}
 	return st, nil
+}
+
+// Batches reads the batches that are not over, as GET /v1/queue shows
+// them (internal/batch.ReadActive).
+func (a *Admin) Batches(ctx context.Context) ([]queuestatus.Batch, error) {
+	ctx, cancel := a.Bound(ctx, 10*time.Second)
+	defer cancel()
+	b, err := batch.ReadActive(ctx, a.JS, a.Subjects, a.Bands)
+	return b, a.Explain(err)
 }
 
 // Client returns a pkg/client over the admin connection, with the

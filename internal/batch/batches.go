@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/llmq/llmq/internal/queuestatus"
+	"github.com/llmq/llmq/pkg/messages"
 )
 
 // Batch statuses (OpenAI's).
@@ -100,6 +101,9 @@ type record struct {
 	// Driver is the process that drives the batch until LeaseUntil (Unix ms).
 	Driver     string `json:"driver,omitempty"`
 	LeaseUntil int64  `json:"lease_until,omitempty"`
+	// DriverInbox is the subject the driver's process answers on while it
+	// is connected (see liveness.go).
+	DriverInbox string `json:"driver_inbox,omitempty"`
 }
 
 func (r *record) expiresAt() time.Time { return time.UnixMilli(r.ExpiresAtMs) }
@@ -305,6 +309,7 @@ type knownBatch struct {
 	status  string
 	expires time.Time
 	driver  string
+	inbox   string // the driver's DriverInbox
 	lease   time.Time
 	input   string // input file id
 	view    queuestatus.Batch
@@ -321,9 +326,15 @@ func (k *knownBatches) set(r *record) {
 		return
 	}
 	b := &r.Batch
-	k.by[b.ID] = knownBatch{status: b.Status, expires: r.expiresAt(), driver: r.Driver, lease: time.UnixMilli(r.LeaseUntil), input: b.InputFileID,
-		view: queuestatus.Batch{ID: b.ID, Status: b.Status, Priority: r.Priority, Total: b.RequestCounts.Total,
-			Completed: b.RequestCounts.Completed, Failed: b.RequestCounts.Failed, CreatedAt: b.CreatedAt, ExpiresAt: r.ExpiresAtMs / 1000}}
+	k.by[b.ID] = knownBatch{status: b.Status, expires: r.expiresAt(), driver: r.Driver, inbox: r.DriverInbox, lease: time.UnixMilli(r.LeaseUntil), input: b.InputFileID,
+		view: r.view()}
+}
+
+// view is the batch as the queue status shows it, without its band.
+func (r *record) view() queuestatus.Batch {
+	b := &r.Batch
+	return queuestatus.Batch{ID: b.ID, Status: b.Status, Priority: r.Priority, Tenant: r.Tenant, Total: b.RequestCounts.Total,
+		Completed: b.RequestCounts.Completed, Failed: b.RequestCounts.Failed, CreatedAt: b.CreatedAt, ExpiresAt: r.ExpiresAtMs / 1000}
 }
 
 func (k *knownBatches) remove(id string) {
@@ -356,9 +367,52 @@ func (s *Service) Active() []queuestatus.Batch {
 	known := s.known.snapshot()
 	out := make([]queuestatus.Batch, 0, len(known))
 	for _, b := range known {
-		v := b.view
-		v.Band = s.opts.Bands.Band(v.Priority)
-		out = append(out, v)
+		out = append(out, b.view)
+	}
+	return inBands(out, s.opts.Bands)
+}
+
+// ReadActive reads the batches that are not over from the batches bucket,
+// oldest first, for a process that runs no Service (llmqctl status). It
+// creates nothing: without the bucket there are none. It reads every
+// batch's record once (an ordered consumer, deleted when done).
+func ReadActive(ctx context.Context, js jetstream.JetStream, subjects messages.Subjects, bands messages.Bands) ([]queuestatus.Batch, error) {
+	kv, err := js.KeyValue(ctx, subjects.BatchesBucket())
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = w.Stop() }()
+	var out []queuestatus.Batch
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, errors.New("the watch of the batches bucket stopped")
+			}
+			if e == nil {
+				return inBands(out, bands), nil // every record is in
+			}
+			var r record
+			if json.Unmarshal(e.Value(), &r) == nil && !terminal(r.Batch.Status) {
+				out = append(out, r.view())
+			}
+		}
+	}
+}
+
+// inBands sets the batches' bands and sorts them oldest first.
+func inBands(out []queuestatus.Batch, bands messages.Bands) []queuestatus.Batch {
+	for i := range out {
+		out[i].Band = bands.Band(out[i].Priority)
 	}
 	slices.SortFunc(out, func(a, b queuestatus.Batch) int {
 		if a.CreatedAt != b.CreatedAt {

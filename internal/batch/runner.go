@@ -21,8 +21,9 @@ import (
 // ctx ends. Every process that runs it watches the batches bucket; each
 // batch that is not over has one driver, the process holding its lease
 // (Driver and LeaseUntil in its record, taken and renewed with
-// compare-and-set). A driver that dies loses its lease after Options.Lease
-// and another process takes the batch over from its stored state: what a
+// compare-and-set). A driver that dies loses its lease after Options.Lease,
+// or sooner once its process is found gone from NATS (liveness.go), and
+// another process takes the batch over from its stored state: what a
 // killed process changes is only timing.
 func (s *Service) Run(ctx context.Context) error {
 	w, err := s.batches.WatchAll(ctx)
@@ -30,6 +31,11 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("watch the batches: %w", err)
 	}
 	defer func() { _ = w.Stop() }()
+	alive, err := s.answerProbes()
+	if err != nil {
+		return fmt.Errorf("answer on the driver inbox: %w", err)
+	}
+	defer func() { _ = alive.Unsubscribe() }()
 	respDone := make(chan error, 1)
 	go func() { respDone <- s.respond(ctx) }()
 
@@ -37,6 +43,7 @@ func (s *Service) Run(ctx context.Context) error {
 	defer wg.Wait()
 	driving := map[string]bool{}
 	var mu sync.Mutex
+	pr := newProbes(s.nc, s.opts.Tick, s.opts.DriverGone)
 	t := time.NewTicker(s.opts.Tick)
 	defer t.Stop()
 	for {
@@ -60,14 +67,24 @@ func (s *Service) Run(ctx context.Context) error {
 			s.countActive()
 		case <-t.C:
 			now := s.now()
+			pr.tick()
 			for id, b := range s.known.snapshot() {
 				mu.Lock()
 				busy := driving[id]
 				mu.Unlock()
-				if busy || (b.driver != "" && now.Before(b.lease)) {
+				gone := ""
+				switch {
+				case busy:
+					continue
+				case b.driver == "" || b.driver == s.self || !now.Before(b.lease):
+					// Free, or held by this process's driver that stopped
+					// (a read failed), or its lease ran out.
+				case pr.gone(b.inbox, now):
+					gone = b.inbox
+				default:
 					continue
 				}
-				if !s.claim(ctx, id) {
+				if !s.claim(ctx, id, gone) {
 					continue
 				}
 				mu.Lock()
@@ -86,18 +103,33 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 }
 
-// claim takes the lease of batch id if nobody holds it.
-func (s *Service) claim(ctx context.Context, id string) bool {
+// claim takes the lease of batch id if nobody holds it, or if its holder
+// answers on gone (non-empty) and was found gone from NATS.
+func (s *Service) claim(ctx context.Context, id, gone string) bool {
 	var took bool
+	var from, why string
 	_, err := s.update(ctx, id, func(r *record) bool {
 		now := s.now()
-		took = !terminal(r.Batch.Status) && (r.Driver == "" || r.Driver == s.self || now.UnixMilli() >= r.LeaseUntil)
+		took, from, why = false, r.Driver, ""
+		switch {
+		case terminal(r.Batch.Status):
+		case r.Driver == "" || r.Driver == s.self:
+			took = true
+		case now.UnixMilli() >= r.LeaseUntil:
+			took, why = true, "its lease ran out"
+		case gone != "" && r.DriverInbox == gone:
+			took, why = true, "its process is gone from NATS"
+		}
 		if took {
-			r.Driver, r.LeaseUntil = s.self, now.Add(s.opts.Lease).UnixMilli()
+			r.Driver, r.DriverInbox, r.LeaseUntil = s.self, s.inbox, now.Add(s.opts.Lease).UnixMilli()
 		}
 		return took
 	})
-	return err == nil && took
+	took = err == nil && took
+	if took && why != "" {
+		s.log.Info("batch driver: taking the batch over", "batch", id, "from", from, "because", why)
+	}
+	return took
 }
 
 // release gives up the lease of batch id when this process stops, so that
@@ -113,7 +145,7 @@ func (s *Service) release(ctx context.Context, id string) {
 		if r.Driver != s.self {
 			return false
 		}
-		r.Driver, r.LeaseUntil = "", 0
+		r.Driver, r.DriverInbox, r.LeaseUntil = "", "", 0
 		return true
 	})
 }

@@ -53,6 +53,11 @@ type Options struct {
 	// a batch whose driver died is taken over this long after its last
 	// renewal; default 15 s.
 	Lease time.Duration
+	// DriverGone is how long a driver's process must be missing from NATS
+	// (nobody on its inbox, see liveness.go) before another process takes
+	// its batches over without waiting for their leases; default 2 s, at
+	// most Lease.
+	DriverGone time.Duration
 	// PublishPerTick bounds the lines a driver queues per tick; default 500.
 	PublishPerTick int
 
@@ -79,6 +84,7 @@ type Service struct {
 	metrics *metrics.Metrics
 	now     func() time.Time
 	self    string // this process's driver id
+	inbox   string // where this process answers whether it lives
 	known   knownBatches
 }
 
@@ -94,6 +100,10 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Service, error) {
 	if opts.Lease <= 0 {
 		opts.Lease = 15 * time.Second
 	}
+	if opts.DriverGone <= 0 {
+		opts.DriverGone = 2 * time.Second
+	}
+	opts.DriverGone = min(opts.DriverGone, opts.Lease)
 	if opts.PublishPerTick <= 0 {
 		opts.PublishPerTick = 500
 	}
@@ -107,7 +117,7 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{opts: opts, nc: nc, js: js, log: opts.Logger, now: opts.Now, self: nuid.Next()}
+	s := &Service{opts: opts, nc: nc, js: js, log: opts.Logger, now: opts.Now, self: nuid.Next(), inbox: nc.NewInbox()}
 	s.SetGroups(opts.Groups)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)

@@ -48,7 +48,8 @@ const Usage = `usage: llmqctl COMMAND
 Commands:
   status                         requests waiting per band and model group, the
                                  deployments' use of their limits and cooldowns,
-                                 and the number of dead letters
+                                 the batches not over with their progress, and
+                                 the number of dead letters
   dead list [--from ID] [--limit N]
                                  dead letters, oldest first, with their reason and age
   dead show [--body] ID          one dead letter: its headers and body size

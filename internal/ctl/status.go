@@ -18,12 +18,14 @@ func status(ctx context.Context, a *app.Admin, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("read the queue: %w", err)
 	}
-	writeStatus(out, st, a.LimitsErr)
+	var batchesErr error
+	st.Batches, batchesErr = a.Batches(ctx)
+	writeStatus(out, st, time.Now(), a.LimitsErr, batchesErr)
 	return nil
 }
 
-// writeStatus prints st as tables.
-func writeStatus(out io.Writer, st *queuestatus.Status, limitsErr error) {
+// writeStatus prints st, as of now, as tables.
+func writeStatus(out io.Writer, st *queuestatus.Status, now time.Time, limitsErr, batchesErr error) {
 	fmt.Fprintf(out, "Queue %s: %d requests (waiting, or being served)\n", st.Stream, st.Total)
 	if len(st.Queues) > 0 {
 		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
@@ -54,6 +56,8 @@ func writeStatus(out io.Writer, st *queuestatus.Status, limitsErr error) {
 		_ = tw.Flush()
 	}
 	fmt.Fprintln(out)
+	writeBatches(out, st.Batches, now, batchesErr)
+	fmt.Fprintln(out)
 	if len(st.Paused) > 0 {
 		fmt.Fprintf(out, "Paused: %s (llmqctl resume GROUP)\n\n", pausedList(st.Paused))
 	}
@@ -66,6 +70,29 @@ func writeStatus(out io.Writer, st *queuestatus.Status, limitsErr error) {
 		fmt.Fprint(out, " (llmqctl dead list)")
 	}
 	fmt.Fprintln(out)
+}
+
+// writeBatches prints the batches that are not over, with their progress.
+func writeBatches(out io.Writer, bs []queuestatus.Batch, now time.Time, err error) {
+	if err != nil {
+		fmt.Fprintf(out, "Batches: the batches bucket cannot be read: %v\n", err)
+		return
+	}
+	fmt.Fprintf(out, "Batches: %d not over\n", len(bs))
+	if len(bs) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "BATCH\tSTATUS\tBAND\tCOMPLETED\tFAILED\tTOTAL\tTENANT\tEXPIRES IN")
+	for _, b := range bs {
+		tenant := b.Tenant
+		if tenant == "" {
+			tenant = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", b.ID, b.Status, b.Band, b.Completed, b.Failed, b.Total, tenant,
+			age(max(0, time.Unix(b.ExpiresAt, 0).Sub(now))))
+	}
+	_ = tw.Flush()
 }
 
 // tenants formats who waits in a queue: "acme 3, anonymous 1".

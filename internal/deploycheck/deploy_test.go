@@ -590,6 +590,15 @@ func (d *deploy) needs() map[string]roleNeeds {
 			batches = append(batches, api+"CONSUMER.INFO."+b.stream+".c")
 		}
 	}
+	// llmqctl status: the batches not over, from one watch of the batches
+	// bucket (internal/batch.ReadActive).
+	bStream := "KV_" + s.BatchesBucket()
+	batchesRead := []string{
+		api + "STREAM.INFO." + bStream,
+		api + "CONSUMER.CREATE." + bStream + ".w.$KV." + s.BatchesBucket() + ".>",
+		api + "CONSUMER.DELETE." + bStream + ".w",
+		"$JS.FC." + bStream + ".w.1.1",
+	}
 	cat := func(lists ...[]string) []string { return slices.Concat(lists...) }
 	return map[string]roleNeeds{
 		roleGateway: {
@@ -626,9 +635,9 @@ func (d *deploy) needs() map[string]roleNeeds {
 			// letter, purge purges the stream (internal/deadletter); pause
 			// and resume put and delete keys of the pauses bucket; reload
 			// asks on s.Reload and collects the answers on its inbox
-			// (internal/reload).
+			// (internal/reload); status reads the batches too.
 			pub: cat(requests, wakes, []string{s.Gone(), s.Left(), inbox, s.Reload()}, acks, queueRead, deadRead,
-				[]string{api + "STREAM.MSG.DELETE." + dead, api + "STREAM.PURGE." + dead}, kvOpen, pausesOpen, []string{pPre + ">"}),
+				[]string{api + "STREAM.MSG.DELETE." + dead, api + "STREAM.PURGE." + dead}, kvOpen, pausesOpen, []string{pPre + ">"}, batchesRead),
 			sub:    []string{inbox},
 			optPub: []string{"$JS.ACK.*.*." + req + ".>"},
 		},

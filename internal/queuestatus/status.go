@@ -73,10 +73,12 @@ type Status struct {
 // Batch is one batch that is not over: its lines wait in Band like any
 // request, and are counted in Queues.
 type Batch struct {
-	ID        string `json:"id"`
-	Status    string `json:"status"`
-	Band      int    `json:"band"`
-	Priority  int64  `json:"priority"`
+	ID       string `json:"id"`
+	Status   string `json:"status"`
+	Band     int    `json:"band"`
+	Priority int64  `json:"priority"`
+	// Tenant is who its lines are for ("" for anonymous callers).
+	Tenant    string `json:"tenant,omitempty"`
 	Total     int    `json:"total"`
 	Completed int    `json:"completed"`
 	Failed    int    `json:"failed"`

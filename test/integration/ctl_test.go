@@ -16,6 +16,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
 
 	"github.com/llmq/llmq/internal/config"
 	"github.com/llmq/llmq/internal/ctl"
@@ -76,7 +78,8 @@ func slicesEqual(a, b []string) bool {
 }
 
 // TestCtlStatus: llmqctl status shows the same requests per band and group
-// as GET /v1/queue, and the deployments' use of their limits.
+// as GET /v1/queue, the deployments' use of their limits, and the batches
+// that are not over with their progress.
 func TestCtlStatus(t *testing.T) {
 	const master = "sk-master-ctl"
 	natsURL := startNATS(t)
@@ -94,7 +97,7 @@ func TestCtlStatus(t *testing.T) {
 	q := observeQueue(t, natsURL)
 
 	out := mustCtl(t, ctlEnv(cfg, natsURL), "status")
-	if !strings.Contains(out, "Queue LLMQ_REQUESTS: 0 requests") || !strings.Contains(out, "Dead letters: 0") {
+	if !strings.Contains(out, "Queue LLMQ_REQUESTS: 0 requests") || !strings.Contains(out, "Dead letters: 0") || !strings.Contains(out, "Batches: 0 not over") {
 		t.Errorf("status of an empty queue:\n%s", out)
 	}
 
@@ -136,6 +139,41 @@ func TestCtlStatus(t *testing.T) {
 	}
 	if !tableRow(out, "alpha-0", "alpha", "0/2", "0/-", "0/-", "-") || !tableRow(out, "beta-0", "beta", "0/-") {
 		t.Errorf("status does not show the deployments' limits:\n%s", out)
+	}
+
+	// A batch of 3 lines at priority 5, queued and waiting: it shows with
+	// its band, progress and tenant, as in GET /v1/queue.
+	oc := openaiClient(g.URL, master)
+	var lines []string
+	for i := range 3 {
+		lines = append(lines, batchLine("ctl-"+strconv.Itoa(i), "beta", "batch line "+strconv.Itoa(i)))
+	}
+	f := uploadBatch(t, oc, "ctl.jsonl", lines)
+	b, err := oc.Batches.New(waitCtx(t), openai.BatchNewParams{InputFileID: f.ID, Endpoint: openai.BatchNewParamsEndpointV1ChatCompletions,
+		CompletionWindow: openai.BatchNewParamsCompletionWindow24h}, option.WithJSONSet("priority", 5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.waitStored(t, 4+3) // every line queued: the batch is in progress
+	out = mustCtl(t, ctlEnv(cfg, natsURL), "status")
+	st = queueStatus{}
+	if err := json.Unmarshal(mustGet(t, g.URL+"/v1/queue", master).Body, &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Batches) != 1 || st.Batches[0].ID != b.ID || st.Batches[0].Status != "in_progress" || st.Batches[0].Band != bandOf(5) || st.Batches[0].Total != 3 || st.Batches[0].Tenant != "master" {
+		t.Fatalf("GET /v1/queue shows the batches %+v, want %s in progress in band %d with 3 lines for tenant master", st.Batches, b.ID, bandOf(5))
+	}
+	if !strings.Contains(out, "Batches: 1 not over") || !tableRow(out, b.ID, "in_progress", strconv.Itoa(bandOf(5)), "0", "0", "3", "master") {
+		t.Errorf("status lacks the row of batch %s (in_progress, band %d, 0 completed, 0 failed of 3, tenant master):\n%s", b.ID, bandOf(5), out)
+	}
+
+	// Cancelled, it is over (no line started), and no longer shows.
+	if _, err := oc.Batches.Cancel(waitCtx(t), b.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitBatch(t, oc, b.ID, openai.BatchStatusCancelled)
+	if out := mustCtl(t, ctlEnv(cfg, natsURL), "status"); !strings.Contains(out, "Batches: 0 not over") || strings.Contains(out, b.ID) {
+		t.Errorf("status still shows the cancelled batch %s:\n%s", b.ID, out)
 	}
 	if n := fake.Count(); n != 0 {
 		t.Errorf("the upstream received %d requests without any worker", n)

@@ -452,6 +452,15 @@ type queueStatus struct {
 		ID    string `json:"id"`
 		Group string `json:"group"`
 	} `json:"deployments"`
+	Batches []struct {
+		ID        string `json:"id"`
+		Status    string `json:"status"`
+		Band      int    `json:"band"`
+		Tenant    string `json:"tenant"`
+		Total     int    `json:"total"`
+		Completed int    `json:"completed"`
+		Failed    int    `json:"failed"`
+	} `json:"batches"`
 }
 
 func TestOpsQueueStatus(t *testing.T) {
