@@ -216,6 +216,7 @@ func (w *workers) start(s *setup, set *limiter.Set, ps *pauses.Set) error {
 		TenantWeights:           s.cfg.TenantWeights(),
 		Replicas:                s.spec.Replicas,
 		Aging:                   worker.Aging{Step: s.cfg.LLMQ.Aging.Step.D(), LimitBand: s.cfg.LLMQ.Aging.LimitBand},
+		Headroom:                worker.Headroom{Share: *s.cfg.LLMQ.Headroom.Share, FromBand: *s.cfg.LLMQ.Headroom.FromBand},
 	})
 	if err != nil {
 		return err

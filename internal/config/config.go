@@ -200,6 +200,9 @@ type LLMQSettings struct {
 	// Aging lifts waiting requests to more important bands as they wait;
 	// off unless Step is set.
 	Aging Aging `yaml:"aging"`
+	// Headroom keeps a share of the capacity free for the more important
+	// bands; on by default for the last band.
+	Headroom Headroom `yaml:"headroom"`
 	// LimitsPeriod is the window rpm and tpm are counted over; default 60 s.
 	// Only tests and benchmarks change it (rpm then means "per period").
 	LimitsPeriod Seconds `yaml:"limits_period"`
@@ -278,6 +281,26 @@ type Aging struct {
 	// default 0.
 	LimitBand int `yaml:"limit_band"`
 }
+
+// Headroom is llmq_settings.headroom: requests of FromBand and every worse
+// band start only while, after them, Share of each capacity stays free
+// (a worker process's slots; a deployment's max_parallel_requests, rpm and
+// tpm), so that a request of a more important band finds room at once
+// instead of waiting for a call of a batch to end. The more important
+// bands may use everything. See internal/worker, Headroom.
+type Headroom struct {
+	// Share of each capacity the held-back bands leave free, rounded down
+	// to whole units; at least 0, below 1; default 0.1; 0 turns headroom
+	// off. Never nil after ApplyDefaults.
+	Share *float64 `yaml:"share"`
+	// FromBand is the most important band held back, 1 to the last band;
+	// default the last band (where batches go by default). Never nil after
+	// ApplyDefaults with valid priority_bands.
+	FromBand *int `yaml:"from_band"`
+}
+
+// DefaultHeadroomShare is llmq_settings.headroom.share's default.
+const DefaultHeadroomShare = 0.1
 
 // Tenant sets the weight of a tenant that is not a key's own: one a trusted
 // key names, master, or anonymous. Listing a tenant also makes its name a
@@ -432,6 +455,14 @@ func (c *Config) ApplyDefaults() {
 		if l.Tenants[i].Weight == 0 {
 			l.Tenants[i].Weight = DefaultTenantWeight
 		}
+	}
+	if l.Headroom.Share == nil {
+		share := DefaultHeadroomShare
+		l.Headroom.Share = &share
+	}
+	if l.Headroom.FromBand == nil && len(l.PriorityBands) > 0 {
+		last := len(l.PriorityBands)
+		l.Headroom.FromBand = &last
 	}
 	b := &l.Batches
 	if b.DefaultPriority == nil && len(l.PriorityBands) > 0 {

@@ -848,3 +848,53 @@ func TestBatchSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestHeadroom: llmq_settings.headroom defaults to 10 % from the last band,
+// follows priority_bands, may be turned off, and reports bad values and
+// unknown keys with their paths.
+func TestHeadroom(t *testing.T) {
+	const okModel = "model_list: [{model_name: m, litellm_params: {model: m, api_key: k}}]\n"
+	for _, tt := range []struct {
+		yaml      string
+		share     float64
+		fromBand  int
+		wantError []string
+	}{
+		{yaml: "", share: 0.1, fromBand: 9},
+		{yaml: "llmq_settings: {priority_bands: [0, 10]}", share: 0.1, fromBand: 2},
+		{yaml: "llmq_settings: {headroom: {share: 0}}", share: 0, fromBand: 9},
+		{yaml: "llmq_settings: {headroom: {share: 0.25, from_band: 5}}", share: 0.25, fromBand: 5},
+		{yaml: "llmq_settings: {headroom: {share: 1, from_band: 0}}", wantError: []string{
+			"llmq_settings.headroom.share: must be at least 0 and below 1 (0 turns headroom off), got 1",
+			"llmq_settings.headroom.from_band: must be a band, 1 to 9 (band 0 may always use everything), got 0",
+		}},
+		{yaml: "llmq_settings: {priority_bands: [0], headroom: {share: -0.1, from_band: 2}}", wantError: []string{
+			"llmq_settings.headroom.share: must be at least 0 and below 1 (0 turns headroom off), got -0.1",
+			"llmq_settings.headroom.from_band: must be a band, 1 to 1 (band 0 may always use everything), got 2",
+		}},
+		{yaml: "llmq_settings: {headroom: {share: .nan}}", wantError: []string{"llmq_settings.headroom.share: must be at least 0 and below 1"}},
+		{yaml: "llmq_settings: {headroom: {reserve: 0.1}}", wantError: []string{"llmq_settings.headroom.reserve: unknown key"}},
+	} {
+		c, err := Parse([]byte(okModel+tt.yaml+"\n"), env(nil))
+		if tt.wantError != nil {
+			got := problems(err)
+			if len(got) != len(tt.wantError) {
+				t.Errorf("%q: problems %q, want %q", tt.yaml, got, tt.wantError)
+				continue
+			}
+			for i := range got {
+				if !strings.HasPrefix(got[i], tt.wantError[i]) {
+					t.Errorf("%q: problem %q, want prefix %q", tt.yaml, got[i], tt.wantError[i])
+				}
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tt.yaml, err)
+			continue
+		}
+		if h := c.LLMQ.Headroom; *h.Share != tt.share || *h.FromBand != tt.fromBand {
+			t.Errorf("%q: share %v from band %d, want %v from %d", tt.yaml, *h.Share, *h.FromBand, tt.share, tt.fromBand)
+		}
+	}
+}

@@ -263,6 +263,12 @@ func (c *Config) validate() []*FieldError {
 	if bands := len(q.PriorityBands) + 1; q.Aging.LimitBand < 0 || q.Aging.LimitBand >= bands {
 		add("llmq_settings.aging.limit_band", "must be a band, 0 to %d, got %d", bands-1, q.Aging.LimitBand)
 	}
+	if h := q.Headroom.Share; h != nil && !(*h >= 0 && *h < 1) { // also catches NaN
+		add("llmq_settings.headroom.share", "must be at least 0 and below 1 (0 turns headroom off), got %g", *h)
+	}
+	if bands, h := len(q.PriorityBands)+1, q.Headroom.FromBand; h != nil && (*h < 1 || *h >= bands) {
+		add("llmq_settings.headroom.from_band", "must be a band, 1 to %d (band 0 may always use everything), got %d", bands-1, *h)
+	}
 	if b := q.Batches; b.MaxFileLines < 1 {
 		add("llmq_settings.batches.max_file_lines", "must be at least 1, got %d", b.MaxFileLines)
 	}

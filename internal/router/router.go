@@ -16,6 +16,15 @@
 // as all free, its in-flight count breaking ties). In both, litellm_params.order wins first: a
 // deployment with a lower order is used while it has capacity.
 //
+// Headroom: [Router.TryAcquireKeeping] admits a request only if, after it,
+// a share of each of the deployment's limits stays free, as this process
+// sees them: its max_parallel_requests here, and, with a limiter, the
+// concurrency, rpm and tpm every process shares (the mirror's count of the
+// period). The share held back is [HeldBack] of each limit. The worker asks
+// it for its less important bands (internal/worker, Headroom), so that a
+// request of a more important band finds room at once; a release that can
+// let such a refused admission through wakes the dispatcher as above.
+//
 // Global limits: a deployment with a [limiter.Limiter] is also checked
 // against the limits every worker process shares. Choosing and leasing look
 // only at the limiter's local mirror (no round trip); [Lease.Reserve] then
@@ -50,6 +59,7 @@ type Deployment struct {
 	Limiter *limiter.Limiter
 
 	inFlight  int
+	kept      bool        // an admission was refused to keep headroom since the last release
 	admitted  time.Time   // this process's last admission
 	coolUntil time.Time   // no calls before this time
 	fails     []time.Time // recent failures, for allowed_fails
@@ -134,7 +144,7 @@ func (r *Router) AcquireTokens(ctx context.Context, group string, tokens int64) 
 		for _, d := range r.groups[group] {
 			paced = paced || d.Limiter != nil
 		}
-		if d := r.pick(r.groups[group], tokens, false); d != nil {
+		if d := r.pick(r.groups[group], tokens, false, 0); d != nil {
 			d.admit(r.now())
 			r.mu.Unlock()
 			return &Lease{r: r, d: d}, nil
@@ -356,13 +366,15 @@ func (l *Lease) end(settle func(ctx context.Context)) {
 		}
 		l.r.mu.Lock()
 		// Only a release that can change an admission wakes anyone: a
-		// deployment that was at max_parallel_requests, a shared limit, or
-		// a held request waiting for the group. Waking idle slots for every
+		// deployment that was at max_parallel_requests or refused an
+		// admission to keep headroom, a shared limit, or a held request
+		// waiting for the group. Waking idle slots for every
 		// release of an unlimited deployment would have each of them sweep
 		// and fetch for nothing.
-		freed := l.d.Limiter != nil || l.r.waiters[l.d.Group] > 0 ||
+		freed := l.d.Limiter != nil || l.r.waiters[l.d.Group] > 0 || l.d.kept ||
 			(l.d.MaxParallel > 0 && l.d.inFlight >= l.d.MaxParallel)
 		l.d.inFlight--
+		l.d.kept = false
 		l.r.mu.Unlock()
 		if freed {
 			l.r.notify(l.d.Group)
@@ -416,12 +428,19 @@ func (r *Router) TryAcquire(group string) (l *Lease, ok bool) {
 // admission younger than AdmissionSettle keeps the worse orders out (see
 // AdmissionSettle); a caller that knows of a backlog passes false.
 func (r *Router) TryAcquireTokens(group string, tokens int64, settle bool) (l *Lease, ok bool) {
+	return r.TryAcquireKeeping(group, tokens, settle, 0)
+}
+
+// TryAcquireKeeping is TryAcquireTokens for a request that may only use a
+// deployment which, after admitting it, keeps the share keep (0 to 1) of
+// each of its limits free (see HeldBack); keep 0 asks for nothing more.
+func (r *Router) TryAcquireKeeping(group string, tokens int64, settle bool, keep float64) (l *Lease, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.waiters[group] > 0 {
 		return nil, false
 	}
-	d := r.pick(r.groups[group], tokens, settle)
+	d := r.pick(r.groups[group], tokens, settle, keep)
 	if d == nil {
 		return nil, false
 	}
@@ -453,6 +472,37 @@ func (d *Deployment) settling(now time.Time) bool {
 // can tell without a round trip.
 func (d *Deployment) available(now time.Time, tokens int64) bool {
 	return d.free() != 0 && !now.Before(d.coolUntil) && (d.Limiter == nil || d.Limiter.Headroom(now, tokens))
+}
+
+// keeps reports whether d, after admitting a request of tokens, would keep
+// the share keep of each of its limits free: of its max_parallel_requests
+// in this process and, with a limiter, of the concurrency, rpm and tpm
+// that the mirror counts in use by every process.
+func (d *Deployment) keeps(now time.Time, tokens int64, keep float64) bool {
+	fits := func(used, want, limit int64) bool {
+		return limit <= 0 || used+want <= limit-HeldBack(keep, limit)
+	}
+	if !fits(int64(d.inFlight), 1, int64(d.MaxParallel)) {
+		return false
+	}
+	if d.Limiter == nil {
+		return true
+	}
+	u := d.Limiter.Usage(now)
+	return fits(int64(u.InFlight), 1, int64(u.Limits.MaxParallel)) &&
+		fits(u.Requests, 1, u.Limits.RPM) && fits(u.Tokens, max(tokens, 0), u.Limits.TPM)
+}
+
+// HeldBack is the part of a limit (worker slots, max_parallel_requests,
+// rpm, tpm) that a request asked to keep the share keep free may not use:
+// keep × limit rounded down, and never the whole limit, so that a request
+// held back always has at least one unit to itself when nothing else runs,
+// and a limit too small to hold a whole unit back holds none.
+func HeldBack(keep float64, limit int64) int64 {
+	if keep <= 0 || limit <= 1 {
+		return 0
+	}
+	return min(int64(keep*float64(limit)+1e-9), limit-1) // (1e-9: 0.29 × 100 is 28.999…)
 }
 
 // free returns the free parallel slots, or -1 for unlimited.
@@ -499,8 +549,11 @@ const AdmissionSettle = 250 * time.Millisecond
 
 // pick chooses among the deployments with headroom of the lowest order.
 // With settle, it chooses none while a deployment of a lower order is full
-// only for an admission younger than AdmissionSettle. The caller holds r.mu.
-func (r *Router) pick(ds []*Deployment, tokens int64, settle bool) *Deployment {
+// only for an admission younger than AdmissionSettle. With keep, a
+// deployment that would not keep that share of its limits free after the
+// admission is passed over (and marked, so its next release wakes the
+// dispatcher). The caller holds r.mu.
+func (r *Router) pick(ds []*Deployment, tokens int64, settle bool, keep float64) *Deployment {
 	var cands []*Deployment
 	best, settling := 0, 0
 	now := r.now()
@@ -509,6 +562,10 @@ func (r *Router) pick(ds []*Deployment, tokens int64, settle bool) *Deployment {
 			if settle && d.settling(now) && (settling == 0 || d.order() < settling) {
 				settling = d.order()
 			}
+			continue
+		}
+		if keep > 0 && !d.keeps(now, tokens, keep) {
+			d.kept = true
 			continue
 		}
 		switch o := d.order(); {

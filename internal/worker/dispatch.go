@@ -307,13 +307,16 @@ func (d *dispatcher) dispatch(ctx context.Context) {
 		}
 		return d.p.opts.Paused != nil && d.p.opts.Paused(band, d.p.opts.Groups[gi])
 	}
+	hr := d.p.opts.Headroom
 	for d.free > 0 {
-		band, gi, li, ok := pick(d.pairs, d.fair, start, skip, d.p.opts.Aging, now)
+		band, gi, li, ok := pick(d.pairs, d.fair, start, skip, d.p.opts.Aging, now, hr.lowest(len(d.pairs), d.free, d.p.opts.Slots))
 		if !ok {
 			break
 		}
 		pr := &d.pairs[band][gi][li]
-		lease, guess, settle, ok := d.admit(gi, pr)
+		// Headroom goes by the level pick chose the lane at: its band, or
+		// the band aging lifted it to.
+		lease, guess, settle, ok := d.admit(gi, pr, hr.keep(d.p.opts.Aging.level(band, pr.since, now)))
 		if !ok {
 			paced = paced || d.limited[gi] != nil || settle
 			d.refused[gi] = true // saturated: its requests wait, others go on
@@ -343,20 +346,21 @@ func (d *dispatcher) dispatch(ctx context.Context) {
 // tokens before it fetches (see fetch). settle is passed to the router:
 // with no backlog known, slots of several processes may be racing for one
 // message, and a worse order waits for a better one's young admissions to
-// settle (router.AdmissionSettle).
-func (d *dispatcher) admit(gi int, pr *pair) (lease *router.Lease, guess int64, settle, ok bool) {
+// settle (router.AdmissionSettle). keep is the share of the deployment's
+// limits the admission must leave free (Headroom.keep).
+func (d *dispatcher) admit(gi int, pr *pair, keep float64) (lease *router.Lease, guess int64, settle, ok bool) {
 	group := d.p.opts.Groups[gi]
 	lg := d.limited[gi]
 	if lg == nil {
 		settle = pr.left == 0
-		lease, ok = d.p.opts.Router.TryAcquireTokens(group, 0, settle)
+		lease, ok = d.p.opts.Router.TryAcquireKeeping(group, 0, settle, keep)
 		return lease, 0, settle, ok
 	}
 	// Asking the mirror for room for the guess (not just for a call) keeps a
 	// refusal it can already tell from taking a lease: releasing one wakes
 	// the loop, which would try again at once.
 	settle = lg.backlog == 0
-	if lease, ok = d.p.opts.Router.TryAcquireTokens(group, lg.tokens, settle); !ok {
+	if lease, ok = d.p.opts.Router.TryAcquireKeeping(group, lg.tokens, settle, keep); !ok {
 		return nil, 0, settle, false
 	}
 	lg.admitting = true

@@ -1,6 +1,10 @@
 package worker
 
-import "time"
+import (
+	"time"
+
+	"github.com/llmq/llmq/internal/router"
+)
 
 // The dispatch policy: which queue a free slot is given a fetch of next.
 // The dispatcher (dispatch.go) alone calls it, with the state it alone
@@ -25,6 +29,8 @@ import "time"
 // was refused capacity earlier in the same pass (refused): a group refused
 // at a band is not admitted at a worse one in that pass, because the room
 // the limiter may have a moment later belongs to the better band's request.
+// With headroom (Headroom), a queue of a held-back band may be served only
+// while, after it, a share of the capacity stays free.
 //
 // # Why priority cannot invert
 //
@@ -45,6 +51,68 @@ import "time"
 // announced by a hint of its own; that lag is the only window in which a
 // worse band can go first. With aging on, a worse band goes first on
 // purpose, and only as Aging says.
+
+// Headroom keeps a share of the capacity free for the more important
+// bands (llmq_settings.headroom). Dispatch is strict but not preemptive: a
+// call that started runs to its end. Without headroom a flood of the
+// lowest band (a batch) takes every slot and every unit of the
+// deployments' limits the moment it frees, and a request of band 0 that
+// arrives then waits for the next call to end, however important it is.
+//
+// The rule. A request at a level (its band, or the band aging lifted it
+// to) of FromBand or worse is started only if, after it starts, Share of
+// each capacity it uses stays free: of this process's worker slots, and of
+// the chosen deployment's limits as the router sees them
+// (router.Router.TryAcquireKeeping: max_parallel_requests in this process;
+// with shared limits, the concurrency, rpm and tpm every process uses).
+// What stays free is router.HeldBack of each: Share × the capacity, rounded
+// down, never all of it. Requests at the levels before FromBand use
+// everything, the free share included. So an arrival of a more important
+// band finds room at once, unless arrivals of the more important bands
+// alone took the free share since calls last ended; each call that ends
+// while the held-back bands are at their limit refills it.
+//
+// The price is the free share: the held-back bands use at most 1 - Share
+// of a capacity, even when nothing else runs. Only they pay it, and only
+// when they would otherwise fill it.
+//
+// Why this cannot invert priority: the rule only ever removes requests of
+// the held-back levels from a pass, or refuses their admission; it never
+// holds anything back from a more important level, and a refusal marks the
+// group refused for the rest of the pass like any other, which keeps only
+// worse levels of the group out. So every pass still starts the most
+// important request it can, and the argument above holds unchanged.
+type Headroom struct {
+	// Share is the share of each capacity held-back requests leave free,
+	// 0 to 1; 0 turns headroom off.
+	Share float64
+	// FromBand is the most important band held back: it and every worse
+	// band are.
+	FromBand int
+}
+
+// holds reports whether a request at level is held back.
+func (h Headroom) holds(level int) bool { return h.Share > 0 && level >= h.FromBand }
+
+// keep is the share of a deployment's limits that starting a request at
+// level must leave free (router.Router.TryAcquireKeeping).
+func (h Headroom) keep(level int) float64 {
+	if !h.holds(level) {
+		return 0
+	}
+	return h.Share
+}
+
+// lowest returns the worst level a pass may start a request at, with free
+// of slots worker slots free (bands levels in all): before FromBand once
+// starting one more held-back request would leave less than the share of
+// the slots free.
+func (h Headroom) lowest(bands, free, slots int) int {
+	if h.Share > 0 && int64(free) <= router.HeldBack(h.Share, int64(slots)) {
+		return min(h.FromBand, bands) - 1
+	}
+	return bands - 1
+}
 
 // skipFunc reports that a queue may not be served in this pass (paused, or
 // its group refused capacity earlier in the pass).
@@ -89,16 +157,17 @@ func (a Aging) level(band int, since, now time.Time) int {
 	return max(a.LimitBand, band-int(min(now.Sub(since)/a.Step, time.Duration(band))))
 }
 
-// pick returns the next queue to fetch from under the order above: the
+// pick returns the next queue to fetch from under the order above, at level
+// lowest or better (Headroom.lowest): the
 // first level (band, or band lifted by aging), then the first group from
 // start (rotating) with a lane at that level that wants a fetch and is not
 // skipped; of its bands at that level the one whose lane has the oldest
 // head, and of that band's lanes at that level the one with the least
 // virtual finish time. Without aging a level is just a band. ok is false
 // when no lane wants a fetch.
-func pick(pairs [][][]pair, fair [][]fairness, start int, skip skipFunc, ag Aging, now time.Time) (band, gi, li int, ok bool) {
+func pick(pairs [][][]pair, fair [][]fairness, start int, skip skipFunc, ag Aging, now time.Time, lowest int) (band, gi, li int, ok bool) {
 	bands := len(pairs)
-	for level := range bands {
+	for level := range min(bands, lowest+1) {
 		n := len(pairs[level])
 		for i := range n {
 			gi := (start + i) % n

@@ -121,7 +121,7 @@ func TestPick(t *testing.T) {
 				}
 				return false
 			}
-			band, gi, li, ok := pick(pairs, fair, tt.start, skip, Aging{}, time.Time{})
+			band, gi, li, ok := pick(pairs, fair, tt.start, skip, Aging{}, time.Time{}, tt.bands-1)
 			got := at{band, gi, li}
 			switch {
 			case tt.want == nil && ok:
@@ -164,7 +164,7 @@ func TestFairShares(t *testing.T) {
 			served := make([]float64, len(tt.weights))
 			var total float64
 			for total < 2e6 {
-				_, _, li, ok := pick(pairs, fair, 0, nil, Aging{}, time.Time{})
+				_, _, li, ok := pick(pairs, fair, 0, nil, Aging{}, time.Time{}, 0)
 				if !ok {
 					t.Fatal("nothing to pick with every lane backlogged")
 				}
@@ -333,7 +333,7 @@ func TestPickAging(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pairs, fair := grid(10, 1, tt.set)
-			band, gi, li, ok := pick(pairs, fair, 0, nil, tt.aging, now)
+			band, gi, li, ok := pick(pairs, fair, 0, nil, tt.aging, now, 9)
 			if got := (at{band, gi, li}); !ok || got != tt.want {
 				t.Errorf("pick = %+v (ok %v), want %+v", got, ok, tt.want)
 			}
@@ -361,5 +361,114 @@ func TestPairArrivals(t *testing.T) {
 	pr.clearIf(1)
 	if pr.pending || !pr.since.IsZero() || len(pr.arrivals) != 0 {
 		t.Errorf("a cleared lane keeps pending %v, since %v, %d arrivals", pr.pending, pr.since, len(pr.arrivals))
+	}
+}
+
+// TestHeadroomLowest: the worst level a pass may start at, by the slots
+// free: the held-back bands stop once one more would leave less than the
+// share of the slots free.
+func TestHeadroomLowest(t *testing.T) {
+	tests := []struct {
+		name              string
+		h                 Headroom
+		bands, free, slot int
+		want              int
+	}{
+		{name: "off", h: Headroom{}, bands: 10, free: 1, slot: 40, want: 9},
+		{name: "room for one more and the share", h: Headroom{Share: 0.1, FromBand: 9}, bands: 10, free: 5, slot: 40, want: 9},
+		{name: "one more would leave less than 10 % of 40", h: Headroom{Share: 0.1, FromBand: 9}, bands: 10, free: 4, slot: 40, want: 8},
+		{name: "from band 5: bands 5 to 9 wait", h: Headroom{Share: 0.25, FromBand: 5}, bands: 10, free: 2, slot: 8, want: 4},
+		{name: "too few slots to hold one back", h: Headroom{Share: 0.1, FromBand: 9}, bands: 10, free: 1, slot: 9, want: 9},
+		{name: "one slot is never held back", h: Headroom{Share: 0.9, FromBand: 1}, bands: 2, free: 1, slot: 1, want: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.h.lowest(tt.bands, tt.free, tt.slot); got != tt.want {
+				t.Errorf("lowest = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestPickHeadroom: with the slots' free share reached, a held-back band
+// is not picked and a more important band is; a lane that aging lifted
+// before FromBand is treated as its level.
+func TestPickHeadroom(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	with := func(pr pair, since time.Time) pair { pr.since = since; return pr }
+	h := Headroom{Share: 0.1, FromBand: 9}
+	tests := []struct {
+		name  string
+		aging Aging
+		free  int // of 40 slots
+		set   map[at]pair
+		want  *at
+	}{
+		{name: "room beyond the share: the last band starts", free: 5,
+			set: map[at]pair{{9, 0, 0}: backlog}, want: &at{9, 0, 0}},
+		{name: "at the share: the last band waits", free: 4,
+			set: map[at]pair{{9, 0, 0}: backlog}},
+		{name: "at the share: band 8 starts", free: 4,
+			set: map[at]pair{{8, 0, 0}: hinted, {9, 0, 0}: backlog}, want: &at{8, 0, 0}},
+		{name: "band 0 uses the last free slot", free: 1,
+			set: map[at]pair{{0, 1, 0}: hinted, {9, 0, 0}: backlog}, want: &at{0, 1, 0}},
+		{name: "lifted by aging to band 8: not held back", aging: Aging{Step: time.Second}, free: 4,
+			set: map[at]pair{{9, 0, 0}: with(backlog, now.Add(-time.Second))}, want: &at{9, 0, 0}},
+		{name: "not yet lifted: held back", aging: Aging{Step: time.Second}, free: 4,
+			set: map[at]pair{{9, 0, 0}: with(backlog, now.Add(-time.Second/2))}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pairs, fair := grid(10, 2, tt.set)
+			band, gi, li, ok := pick(pairs, fair, 0, nil, tt.aging, now, h.lowest(10, tt.free, 40))
+			got := at{band, gi, li}
+			switch {
+			case tt.want == nil && ok:
+				t.Errorf("pick = %+v, want nothing", got)
+			case tt.want != nil && (!ok || got != *tt.want):
+				t.Errorf("pick = %+v (ok %v), want %+v", got, ok, *tt.want)
+			}
+		})
+	}
+}
+
+// TestDispatchPassHeadroom runs the dispatcher's pass with a real router
+// (fetches recorded, their leases held as by running calls): a backlog of
+// the last band takes the slots, or the deployment's
+// max_parallel_requests, only up to what leaves the share free; a band-0
+// arrival then starts at once and may take everything left.
+func TestDispatchPassHeadroom(t *testing.T) {
+	tests := []struct {
+		name        string
+		slots       int
+		maxParallel int
+		low, high   int // fetches started for the last band, then for band 0
+	}{
+		{name: "worker slots", slots: 10, low: 8, high: 2},
+		{name: "max_parallel_requests", slots: 20, maxParallel: 10, low: 8, high: 2},
+		{name: "too small to hold back", slots: 4, low: 4, high: 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rt := router.New(router.LeastBusy, []router.Deployment{{ID: "g-0", Group: "g", MaxParallel: tt.maxParallel}}, nil)
+			p := &Pool{opts: Options{Bands: 10, Groups: []string{"g"}, Slots: tt.slots, Router: rt,
+				Headroom: Headroom{Share: 0.2, FromBand: 9}}, log: slog.New(slog.DiscardHandler)}
+			d := newDispatcher(p, make([]*limitedGroup, 1))
+			started := map[int]int{}
+			d.startFetch = func(_ context.Context, band, _, _ int, _ int64, f *fetchResult) {
+				started[band]++
+				t.Cleanup(f.lease.Release)
+			}
+			d.pairs[9][0][0] = pair{pending: true, left: 100}
+			d.dispatch(t.Context())
+			if started[9] != tt.low {
+				t.Errorf("the last band's backlog was given %d fetches, want %d", started[9], tt.low)
+			}
+			d.pairs[0][0][0] = pair{pending: true, left: 100}
+			d.dispatch(t.Context())
+			if started[0] != tt.high || started[9] != tt.low {
+				t.Errorf("after band 0 arrived: band 0 %d fetches, the last band %d; want %d and still %d", started[0], started[9], tt.high, tt.low)
+			}
+		})
 	}
 }

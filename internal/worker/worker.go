@@ -18,7 +18,10 @@
 // Bands strictly, 0 first (unless aging, off by default, lifts a request
 // that waited); inside a band, model groups from a rotating start; inside a
 // band and group, tenants by weighted fair share (below); inside a tenant,
-// stream order: first come, first served. The policy, and why priority
+// stream order: first come, first served. The least important bands
+// (headroom, on by default for the last band) start only while a share of
+// the slots and of the deployment's limits stays free, so a more important
+// arrival finds room at once. The policy, and why priority
 // cannot invert, is written next to the function that applies it
 // (policy.go). For a free slot, the loop picks the
 // first queue in that order that may hold a message no fetch in flight will
@@ -230,6 +233,9 @@ type Options struct {
 	Replicas int
 	// Aging lifts waiting requests to more important bands; off by default.
 	Aging Aging
+	// Headroom keeps a share of the capacity free for the more important
+	// bands; off when its Share is 0.
+	Headroom Headroom
 	// DrainTimeout bounds how long Run waits, after its context ends, for the
 	// calls in progress; calls still running then are cancelled and their
 	// requests handed back to JetStream for another worker. Default 30 s.

@@ -19,8 +19,9 @@
 //
 // Usage:
 //
-//	go run ./bench/cmd/batchbench            # full run, about 3 minutes
-//	go run ./bench/cmd/batchbench -short     # about 30 s: checks it works
+//	go run ./bench/cmd/batchbench            # full run, about 4 minutes
+//	go run ./bench/cmd/batchbench -short     # about 1 minute: checks it works
+//	go run ./bench/cmd/batchbench -headroom 0   # without llmq_settings.headroom
 //
 // Progress goes to stderr, the markdown summary to stdout.
 package main
@@ -71,6 +72,7 @@ type options struct {
 	share    float64
 	duration time.Duration
 	mb       int
+	headroom float64 // llmq_settings.headroom.share; negative: the default
 	verbose  bool
 }
 
@@ -85,6 +87,7 @@ func run(ctx context.Context, args []string) error {
 	fs.Float64Var(&o.share, "share", 0.6, "band-0 load as a share of the nominal capacity")
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "band-0 load duration")
 	fs.IntVar(&o.mb, "mb", 100, "size of the memory phase's input file, MB")
+	fs.Float64Var(&o.headroom, "headroom", -1, "llmq_settings.headroom.share (0: off); negative: llmq's default")
 	fs.BoolVar(&o.verbose, "v", false, "llmq's log on stderr")
 	timeout := fs.Duration("timeout", 15*time.Minute, "bound on the whole run")
 	if err := fs.Parse(args); err != nil {
@@ -143,7 +146,7 @@ func start(ctx context.Context, binDir string, o options, latency time.Duration,
 	if b.nats, err = natsembed.Start(natsembed.Options{Listen: "127.0.0.1:-1", StoreDir: filepath.Join(b.dir, "nats"), Name: "batchbench"}); err != nil {
 		return nil, errors.Join(err, b.close())
 	}
-	cfg, err := writeConfig(b.dir, b.fake.URL)
+	cfg, err := writeConfig(b.dir, b.fake.URL, o.headroom)
 	if err != nil {
 		return nil, errors.Join(err, b.close())
 	}
@@ -173,8 +176,9 @@ func (b *bench) close() error {
 }
 
 // writeConfig writes one model group, system.Group, on the fake without
-// limits (the worker slots are the capacity), with files up to 200 MB.
-func writeConfig(dir, upstream string) (string, error) {
+// limits (the worker slots are the capacity), with files up to 200 MB, and
+// headroom's share unless it is negative.
+func writeConfig(dir, upstream string, headroom float64) (string, error) {
 	doc := map[string]any{
 		"model_list": []map[string]any{{
 			"model_name":     system.Group,
@@ -182,6 +186,9 @@ func writeConfig(dir, upstream string) (string, error) {
 			"model_info":     map[string]any{"id": "fake-upstream"},
 		}},
 		"router_settings": map[string]any{"timeout": 600, "num_retries": 0},
+	}
+	if headroom >= 0 {
+		doc["llmq_settings"] = map[string]any{"headroom": map[string]any{"share": headroom}}
 	}
 	data, err := yaml.Marshal(doc)
 	if err != nil {
@@ -433,6 +440,11 @@ func priorityPhase(ctx context.Context, binDir string, o options) error {
 	fmt.Printf("## Priority: a %d-line batch in the last band beside band-0 traffic\n\n", o.lines)
 	fmt.Printf("%d worker slots, upstream latency %s: nominal capacity %.0f req/s; band 0 open loop at %d req/s (%.0f %%) for %s.\n\n",
 		o.slots, o.latency, nominal, r, o.share*100, o.duration)
+	if o.headroom >= 0 {
+		fmt.Printf("llmq_settings.headroom.share: %g.\n\n", o.headroom)
+	} else {
+		fmt.Printf("llmq_settings.headroom: the default.\n\n")
+	}
 	fmt.Printf("| band-0 queue wait | without the batch | with the batch | change |\n|---|---|---|---|\n")
 	for _, p := range []float64{50, 99} {
 		a, w := stats.Percentile(alone, p), stats.Percentile(with, p)
