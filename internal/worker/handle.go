@@ -159,17 +159,10 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 	defer cancel(nil)
 	p.calls.Store(req.ID, cancel)
 	defer p.calls.Delete(req.ID)
+	if answer == pickupNotify {
+		p.notifyStarted(req, control, d.ID) // once the call can be cancelled
+	}
 	started := time.Now()
-	unasked := answer == pickupNotify
-	if unasked {
-		p.notifyLater(req, control, d.ID, started)
-	}
-	// pickedAgo tells a caller that was not asked when its queue wait ended.
-	pickedAgo := func(m *nats.Msg) {
-		if unasked {
-			messages.SetPickedAgo(m, time.Since(started))
-		}
-	}
 	var emit relay
 	seq := 0
 	if req.Stream {
@@ -179,7 +172,6 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 			msg.Reply = control
 			if seq == 1 { // after fallbacks, not necessarily the one picked first
 				msg.Header[messages.HeaderDeployment] = []string{deployment}
-				pickedAgo(msg)
 			}
 			return p.nc.PublishMsg(msg)
 		}
@@ -187,9 +179,6 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 	deployment, a := p.serve(callCtx, log, req, lease, tokens, emit)
 	lease = nil // serve released it
 	rep := &messages.Reply{Deployment: deployment, Body: a.body}
-	if unasked {
-		rep.PickedAgo = max(time.Since(started), time.Millisecond)
-	}
 	if req.Stream {
 		rep.Seq = seq + 1
 	}

@@ -44,16 +44,6 @@ type kept struct {
 	nextProgress   time.Time
 	nextBeat       time.Time
 	quiet          bool // no more heartbeats: the caller has its answer
-	// started, set for a request started without asking (left.go), is the
-	// "started" event still to send: with the first heartbeat, or by
-	// started.by if that is earlier.
-	started *startedEvent
-}
-
-// startedEvent is a "started" event a keeper sends for a request.
-type startedEvent struct {
-	by         time.Time // send it no later than this
-	deployment string    // chosen at pickup
 }
 
 func newKeeper(nc *nats.Conn, ackWait time.Duration) *keeper {
@@ -106,17 +96,6 @@ func (k *keeper) quiet(control string) {
 	defer k.mu.Unlock()
 	if e := k.byControl[control]; e != nil {
 		e.quiet = true
-	}
-}
-
-// notify makes the heartbeats of the request held under control start with
-// a "started" event (its call was started without asking), sent by ev.by
-// at the latest.
-func (k *keeper) notify(control string, ev *startedEvent) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if e := k.byControl[control]; e != nil {
-		e.started = ev
 	}
 }
 
@@ -177,7 +156,6 @@ func (k *keeper) run(ctx context.Context) {
 type due struct {
 	e               *kept
 	progress, beats bool
-	started         *startedEvent // sent instead of the heartbeat
 	redeliverIn     time.Duration // after this tick's in-progress ack, if any
 }
 
@@ -192,15 +170,7 @@ func (k *keeper) send(now time.Time) bool {
 		if a.progress {
 			_ = a.e.m.InProgress()
 		}
-		switch {
-		case a.started != nil:
-			msg := messages.EventMsg(a.e.inbox, messages.EventStarted, 0, nil)
-			msg.Header[messages.HeaderControl] = []string{a.e.control}
-			msg.Header[messages.HeaderDeployment] = []string{a.started.deployment}
-			msg.Reply = a.e.control
-			messages.SetRedeliverIn(msg, a.redeliverIn)
-			_ = k.nc.PublishMsg(msg)
-		case a.beats:
+		if a.beats {
 			msg := messages.EventMsg(a.e.inbox, messages.EventAlive, 0, nil)
 			msg.Reply = a.e.control
 			messages.SetRedeliverIn(msg, a.redeliverIn)
@@ -221,9 +191,6 @@ func (k *keeper) collect(now time.Time) ([]due, bool) {
 	out := k.out[:0]
 	for e := range k.held {
 		a := due{e: e, progress: !now.Before(e.nextProgress), beats: !e.quiet && !now.Before(e.nextBeat)}
-		if e.started != nil && (a.beats || (!e.quiet && !now.Before(e.started.by))) {
-			a.beats, a.started, e.started = true, e.started, nil
-		}
 		if a.progress {
 			e.nextProgress = now.Add(k.progress)
 		}

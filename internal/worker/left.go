@@ -18,33 +18,30 @@ import (
 // published a moment ago almost always still waits. So a request may say
 // until when (Llmq-Notify-Until, honoured at most messages.NotifyWindow
 // after it was stored) a worker may start it on its first delivery without
-// asking. The worker then tells the caller later, and only if it has to:
-// a "started" event goes with what would be the call's first heartbeat
-// (HeartbeatInterval after the pickup), or startedMargin before the
-// request's queue deadline if that is sooner, so the caller never takes a
-// request that is being served for one that waits too long. A call that
-// ends sooner says when it was picked up on its answer (Llmq-Picked-Ago),
-// and costs no event at all.
+// asking: the worker tells the caller with a "started" event as the call
+// starts (one message, nothing waits for it), which carries what a pickup
+// carries (the control subject, the deployment, when JetStream would
+// redeliver), so the caller knows its request is served, can cancel it,
+// and can announce its redelivery if the worker dies (pkg/client).
 //
 // A caller that gives up a request before its notify time publishes the
 // request's reply subject on Subjects.Left. Every worker process hears it:
 // it remembers it for 2×NotifyWindow (leftSet) and asks the caller, rather
 // than starting the request, if it takes it later; and it stops a call of
-// it that it started without asking. So no provider is called for a
-// caller that left, except one that left in the moment before the pickup
-// (less than the time its announcement takes to reach the worker), whose
-// call stops as soon as it arrives.
+// it already started. So no provider is called for a caller that left,
+// except one that left in the moment before the pickup (less than the time
+// its announcement takes to reach the worker), whose call stops as soon as
+// the announcement arrives, or the caller answers the "started" event with
+// a cancel.
 //
 // The request, stored a moment ago, is also the sign of life of its
-// caller that an answered pickup would be (callers, hold.go): its answer
-// is held while the caller's gateway reconnects. Nobody on the caller's
-// inbox is noticed as for any call, by "no responders" to the "started"
-// event, a heartbeat or the answer.
+// caller that an answered pickup would be (callers, hold.go): its call goes
+// on and its answer is held while the caller's gateway reconnects.
 //
 // A redelivery, a request the caller may have parked (pkg/client never
 // lets a worker start one without asking once it may be parked), one past
-// its notify time or within 2×startedMargin of its queue deadline are
-// picked up with the round trip as before.
+// its notify time, and one whose queue deadline is less than NotifyWindow
+// away are picked up with the round trip as before.
 
 // leftSet remembers the requests their callers left while a worker might
 // still start them without asking, by reply subject, for leftFor. Safe for
@@ -107,8 +104,7 @@ func (l *leftSet) len() int {
 }
 
 // onLeft records a request its caller left; the payload is its reply
-// subject. A call of it that this worker started without asking, and has
-// not told its caller of yet, stops.
+// subject. A call of it that this worker started without asking stops.
 func (p *Pool) onLeft(m *nats.Msg) {
 	n := len(m.Data)
 	if n == 0 || n > 512 {
@@ -136,8 +132,10 @@ func (p *Pool) mayStartUnasked(m *pulled, req *messages.Request) bool {
 	if !now.Before(req.NotifyUntil) {
 		return false
 	}
-	if !req.Deadline.IsZero() && req.Deadline.Sub(now) < 2*startedMargin {
-		return false // the caller must hear of it before its deadline: ask
+	if !req.Deadline.IsZero() && req.Deadline.Sub(now) < messages.NotifyWindow {
+		// Its caller may give up at its deadline while "started" is on
+		// the way: the round trip decides exactly.
+		return false
 	}
 	md, err := m.msg.Metadata()
 	if err != nil || md.NumDelivered != 1 || now.Sub(md.Timestamp) >= messages.NotifyWindow {
@@ -146,19 +144,15 @@ func (p *Pool) mayStartUnasked(m *pulled, req *messages.Request) bool {
 	return !p.left.has(req.ReplyTo, now)
 }
 
-// startedMargin is how long before a request's queue deadline its
-// "started" event goes out at the latest, so that its caller knows it was
-// picked up before it would give up on it.
-const startedMargin = 500 * time.Millisecond
-
-// notifyLater has the keeper tell the caller that req was started without
-// asking: with its first heartbeat, or startedMargin before its queue
-// deadline if that is earlier. A call that ends sooner says so with its
-// answer (Llmq-Picked-Ago) and sends no event at all.
-func (p *Pool) notifyLater(req *messages.Request, control, deployment string, now time.Time) {
-	by := now.Add(messages.HeartbeatInterval)
-	if dl := req.Deadline.Add(-startedMargin); !req.Deadline.IsZero() && dl.Before(by) {
-		by = dl
-	}
-	p.keeper.notify(control, &startedEvent{by: by, deployment: deployment})
+// notifyStarted tells the caller that its request was started without
+// asking, naming the control subject it can cancel the call on. It is
+// sent with the control subject as reply, as heartbeats are: nobody on the
+// caller's inbox makes NATS answer "no responders" there (onControl).
+func (p *Pool) notifyStarted(req *messages.Request, control, deployment string) {
+	msg := messages.EventMsg(req.ReplyTo, messages.EventStarted, 0, nil)
+	msg.Header[messages.HeaderControl] = []string{control}
+	msg.Header[messages.HeaderDeployment] = []string{deployment}
+	messages.SetRedeliverIn(msg, p.keeper.redeliverIn(control, time.Now()))
+	msg.Reply = control
+	_ = p.nc.PublishMsg(msg)
 }

@@ -984,9 +984,6 @@ func (c *Client) onInbox(m *nats.Msg) {
 		if d, ok := messages.RedeliverIn(m.Header); ok {
 			w.redeliverAt.Store(now.Add(d).UnixNano())
 		}
-		if d, ok := messages.PickedAgo(m.Header); ok {
-			c.startedUnasked(w, m, now.Add(-d))
-		}
 	}
 	switch event {
 	case messages.EventPickup:
@@ -1032,21 +1029,6 @@ func (c *Client) onInbox(m *nats.Msg) {
 			c.answered(w, m)
 		}
 	}
-}
-
-// startedUnasked records what the answer or first chunk m of a request
-// started without asking says of its pickup, when no "started" event came
-// before it: when it was picked up and, for a stream, that it is (so that
-// its queue deadline no longer applies) and where to cancel it.
-func (c *Client) startedUnasked(w *waiter, m *nats.Msg, at time.Time) {
-	if !w.pickedAt.CompareAndSwap(0, at.UnixNano()) || m.Header.Get(messages.HeaderEvent) != messages.EventChunk {
-		return
-	}
-	if m.Reply != "" {
-		control := m.Reply
-		w.control.Store(&control)
-	}
-	w.state.CompareAndSwap(stateWaiting, statePicked)
 }
 
 // answered hands the reply m to whoever waits for w: Do, or the parked

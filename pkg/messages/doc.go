@@ -59,19 +59,17 @@
 //
 // Unless the request says otherwise: a request with Llmq-Notify-Until may
 // be started without that round trip on its first delivery before then
-// (and no later than [NotifyWindow] after it was stored, and not within a
-// second of its queue deadline). The worker then sends Llmq-Event "started"
-// (with Llmq-Control, Llmq-Deployment and Llmq-Redeliver-In, as a pickup
-// has) with the call's first heartbeat, or half a second before the queue
-// deadline if that is sooner; a call that ends before that sends none, and
-// its answer (or first chunk) carries Llmq-Picked-Ago, the milliseconds
-// since the pickup. A caller that receives "started" for a request it no
-// longer waits for sends "cancel" to Llmq-Control. A caller that gives up
-// such a request before its Llmq-Notify-Until publishes its Llmq-Reply
-// subject to <prefix>.left ([Subjects.Left]): workers then ask before they
-// start it, and stop a call of it they started without asking. pkg/client
-// sets Llmq-Notify-Until to a second after the publish (or its ParkAfter,
-// if sooner: a parked caller is checked at its pickup).
+// (and no later than [NotifyWindow] after it was stored). The worker then
+// sends Llmq-Event "started" as the call starts, with Llmq-Control,
+// Llmq-Deployment and Llmq-Redeliver-In as a pickup has and its control
+// subject as reply subject; nothing waits for it. A caller that receives
+// "started" for a request it no longer waits for sends "cancel" to
+// Llmq-Control. A caller that gives up such a request before its
+// Llmq-Notify-Until publishes its Llmq-Reply subject to <prefix>.left
+// ([Subjects.Left]): workers then ask before they start it, and stop a
+// call of it they started. pkg/client sets Llmq-Notify-Until to a second
+// after the publish (or its ParkAfter, if sooner: a parked caller is
+// checked at its pickup).
 //
 // While it works, the worker sends Llmq-Event "alive" to the inbox every
 // HeartbeatInterval, with its control subject as the message's reply
@@ -171,7 +169,7 @@
 //	     lanes does not serve a lane's requests: upgrade the workers first,
 //	     then the gateways and services that send tenants
 //	1+a  Llmq-Caller-Acks and Llmq-Ack; Llmq-Notify-Until, the "started"
-//	     event, Llmq-Picked-Ago and <prefix>.left. A worker that does not
+//	     event and <prefix>.left. A worker that does not
 //	     know them confirms and picks up as before, so a caller that sends
 //	     them must still answer pickups and confirmations (pkg/client
 //	     does); a caller that does not send them is served as before. Served-tokens

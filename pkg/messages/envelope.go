@@ -58,12 +58,8 @@ const (
 	// worker that takes it on its first delivery may start it without a
 	// pickup check, sending EventStarted instead (see the package doc).
 	HeaderNotifyUntil = "Llmq-Notify-Until"
-	// HeaderPickedAgo, on the answer and the first chunk of a request that
-	// was started without asking and whose caller has had no "started"
-	// event yet, is how long ago (milliseconds) the worker picked it up.
-	HeaderPickedAgo = "Llmq-Picked-Ago"
-	HeaderMsgID     = "Nats-Msg-Id"
-	HeaderTTL       = "Nats-TTL"
+	HeaderMsgID       = "Nats-Msg-Id"
+	HeaderTTL         = "Nats-TTL"
 )
 
 // Events carried in HeaderEvent on messages to a caller's inbox.
@@ -274,28 +270,6 @@ type Reply struct {
 	// Ack, on a served answer to a request with CallerAcks, is the
 	// request's JetStream ack subject: the caller publishes AckToken there.
 	Ack string
-	// PickedAgo, when not zero, is how long before this answer the worker
-	// picked the request up (HeaderPickedAgo).
-	PickedAgo time.Duration
-}
-
-// SetPickedAgo writes HeaderPickedAgo on m.
-func SetPickedAgo(m *nats.Msg, d time.Duration) {
-	m.Header[HeaderPickedAgo] = []string{strconv.FormatInt(max(d, 0).Milliseconds(), 10)}
-}
-
-// PickedAgo reads HeaderPickedAgo; ok is false when it is missing or not a
-// non-negative number of milliseconds.
-func PickedAgo(h nats.Header) (d time.Duration, ok bool) {
-	v := h.Get(HeaderPickedAgo)
-	if v == "" {
-		return 0, false
-	}
-	ms, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || ms < 0 || ms > int64(365*24*time.Hour/time.Millisecond) {
-		return 0, false
-	}
-	return time.Duration(ms) * time.Millisecond, true
 }
 
 // AckToken is what a caller publishes to a reply's Ack subject: JetStream's
@@ -327,9 +301,6 @@ func ReplyMsg(inbox string, r *Reply) *nats.Msg {
 	if r.Ack != "" {
 		m.Header[HeaderAck] = []string{r.Ack}
 	}
-	if r.PickedAgo > 0 {
-		SetPickedAgo(m, r.PickedAgo)
-	}
 	m.Data = r.Body
 	return m
 }
@@ -345,9 +316,7 @@ func DecodeReply(h nats.Header, body []byte) (*Reply, error) {
 		return nil, fmt.Errorf("%w: reply status %q", ErrInternal, h.Get(HeaderStatus))
 	}
 	seq, _ := strconv.Atoi(h.Get(HeaderSeq))
-	r := &Reply{Outcome: o, Status: st, Seq: seq, Deployment: h.Get(HeaderDeployment), RetryAfter: h.Get(HeaderRetryAfter), Ack: h.Get(HeaderAck), Body: body}
-	r.PickedAgo, _ = PickedAgo(h)
-	return r, nil
+	return &Reply{Outcome: o, Status: st, Seq: seq, Deployment: h.Get(HeaderDeployment), RetryAfter: h.Get(HeaderRetryAfter), Ack: h.Get(HeaderAck), Body: body}, nil
 }
 
 // Err returns the reply as an *Error, or nil when it was served.

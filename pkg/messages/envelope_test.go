@@ -336,8 +336,8 @@ func TestReplyRoundTrip(t *testing.T) {
 		{"stream end", messages.Reply{Seq: 42, Outcome: messages.OutcomeServed, Status: 200, Deployment: "d"}},
 		{"queue full", messages.Reply{Outcome: messages.OutcomeQueueFull, Status: 429, RetryAfter: "3", Body: []byte(`{"error":{"message":"full"}}`)}},
 		{"provider 400", messages.Reply{Outcome: messages.OutcomeProviderError, Status: 400, Deployment: "d", Body: []byte(`{"error":{"message":"bad"}}`)}},
-		{"served, caller acks, picked up unasked", messages.Reply{Outcome: messages.OutcomeServed, Status: 200, Deployment: "d",
-			Ack: "$JS.ACK.LLMQ_REQUESTS.c.1.2.3.4.5", PickedAgo: 1500 * time.Millisecond, Body: []byte(`{}`)}},
+		{"served, caller acks", messages.Reply{Outcome: messages.OutcomeServed, Status: 200, Deployment: "d",
+			Ack: "$JS.ACK.LLMQ_REQUESTS.c.1.2.3.4.5", Body: []byte(`{}`)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -357,7 +357,7 @@ func TestReplyRoundTrip(t *testing.T) {
 			}
 			if got.Seq != tt.reply.Seq || got.Outcome != tt.reply.Outcome || got.Status != tt.reply.Status ||
 				got.Deployment != tt.reply.Deployment || got.RetryAfter != tt.reply.RetryAfter || !bytes.Equal(got.Body, tt.reply.Body) ||
-				got.Ack != tt.reply.Ack || got.PickedAgo != tt.reply.PickedAgo {
+				got.Ack != tt.reply.Ack {
 				t.Errorf("DecodeReply = %+v, want %+v", got, tt.reply)
 			}
 		})
@@ -667,23 +667,6 @@ func TestValidAck(t *testing.T) {
 	} {
 		if got := messages.ValidAck(subject); got != want {
 			t.Errorf("ValidAck(%q) = %v, want %v", subject, got, want)
-		}
-	}
-}
-
-func TestPickedAgo(t *testing.T) {
-	m := messages.EventMsg("_INBOX.x.1", messages.EventChunk, 1, nil)
-	if _, ok := messages.PickedAgo(m.Header); ok {
-		t.Error("PickedAgo of a message without it: ok")
-	}
-	messages.SetPickedAgo(m, 2500*time.Microsecond)
-	if d, ok := messages.PickedAgo(m.Header); !ok || d != 2*time.Millisecond {
-		t.Errorf("PickedAgo = %v, %v; want 2ms (milliseconds, truncated)", d, ok)
-	}
-	for _, bad := range []string{"-1", "soon", "1.5"} {
-		m.Header.Set(messages.HeaderPickedAgo, bad)
-		if d, ok := messages.PickedAgo(m.Header); ok {
-			t.Errorf("PickedAgo(%q) = %v, ok", bad, d)
 		}
 	}
 }

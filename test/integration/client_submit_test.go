@@ -3,8 +3,6 @@ package integration
 import (
 	"context"
 	"errors"
-	"fmt"
-	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -59,16 +57,16 @@ func TestClientSubmit(t *testing.T) {
 	}
 }
 
-// TestClientLeavesCallStartedUnasked: a request picked up in its first
-// second is started without a pickup check; a caller that leaves then
-// stops the call at once: before the worker told it of the start (it
-// announces the request it left, and the worker stops the call) or after
-// ("started" came, and it cancels the call on the worker's control
-// subject).
-func TestClientLeavesCallStartedUnasked(t *testing.T) {
+// TestClientLeavesRequestStartedUnasked: a request picked up in its first
+// second is started without a pickup check, and the worker tells its
+// caller with a "started" event; a caller that leaves then stops the call
+// at once. A caller that leaves a request in its first second while it
+// waits announces it, and the worker then asks (a pickup check) before it
+// starts it: the provider never sees it.
+func TestClientLeavesRequestStartedUnasked(t *testing.T) {
 	fake := newFake(t)
 	const group = "unasked"
-	g := startEmbeddedGateway(t, relOneGroup(t, group, fake, 0, nil), 1)
+	g := startEmbeddedGateway(t, relOneGroup(t, group, fake, 1, nil), 1)
 	cl := relClient(t, g.NATSURL())
 	// The test's own view of what goes over NATS.
 	nc, _ := relJS(t, g.NATSURL())
@@ -81,7 +79,7 @@ func TestClientLeavesCallStartedUnasked(t *testing.T) {
 		sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
 			if e := m.Header.Get(messages.HeaderEvent); e == messages.EventStarted || e == messages.EventPickup {
 				events <- e
-			} else if strings.HasSuffix(m.Subject, ".left") {
+			} else if m.Subject == subjects.Left() {
 				events <- "left"
 			}
 		})
@@ -90,7 +88,9 @@ func TestClientLeavesCallStartedUnasked(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = sub.Unsubscribe() })
 	}
-	_ = nc.Flush()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	await := func(want string) {
 		t.Helper()
 		ctx := waitCtx(t)
@@ -100,48 +100,49 @@ func TestClientLeavesCallStartedUnasked(t *testing.T) {
 				if e == want {
 					return
 				}
-				t.Logf("event %q", e)
+				t.Errorf("%q came before %q", e, want)
 			case <-ctx.Done():
 				t.Fatalf("no %q event", want)
 			}
 		}
 	}
-
-	fake.Hold()
-	for i, beforeStarted := range []bool{true, false} {
-		ctx, cancel := context.WithCancel(t.Context())
+	do := func(ctx context.Context, content string) <-chan error {
 		done := make(chan error, 1)
 		go func() {
-			_, _, err := cl.Do(ctx, &client.Request{Kind: messages.KindChat, Group: group, Body: []byte(chatBody(group, fmt.Sprint("call ", i)))})
+			_, _, err := cl.Do(ctx, &client.Request{Kind: messages.KindChat, Group: group, Body: []byte(chatBody(group, content))})
 			done <- err
 		}()
-		waitUpstream(t, fake, i+1)
-		if !beforeStarted {
-			await(messages.EventStarted)
-		}
-		cancel()
-		if err := <-done; !errors.Is(err, messages.ErrCancelled) {
-			t.Errorf("call %d: Do returned %v, want cancelled", i, err)
-		}
-		if beforeStarted {
-			await("left")
-		}
-		waitIdle(t, fake)
-		if rs := fake.Requests(); len(rs) != i+1 || !rs[i].Cancelled {
-			t.Fatalf("call %d: the upstream saw %+v, want call %d cancelled", i, rs, i)
-		}
-		if beforeStarted && len(events) > 0 && <-events == messages.EventStarted {
-			t.Error("the call went on until its started event: the request left did not stop it")
-		}
+		return done
 	}
-	for drained := false; !drained; {
-		select {
-		case e := <-events:
-			if e == messages.EventPickup {
-				t.Error("a request in its first second was picked up with a pickup check")
-			}
-		default:
-			drained = true
-		}
+
+	fake.Hold()
+	ctx, cancel := context.WithCancel(t.Context())
+	first := do(ctx, "started")
+	await(messages.EventStarted) // not a pickup check
+	waitUpstream(t, fake, 1)
+	// The one slot is busy: this one waits, and its caller leaves.
+	lctx, leave := context.WithCancel(t.Context())
+	left := do(lctx, "left")
+	q := observeQueue(t, g.NATSURL())
+	q.waitMsgs(t, 2)
+	leave()
+	if err := <-left; !errors.Is(err, messages.ErrCancelled) {
+		t.Errorf("the request left: Do returned %v, want cancelled", err)
+	}
+	await("left")
+	cancel()
+	if err := <-first; !errors.Is(err, messages.ErrCancelled) {
+		t.Errorf("the started request: Do returned %v, want cancelled", err)
+	}
+	waitIdle(t, fake)
+	if rs := fake.Requests(); len(rs) != 1 || !rs[0].Cancelled {
+		t.Fatalf("the upstream saw %+v, want the started call, cancelled", rs)
+	}
+	fake.Release()
+	// The slot is free: the left request is taken, and asked for.
+	await(messages.EventPickup)
+	q.waitDrained(t)
+	if got := contents(fake); len(got) != 1 {
+		t.Errorf("the provider got %q, want only the started call", got)
 	}
 }
