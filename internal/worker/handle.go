@@ -189,6 +189,17 @@ func (p *Pool) start(ctx context.Context, log *slog.Logger, m *pulled, req *mess
 		log.Info("call interrupted by shutdown; the request goes back to the queue")
 		p.nakAndHint(m, req)
 		return
+	case context.Cause(callCtx) == errNobody:
+		// Its "started" event found nobody on the caller's inbox: as a
+		// pickup that found nobody.
+		if now := time.Now(); now.Before(p.holdFor(req.ReplyTo, pickupDeadline(req), now)) && !p.callers.closed(req.ReplyTo) {
+			log.Info("nobody listened on the caller's inbox when the call started; the request goes back to the queue for a later try")
+			p.nakLater(m, req)
+			return
+		}
+		log.Info("call stopped: nobody listened on the caller's inbox when it started")
+		_ = m.TermWithReason("caller gone")
+		return
 	case context.Cause(callCtx) == errCallerGone:
 		log.Info("call cancelled: the caller went away", "duration", time.Since(started))
 		_ = m.Ack() // nobody waits for it: it leaves the stream
@@ -291,9 +302,6 @@ const (
 // the caller's inbox is tried again (see hold.go).
 func (p *Pool) pickup(m *pulled, req *messages.Request, control, deployment string) pickupAnswer {
 	if p.mayStartUnasked(m, req) {
-		// A request stored a moment ago is as good a sign of its caller's
-		// life as an answered pickup.
-		p.callers.heard(inboxPrefix(req.ReplyTo), false)
 		return pickupNotify
 	}
 	msg := messages.EventMsg(req.ReplyTo, messages.EventPickup, 0, nil)

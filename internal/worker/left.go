@@ -34,9 +34,12 @@ import (
 // the announcement arrives, or the caller answers the "started" event with
 // a cancel.
 //
-// The request, stored a moment ago, is also the sign of life of its
-// caller that an answered pickup would be (callers, hold.go): its call goes
-// on and its answer is held while the caller's gateway reconnects.
+// Only a caller this worker has heard from lately (callers, hold.go) is
+// not asked: one it does not know may have closed before this worker
+// started, and its first requests are asked as before. A "started" event
+// that finds nobody on the caller's inbox (NATS answers "no responders")
+// stops the call at once, and the request is held as a pickup that found
+// nobody would be (hold.go).
 //
 // A redelivery, a request the caller may have parked (pkg/client never
 // lets a worker start one without asking once it may be parked), one past
@@ -141,18 +144,35 @@ func (p *Pool) mayStartUnasked(m *pulled, req *messages.Request) bool {
 	if err != nil || md.NumDelivered != 1 || now.Sub(md.Timestamp) >= messages.NotifyWindow {
 		return false
 	}
-	return !p.left.has(req.ReplyTo, now)
+	// A caller this worker has not heard from (it may have closed before
+	// this worker started) is asked.
+	return p.callers.known(req.ReplyTo) && !p.left.has(req.ReplyTo, now)
 }
 
 // notifyStarted tells the caller that its request was started without
-// asking, naming the control subject it can cancel the call on. It is
-// sent with the control subject as reply, as heartbeats are: nobody on the
-// caller's inbox makes NATS answer "no responders" there (onControl).
+// asking, naming the control subject it can cancel the call on. Nobody on
+// the caller's inbox makes NATS answer "no responders" on startedSubject.
 func (p *Pool) notifyStarted(req *messages.Request, control, deployment string) {
 	msg := messages.EventMsg(req.ReplyTo, messages.EventStarted, 0, nil)
 	msg.Header[messages.HeaderControl] = []string{control}
 	msg.Header[messages.HeaderDeployment] = []string{deployment}
 	messages.SetRedeliverIn(msg, p.keeper.redeliverIn(control, time.Now()))
-	msg.Reply = control
+	msg.Reply = p.startedSubject(req.ID)
 	_ = p.nc.PublishMsg(msg)
+}
+
+// startedSubject is the reply subject of the "started" event of request id.
+func (p *Pool) startedSubject(id string) string { return p.control + ".s." + id }
+
+// onStartedBounce stops a call whose "started" event found nobody on the
+// caller's inbox: the request is then held as a pickup that found nobody
+// (start, errNobody).
+func (p *Pool) onStartedBounce(m *nats.Msg) {
+	if m.Header.Get("Status") != "503" {
+		return
+	}
+	id := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+	if cancel, ok := p.calls.Load(id); ok {
+		cancel.(context.CancelCauseFunc)(errNobody)
+	}
 }

@@ -275,6 +275,7 @@ type Pool struct {
 var (
 	errCallerGone = errors.New("the caller went away")
 	errShutdown   = errors.New("the worker is shutting down")
+	errNobody     = errors.New("nobody was on the caller's inbox when the call started")
 )
 
 // New prepares a pool. The stream and consumers must exist (topology.Ensure).
@@ -401,6 +402,11 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	defer left.Unsubscribe()
 	_ = left.SetPendingLimits(-1, -1)
+	bounce, err := p.nc.Subscribe(p.startedSubject("*"), p.onStartedBounce)
+	if err != nil {
+		return fmt.Errorf("worker: subscribe started events: %w", err)
+	}
+	defer bounce.Unsubscribe()
 
 	// The keep-alives go on until Run returns: calls and deliveries outlive
 	// ctx by the drain.

@@ -58,8 +58,8 @@ func TestClientSubmit(t *testing.T) {
 }
 
 // TestClientLeavesRequestStartedUnasked: a request picked up in its first
-// second is started without a pickup check, and the worker tells its
-// caller with a "started" event; a caller that leaves then stops the call
+// second is started without a pickup check (once the worker has heard from
+// its caller), and the worker tells its caller with a "started" event; a caller that leaves then stops the call
 // at once. A caller that leaves a request in its first second while it
 // waits announces it, and the worker then asks (a pickup check) before it
 // starts it: the provider never sees it.
@@ -115,11 +115,17 @@ func TestClientLeavesRequestStartedUnasked(t *testing.T) {
 		return done
 	}
 
+	// The worker asks a caller it has not heard from yet.
+	if err := <-do(t.Context(), "hello"); err != nil {
+		t.Fatal(err)
+	}
+	await(messages.EventPickup)
+
 	fake.Hold()
 	ctx, cancel := context.WithCancel(t.Context())
 	first := do(ctx, "started")
 	await(messages.EventStarted) // not a pickup check
-	waitUpstream(t, fake, 1)
+	waitUpstream(t, fake, 2)
 	// The one slot is busy: this one waits, and its caller leaves.
 	lctx, leave := context.WithCancel(t.Context())
 	left := do(lctx, "left")
@@ -135,14 +141,14 @@ func TestClientLeavesRequestStartedUnasked(t *testing.T) {
 		t.Errorf("the started request: Do returned %v, want cancelled", err)
 	}
 	waitIdle(t, fake)
-	if rs := fake.Requests(); len(rs) != 1 || !rs[0].Cancelled {
-		t.Fatalf("the upstream saw %+v, want the started call, cancelled", rs)
+	if rs := fake.Requests(); len(rs) != 2 || !rs[1].Cancelled {
+		t.Fatalf("the upstream saw %+v, want hello and the started call, cancelled", rs)
 	}
 	fake.Release()
 	// The slot is free: the left request is taken, and asked for.
 	await(messages.EventPickup)
 	q.waitDrained(t)
-	if got := contents(fake); len(got) != 1 {
-		t.Errorf("the provider got %q, want only the started call", got)
+	if got := contents(fake); len(got) != 2 {
+		t.Errorf("the provider got %q, want hello and the started call only", got)
 	}
 }
