@@ -59,10 +59,13 @@
 //
 // Unless the request says otherwise: a request with Llmq-Notify-Until may
 // be started without that round trip on its first delivery before then
-// (and no later than [NotifyWindow] after it was stored). The worker then
-// sends Llmq-Event "started" as the call starts, with Llmq-Control,
-// Llmq-Deployment and Llmq-Redeliver-In as a pickup has and its control
-// subject as reply subject; nothing waits for it. A caller that receives
+// (no later than [NotifyWindow] after it was stored, not within
+// NotifyWindow of its queue deadline, and only by a worker that has heard
+// from the caller's inbox before). The worker then sends Llmq-Event
+// "started" as the call starts, with Llmq-Control, Llmq-Deployment and
+// Llmq-Redeliver-In as a pickup has, and a reply subject of its own:
+// "no responders" there stops the call, and the request is held as a
+// pickup that found nobody is. A caller that receives
 // "started" for a request it no longer waits for sends "cancel" to
 // Llmq-Control. A caller that gives up such a request before its
 // Llmq-Notify-Until publishes its Llmq-Reply subject to <prefix>.left
