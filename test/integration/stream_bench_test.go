@@ -27,14 +27,18 @@ const benchChunkGap = 50 * time.Millisecond
 
 // benchStreams is the number of concurrent streams: LLMQ_BENCH_STREAMS, or 20
 // (enough for CI's -benchtime=1x; the figures use 200).
-func benchStreams(b *testing.B) int {
-	v := os.Getenv("LLMQ_BENCH_STREAMS")
+func benchStreams(b *testing.B) int { return benchEnv(b, "LLMQ_BENCH_STREAMS", 20, "streams") }
+
+// benchEnv is the positive whole number in the environment variable name,
+// or def when it is unset; what says what it counts, for the error.
+func benchEnv(b *testing.B, name string, def int, what string) int {
+	v := os.Getenv(name)
 	if v == "" {
-		return 20
+		return def
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 {
-		b.Fatalf("LLMQ_BENCH_STREAMS=%q: want a positive number of streams", v)
+		b.Fatalf("%s=%q: want a positive number of %s", name, v, what)
 	}
 	return n
 }

@@ -18,9 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -202,15 +200,7 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 // benchMeasure is how long each scenario is measured:
 // LLMQ_BENCH_TENANT_SECONDS, or 1 s; benchWarmup a fifth of it.
 func benchMeasure(b *testing.B) time.Duration {
-	v := os.Getenv("LLMQ_BENCH_TENANT_SECONDS")
-	if v == "" {
-		return time.Second
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		b.Fatalf("LLMQ_BENCH_TENANT_SECONDS=%q: want a positive number of seconds", v)
-	}
-	return time.Duration(n) * time.Second
+	return time.Duration(benchEnv(b, "LLMQ_BENCH_TENANT_SECONDS", 1, "seconds")) * time.Second
 }
 
 // BenchmarkTenants measures the shares. Each sub-benchmark runs once per

@@ -45,17 +45,7 @@ const tenantsMemOutstanding = 256
 const tenantsMemSettle = 5 * time.Second
 
 // benchTenants is LLMQ_BENCH_TENANTS, or 500.
-func benchTenants(b *testing.B) int {
-	v := os.Getenv("LLMQ_BENCH_TENANTS")
-	if v == "" {
-		return 500
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		b.Fatalf("LLMQ_BENCH_TENANTS=%q: want a positive number of tenants", v)
-	}
-	return n
-}
+func benchTenants(b *testing.B) int { return benchEnv(b, "LLMQ_BENCH_TENANTS", 500, "tenants") }
 
 // procMem is a process's resident set now (VmRSS) and at its peak (VmHWM),
 // in bytes.
