@@ -469,7 +469,7 @@ func (c *Client) Submit(ctx context.Context, req *Request) (*Handle, error) {
 	// caller is all but sure to wait, and says so if it leaves (left). Not
 	// for a request that may be parked by then: a parked caller's
 	// connection is checked at pickup (Parker.Alive).
-	if notify := parkWindow(w.parker, parkAfter); notify > 0 {
+	if notify := notifyWindow(w.parker, parkAfter); notify > 0 {
 		w.notifyUntil = w.start.Add(notify)
 	}
 	msg := c.subjects.Msg(&messages.Request{
@@ -486,10 +486,10 @@ func (c *Client) Submit(ctx context.Context, req *Request) (*Handle, error) {
 	return &Handle{c: c, w: w, onChunk: onChunk, onStart: onStart, parkAfter: parkAfter}, nil
 }
 
-// parkWindow is how long after its publish a worker may start a request
+// notifyWindow is how long after its publish a worker may start a request
 // without asking: messages.NotifyWindow, but no longer than until it may be
 // parked.
-func parkWindow(p Parker, parkAfter time.Duration) time.Duration {
+func notifyWindow(p Parker, parkAfter time.Duration) time.Duration {
 	if p != nil {
 		return min(messages.NotifyWindow, parkAfter)
 	}
