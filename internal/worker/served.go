@@ -44,9 +44,9 @@ func newServedHints(nc *nats.Conn, subjects messages.Subjects, worker string) *s
 	return h
 }
 
-// add counts tokens served to a request of tenant in band and group.
-func (h *servedHints) add(band int, group, tenant string, tokens int64) {
-	k := servedKey{band: band, group: group, lane: messages.Lane(tenant), tenant: tenant}
+// add counts tokens served to a request of tenant (in lane) in band and group.
+func (h *servedHints) add(band int, group string, lane int, tenant string, tokens int64) {
+	k := servedKey{band: band, group: group, lane: lane, tenant: tenant}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.sums) == 0 {
@@ -85,8 +85,9 @@ func (p *Pool) served(req *messages.Request, tokens, estimate int64) {
 	if !ok || req.Band >= p.opts.Bands {
 		return
 	}
-	p.d.post(event{kind: evServed, band: req.Band, gi: gi, li: laneIndex(messages.Lane(req.Tenant)), tenant: req.Tenant, tokens: tokens, estimate: estimate})
-	p.hints.add(req.Band, req.Group, req.Tenant, tokens)
+	lane := messages.Lane(req.Tenant)
+	p.d.post(event{kind: evServed, band: req.Band, gi: gi, li: laneIndex(lane), tenant: req.Tenant, tokens: tokens, estimate: estimate})
+	p.hints.add(req.Band, req.Group, lane, req.Tenant, tokens)
 }
 
 // onServed turns another process's served-tokens hint into an event for
